@@ -1,0 +1,75 @@
+"""Every error Conduit raises, in one place.
+
+The split that matters to Airflow: subclasses of ``AirflowFailException`` end the task at once
+(retrying cannot help: bad credentials, a broken spec, a failed quality gate); subclasses of
+plain ``AirflowException`` are retried by the task's ``retries`` (a flaky network, a 5xx storm).
+"""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+
+class ConduitError(Exception):
+    """Base class for Conduit errors that are not Airflow task outcomes."""
+
+
+class SpecError(ConduitError, ValueError):
+    """A sync spec is malformed. The message names the file, the field and the problem."""
+
+    def __init__(self, path: str, problems: list[tuple[str, str]]):
+        self.path = path
+        self.problems = problems
+        lines = [f"{path}: {field}: {problem}" for field, problem in problems]
+        super().__init__("invalid sync spec\n" + "\n".join(lines))
+
+
+class TransformError(ConduitError, ValueError):
+    """A transform cannot be applied to a value (used while building, not for bad data)."""
+
+
+# --- CRM -----------------------------------------------------------------------------------------
+
+
+class CrmRetryableError(AirflowException):
+    """The CRM answered 429/5xx or the network failed, and retries inside the hook ran out.
+
+    Plain AirflowException: the task's own retries (with exponential backoff) try again later.
+    """
+
+
+class CrmRequestError(AirflowFailException):
+    """The CRM rejected the request (4xx other than 429): retrying the same request cannot help."""
+
+    def __init__(self, status: int, method: str, url: str, message: str, category: str | None = None):
+        self.status = status
+        self.method = method
+        self.url = url
+        self.category = category
+        super().__init__(f"CRM {method} {url} answered {status}{f' {category}' if category else ''}: {message}")
+
+
+class CrmAuthError(CrmRequestError):
+    """401/403 from the CRM: the token in the connection is missing, wrong or lacks a scope."""
+
+
+# --- ERP target ---------------------------------------------------------------------------------
+
+
+class TargetError(AirflowException):
+    """The ERP target failed while loading; the transaction was rolled back (nothing partial)."""
+
+
+class TargetConfigError(AirflowFailException):
+    """The ERP connection or table does not fit the spec (wrong conn type, key missing, ...)."""
+
+
+# --- Quality ------------------------------------------------------------------------------------
+
+
+class QualityGateFailed(AirflowFailException):
+    """Data failed the spec's expectation suite under its policy; nothing was loaded."""
+
+
+class ReconciliationError(AirflowFailException):
+    """Source and target disagree after a load (counts or key checksum)."""

@@ -1,0 +1,325 @@
+"""The sync spec: one typed model, loaded from YAML and validated when loaded.
+
+A spec says what to read (``source``), how CRM properties become ERP columns (``mapping``),
+which expectations guard the load (``quality``) and where it lands (``target``). Variants of a
+section are told apart by their ``type`` field. Errors name the file and the field.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from conduit.exceptions import SpecError
+
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --- transforms (each step of a field's pipeline) -----------------------------------------------
+
+
+class Trim(_Model):
+    type: Literal["trim"]
+
+
+class Lower(_Model):
+    type: Literal["lower"]
+
+
+class Upper(_Model):
+    type: Literal["upper"]
+
+
+class TitleCase(_Model):
+    type: Literal["title"]
+
+
+class Email(_Model):
+    """Trim, lower-case and check the address' syntax (an invalid address is kept for the gate)."""
+
+    type: Literal["email"]
+
+
+class PhoneE164(_Model):
+    """Parse a phone number and format it as E.164; the region comes from a country column."""
+
+    type: Literal["phone_e164"]
+    default_region: str = "US"
+    region_from: str | None = Field(default=None, description="CRM property holding the country")
+
+
+class CountryIso2(_Model):
+    """Country names, alpha-2 or alpha-3 codes to ISO-3166 alpha-2."""
+
+    type: Literal["country_iso2"]
+
+
+class Template(_Model):
+    """Derive a value from CRM properties, e.g. ``HS-C-{hs_object_id}``."""
+
+    type: Literal["template"]
+    template: str
+
+
+class Concat(_Model):
+    type: Literal["concat"]
+    sources: list[str] = Field(min_length=1)
+    separator: str = " "
+
+
+class MapValues(_Model):
+    type: Literal["map_values"]
+    values: dict[str, str | None]
+    case_insensitive: bool = True
+
+
+class ToTimestamp(_Model):
+    """ISO-8601 or epoch-ms text to a UTC timestamp."""
+
+    type: Literal["timestamp"]
+
+
+Transform = Annotated[
+    Trim | Lower | Upper | TitleCase | Email | PhoneE164 | CountryIso2 | Template | Concat | MapValues
+    | ToTimestamp,
+    Field(discriminator="type"),
+]
+
+DType = Literal["string", "integer", "timestamp", "boolean"]
+
+
+class FieldMapping(_Model):
+    """How one ERP column is made. ``source`` is a CRM property; derived columns omit it and
+    start with a ``template`` or ``concat`` step."""
+
+    source: str | None = None
+    transforms: list[Transform] = Field(default_factory=list)
+    default: str | int | bool | None = None
+    dtype: DType = "string"
+    nullable: bool = True
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _has_an_origin(self) -> FieldMapping:
+        derived = self.transforms and self.transforms[0].type in ("template", "concat")
+        if self.source is None and not derived and self.default is None:
+            raise ValueError("source: needs a `source` property, a first `template`/`concat` step, or a `default`")
+        return self
+
+    def source_properties(self) -> list[str]:
+        """Every CRM property this column reads (for validation and column lineage)."""
+        props: list[str] = [self.source] if self.source else []
+        for step in self.transforms:
+            if isinstance(step, Template):
+                props += [name for _, name, _, _ in string.Formatter().parse(step.template) if name]
+            elif isinstance(step, Concat):
+                props += step.sources
+            elif isinstance(step, PhoneE164) and step.region_from:
+                props.append(step.region_from)
+        return list(dict.fromkeys(props))
+
+
+# --- source -------------------------------------------------------------------------------------
+
+
+class CursorSpec(_Model):
+    property: str = "lastmodifieddate"
+    lag_seconds: int = Field(default=60, ge=0, description="upper bound = run start minus this")
+    overlap_seconds: int = Field(default=600, ge=0, description="re-read window for search-index lag")
+
+
+class HubSpotSource(_Model):
+    type: Literal["hubspot"]
+    conn_id: str = "hubspot_default"
+    object: Literal["contacts", "companies"] = "contacts"
+    properties: list[str] = Field(min_length=1)
+    cursor: CursorSpec = Field(default_factory=CursorSpec)
+    page_size: int = Field(default=100, ge=1, le=100)
+    search_page_size: int = Field(default=200, ge=1, le=200)
+
+    @model_validator(mode="after")
+    def _cursor_is_read(self) -> HubSpotSource:
+        if self.cursor.property not in self.properties:
+            raise ValueError(f"cursor.property: {self.cursor.property!r} must be listed in `properties`")
+        return self
+
+
+Source = Annotated[HubSpotSource, Field(discriminator="type")]
+
+
+# --- target -------------------------------------------------------------------------------------
+
+
+class SqlTarget(_Model):
+    """A customer-master table in a SQL database (PostgreSQL in production, SQLite embedded)."""
+
+    type: Literal["sql"]
+    conn_id: str = "erp_default"
+    table: str = Field(pattern=IDENTIFIER)
+    db_schema: str = Field(default="public", alias="schema", pattern=IDENTIFIER)
+    key: str = Field(pattern=IDENTIFIER)
+    delete_mode: Literal["soft", "hard"] = "soft"
+    batch_size: int = Field(default=10_000, ge=100)
+
+
+Target = Annotated[SqlTarget, Field(discriminator="type")]
+
+
+# --- quality ------------------------------------------------------------------------------------
+
+
+class QualitySpec(_Model):
+    suite: str = Field(description="file name under include/expectations/")
+    policy: Literal["block", "quarantine", "warn"] = "block"
+    max_rejected_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class ScheduleSpec(_Model):
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_is_valid(cls, value: str) -> str:
+        from croniter import croniter  # airflow's own dependency
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a valid cron expression")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_is_known(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)") from None
+        return value
+
+
+BUILTIN_PROPERTIES = ("hs_object_id",)
+
+
+class SyncSpec(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="becomes the DAG id")
+    description: str = ""
+    owner: str = "conduit"
+    tags: list[str] = Field(default_factory=list)
+    retries: int = Field(default=3, ge=0)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    source: Source
+    target: Target
+    mapping: dict[str, FieldMapping] = Field(min_length=1)
+    quality: QualitySpec | None = None
+
+    @field_validator("mapping")
+    @classmethod
+    def _columns_are_identifiers(cls, value: dict[str, FieldMapping]) -> dict[str, FieldMapping]:
+        for column in value:
+            if not re.match(IDENTIFIER, column):
+                raise ValueError(f"{column}: column name is not a plain SQL identifier")
+        return value
+
+    @model_validator(mode="after")
+    def _mapping_fits_source_and_target(self) -> SyncSpec:
+        if self.target.key not in self.mapping:
+            raise ValueError(f"target.key: {self.target.key!r} has no entry in `mapping`")
+        known = set(self.source.properties) | set(BUILTIN_PROPERTIES)
+        for column, field in self.mapping.items():
+            missing = [p for p in field.source_properties() if p not in known]
+            if missing:
+                raise ValueError(
+                    f"mapping.{column}: reads {', '.join(map(repr, missing))}, "
+                    "which source.properties does not list"
+                )
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.mapping)
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+_UNION_TAGS = {
+    "hubspot", "sql", "trim", "lower", "upper", "title", "email", "phone_e164", "country_iso2",
+    "template", "concat", "map_values", "timestamp",
+}
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for i, item in enumerate(loc):
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in _UNION_TAGS and i and (isinstance(loc[i - 1], int) or loc[i - 1] in ("source", "target")):
+            continue  # pydantic puts the discriminator's value in the path: noise to a reader
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _problem(loc: tuple[Any, ...], msg: str) -> tuple[str, str]:
+    msg = msg.removeprefix("Value error, ")
+    # whole-model checks name their field as "field.path: problem"
+    head, sep, rest = msg.partition(": ")
+    if sep and re.fullmatch(r"[A-Za-z_][\w.\[\]]*", head):
+        prefix = _field_path(loc)
+        return (head if prefix == "(top level)" else f"{prefix}.{head}"), rest
+    return _field_path(loc), msg
+
+
+def parse_spec(data: Any, path: str) -> SyncSpec:
+    if not isinstance(data, dict):
+        raise SpecError(path, [("(top level)", "the file must hold a mapping of spec fields")])
+    try:
+        return SyncSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = [_problem(err["loc"], err["msg"]) for err in exc.errors(include_url=False)]
+        raise SpecError(path, problems) from None
+
+
+def load_spec(path: str | Path) -> SyncSpec:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
+        raise SpecError(str(path), [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    except OSError as exc:
+        raise SpecError(str(path), [("(file)", str(exc))]) from None
+    return parse_spec(data, str(path))
+
+
+def load_specs(directory: str | Path) -> list[SyncSpec]:
+    """Every ``*.yaml``/``*.yml`` spec in a folder; all problems of all files in one error."""
+    specs: list[SyncSpec] = []
+    problems: list[SpecError] = []
+    for path in sorted([*Path(directory).glob("*.yaml"), *Path(directory).glob("*.yml")]):
+        try:
+            specs.append(load_spec(path))
+        except SpecError as exc:
+            problems.append(exc)
+    names = [s.name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        problems.append(SpecError(str(directory), [("name", f"used by more than one spec: {duplicates}")]))
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise SpecError(
+            str(directory), [(p.path, f"{field}: {msg}") for p in problems for field, msg in p.problems]
+        )
+    return specs
