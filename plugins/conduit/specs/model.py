@@ -227,7 +227,7 @@ class SyncSpec(_Model):
     def _columns_are_identifiers(cls, value: dict[str, FieldMapping]) -> dict[str, FieldMapping]:
         for column in value:
             if not re.match(IDENTIFIER, column):
-                raise ValueError(f"{column}: column name is not a plain SQL identifier")
+                raise ValueError(f"column name {column!r} is not a plain SQL identifier")
         return value
 
     @model_validator(mode="after")

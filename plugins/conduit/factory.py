@@ -1,0 +1,89 @@
+"""Builds one Airflow DAG per sync spec. Runs at DAG-parse time: keep it light (no pandas, GX or
+network; the spec model and the operator classes only)."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import DAG, CronTriggerTimetable, Param
+
+from conduit.operators.sync import CrmExtractOperator, ErpUpsertOperator, MappingTransformOperator
+from conduit.specs.model import SyncSpec, load_specs
+
+
+def include_dir(dag_file: str | Path | None = None) -> Path:
+    """``CONDUIT_INCLUDE_DIR``, else the ``include/`` beside the DAGs folder (the repo / image layout)."""
+    configured = os.environ.get("CONDUIT_INCLUDE_DIR")
+    if configured:
+        return Path(configured)
+    return Path(dag_file).resolve().parent.parent / "include" if dag_file else Path.cwd() / "include"
+
+
+def doc_md(spec: SyncSpec) -> str:
+    rows = "\n".join(
+        f"| `{column}` | {', '.join(f'`{p}`' for p in field.source_properties()) or '—'} | "
+        f"{' → '.join(step.type for step in field.transforms) or 'as is'} |"
+        for column, field in spec.mapping.items()
+    )
+    quality = (f"`{spec.quality.suite}`, policy **{spec.quality.policy}**" if spec.quality else "none")
+    return f"""### {spec.name}
+
+{spec.description}
+
+* **Source:** HubSpot `{spec.source.object}` (connection `{spec.source.conn_id}`), incremental on
+  `{spec.source.cursor.property}` (lag {spec.source.cursor.lag_seconds}s, overlap {spec.source.cursor.overlap_seconds}s)
+* **Target:** `{spec.target.db_schema}.{spec.target.table}` keyed by `{spec.target.key}`
+  (connection `{spec.target.conn_id}`, {spec.target.delete_mode} deletes)
+* **Quality gate:** {quality}
+* **Schedule:** `{spec.schedule.cron}` in {spec.schedule.timezone}
+
+Trigger with **full_refresh** to re-read every record (rows missing from the CRM are then deleted in
+the ERP), or **dry_run** to do everything and roll the ERP transaction back.
+
+| ERP column | CRM properties | transforms |
+|---|---|---|
+{rows}
+"""
+
+
+def build_sync_dag(spec: SyncSpec) -> DAG:
+    tz = spec.schedule.timezone
+    with DAG(
+        dag_id=spec.name,
+        description=(spec.description.strip().splitlines() or [spec.name])[0][:200],
+        schedule=CronTriggerTimetable(spec.schedule.cron, timezone=tz),
+        start_date=pendulum.datetime(2025, 1, 1, tz=tz),
+        catchup=False,
+        max_active_runs=1,  # runs of one sync queue up instead of racing for the same rows
+        default_args={
+            "owner": spec.owner,
+            "retries": spec.retries,
+            "retry_delay": timedelta(minutes=1),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(minutes=30),
+        },
+        params={
+            "full_refresh": Param(False, type="boolean", title="Full refresh",
+                                  description="Re-read every CRM record and rebuild the ERP table safely."),
+            "dry_run": Param(False, type="boolean", title="Dry run",
+                             description="Run every step, then roll the ERP transaction back."),
+        },
+        render_template_as_native_obj=True,
+        tags=sorted({"conduit", *spec.tags}),
+        doc_md=doc_md(spec),
+    ) as dag:
+        common = {"spec": spec, "full_refresh": "{{ params.full_refresh }}", "dry_run": "{{ params.dry_run }}"}
+        extract = CrmExtractOperator(task_id="extract", **common)
+        transform = MappingTransformOperator(task_id="transform", **common)
+        load = ErpUpsertOperator(task_id="load", extract_summary=extract.output, **common)
+        extract >> transform >> load
+    return dag
+
+
+def build_sync_dags(syncs_dir: str | Path) -> dict[str, DAG]:
+    """Every spec in the folder. One broken spec fails the whole file loudly (an import error that
+    names file and field) rather than silently dropping a sync from the schedule."""
+    return {spec.name: build_sync_dag(spec) for spec in load_specs(syncs_dir)}

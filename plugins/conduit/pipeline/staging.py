@@ -1,0 +1,95 @@
+"""Staged Parquet part files for one DAG run: raw/ -> mapped/ (+ archived/, rejected/).
+
+Data moves between tasks through these files, never through XCom. On a Celery/Kubernetes
+deployment ``CONDUIT_STAGING_DIR`` must be a volume every worker shares.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+KINDS = ("raw", "archived", "mapped", "mapped_archived", "rejected")
+
+
+def staging_root() -> Path:
+    configured = os.environ.get("CONDUIT_STAGING_DIR")
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "conduit" / "staging"
+
+
+def _safe(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", part)
+
+
+class RunStaging:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @classmethod
+    def for_run(cls, dag_id: str, run_id: str, base: Path | None = None) -> RunStaging:
+        return cls((base or staging_root()) / _safe(dag_id) / _safe(run_id))
+
+    def dir(self, kind: str) -> Path:
+        if kind not in KINDS:
+            raise ValueError(f"unknown staging kind {kind!r}")
+        return self.root / kind
+
+    def reset(self, kind: str) -> Path:
+        """Empty a kind before (re)writing it, so a retried task never sees a half-written earlier try."""
+        path = self.dir(kind)
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def parts(self, kind: str) -> list[Path]:
+        return sorted(self.dir(kind).glob("part-*.parquet"))
+
+    def writer(self, kind: str) -> PartWriter:
+        return PartWriter(self.reset(kind))
+
+    def read_frames(self, kind: str, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+        import pyarrow.parquet as pq
+
+        for path in self.parts(kind):
+            yield pq.read_table(path, columns=columns).to_pandas()
+
+    def count(self, kind: str) -> int:
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts(kind))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PartWriter:
+    """Writes numbered part files; a part is written to a temp name and renamed, so a killed task
+    never leaves a truncated part behind."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.parts = 0
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> Path | None:
+        import pyarrow.parquet as pq
+
+        if table.num_rows == 0:
+            return None
+        path = self.directory / f"part-{self.parts:05d}.parquet"
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        tmp.rename(path)
+        self.parts += 1
+        self.rows += table.num_rows
+        return path

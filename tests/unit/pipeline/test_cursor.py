@@ -1,0 +1,79 @@
+"""The (timestamp, id) cursor as pure functions; behaviour against the CRM is in tests/integration."""
+
+from __future__ import annotations
+
+import pytest
+
+from conduit.pipeline.cursor import (
+    CursorState,
+    Window,
+    advance,
+    incremental_window,
+    parse_ts_ms,
+    search_body,
+)
+
+
+def rec(id_: int, ts: int) -> dict:
+    return {"id": str(id_), "properties": {"lastmodifieddate": str(ts), "hs_object_id": str(id_)}}
+
+
+def test_window_none_without_watermark():
+    assert incremental_window(None, 10_000_000, lag_seconds=60, overlap_seconds=600) is None
+
+
+def test_window_has_fixed_upper_bound_and_overlap():
+    w = incremental_window(5_000_000, 10_000_000, lag_seconds=60, overlap_seconds=600)
+    assert w == Window(lower_ms=5_000_000 - 600_000, upper_ms=10_000_000 - 60_000)
+
+
+def test_window_never_inverted():
+    w = incremental_window(10_000_000, 10_000_000, lag_seconds=60, overlap_seconds=0)
+    assert w.lower_ms <= w.upper_ms
+
+
+def test_parse_ts_iso_and_epoch():
+    assert parse_ts_ms("2024-01-02T03:04:05.678Z") == 1704164645678
+    assert parse_ts_ms("1704164645678") == 1704164645678
+    with pytest.raises(ValueError):
+        parse_ts_ms(None)
+
+
+def test_range_body_is_bounded_and_sorted_by_cursor():
+    body = search_body(CursorState(100, -1, "range"), cursor_property="lastmodifieddate", upper_ms=900,
+                       properties=["email"], limit=200)
+    (group,) = body["filterGroups"]
+    assert {(f["operator"], f["value"]) for f in group["filters"]} == {("GT", "100"), ("LT", "900")}
+    assert body["sorts"] == [{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}]
+    assert "after" not in body  # fresh query per page: no deep paging into the 10k cap
+
+
+def test_ties_body_pages_by_id_inside_one_millisecond():
+    body = search_body(CursorState(100, 42, "ties"), cursor_property="lastmodifieddate", upper_ms=900,
+                       properties=[], limit=200)
+    filters = body["filterGroups"][0]["filters"]
+    assert {"propertyName": "lastmodifieddate", "operator": "EQ", "value": "100"} in filters
+    assert {"propertyName": "hs_object_id", "operator": "GT", "value": "42"} in filters
+    assert body["sorts"][0]["propertyName"] == "hs_object_id"
+
+
+def test_full_range_page_holds_back_the_last_millisecond():
+    page = [rec(1, 10), rec(2, 11), rec(9, 12), rec(3, 12)]
+    emit, state = advance(CursorState(0, -1, "range"), page, cursor_property="lastmodifieddate", limit=4)
+    assert [r["id"] for r in emit] == ["1", "2"]
+    assert state == CursorState(12, -1, "ties")
+
+
+def test_page_of_one_millisecond_makes_progress_through_ties():
+    page = [rec(5, 12), rec(3, 12)]
+    emit, state = advance(CursorState(0, -1, "range"), page, cursor_property="lastmodifieddate", limit=2)
+    assert emit == [] and state == CursorState(12, -1, "ties")
+    emit, state = advance(state, [rec(3, 12), rec(5, 12)], cursor_property="lastmodifieddate", limit=2)
+    assert [r["id"] for r in emit] == ["3", "5"] and state == CursorState(12, 5, "ties")
+    emit, state = advance(state, [rec(7, 12)], cursor_property="lastmodifieddate", limit=2)
+    assert [r["id"] for r in emit] == ["7"] and state == CursorState(12, 5, "range")
+
+
+def test_short_range_page_ends_the_window():
+    emit, state = advance(CursorState(0, -1, "range"), [rec(1, 10)], cursor_property="lastmodifieddate", limit=4)
+    assert [r["id"] for r in emit] == ["1"] and state is None

@@ -1,0 +1,82 @@
+"""The sync spec: the flagship loads; every kind of mistake names the file, the field, the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conduit.exceptions import SpecError
+from conduit.specs.model import load_spec, load_specs, parse_spec
+
+REPO = Path(__file__).resolve().parents[3]
+FLAGSHIP = REPO / "include" / "syncs" / "crm_to_erp_customer_sync.yaml"
+
+
+@pytest.fixture
+def data() -> dict:
+    return yaml.safe_load(FLAGSHIP.read_text())
+
+
+def problems(data: dict) -> list[tuple[str, str]]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(data, "syncs/x.yaml")
+    assert str(info.value).count("syncs/x.yaml: ") == len(info.value.problems)
+    return info.value.problems
+
+
+def test_flagship_loads():
+    spec = load_spec(FLAGSHIP)
+    assert spec.name == "crm_to_erp_customer_sync"
+    assert spec.target.key == "customer_number" and spec.target.db_schema == "public"
+    assert spec.schedule.timezone == "Europe/Berlin"
+    assert spec.mapping["full_name"].source_properties() == ["firstname", "lastname"]
+    assert spec.mapping["phone"].source_properties() == ["phone", "country"]
+    assert spec.mapping["customer_number"].source_properties() == ["hs_object_id"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "words"),
+    [
+        (lambda d: d["mapping"]["email"]["transforms"][0].update(type="emial"), "mapping.email.transforms[0]",
+         "emial"),
+        (lambda d: d["mapping"]["phone"]["transforms"][0].update(default_region=5),
+         "mapping.phone.transforms[0].default_region", "string"),
+        (lambda d: d["target"].update(key="nope"), "target.key", "nope"),
+        (lambda d: d["mapping"].update(x={"source": "nosuch"}), "mapping.x", "nosuch"),
+        (lambda d: d["mapping"].update(x={"dtype": "string"}), "mapping.x.source", "needs a `source`"),
+        (lambda d: d["source"]["cursor"].update(property="zzz"), "source.cursor.property", "zzz"),
+        (lambda d: d["source"].update(type="salesforce"), "source", "salesforce"),
+        (lambda d: d["schedule"].update(timezone="Mars/Olympus"), "schedule.timezone", "Mars/Olympus"),
+        (lambda d: d["schedule"].update(cron="0 25 * * *"), "schedule.cron", "cron"),
+        (lambda d: d["source"].update(page_size=500), "source.page_size", "100"),
+        (lambda d: d.update(surprise=1), "surprise", "Extra inputs"),
+        (lambda d: d["mapping"].update({"bad column": {"source": "email"}}), "mapping", "'bad column' is not a plain SQL identifier"),
+        (lambda d: d["quality"].update(policy="ignore"), "quality.policy", "block"),
+    ],
+)
+def test_errors_name_field_and_problem(data, mutate, field, words):
+    mutate(data)
+    found = problems(data)
+    assert any(f == field and words in msg for f, msg in found), found
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: x\nsource: [unclosed\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(bad)
+    assert str(bad) in str(info.value) and "line" in str(info.value)
+
+
+def test_folder_reports_every_broken_file_and_duplicate_names(tmp_path, data):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(data))  # same name twice
+    data["target"]["key"] = "nope"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as info:
+        load_specs(tmp_path)
+    text = str(info.value)
+    assert "c.yaml" in text and "target.key" in text
+    assert "used by more than one spec" in text
