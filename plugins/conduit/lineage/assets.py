@@ -1,0 +1,31 @@
+"""Airflow assets of a sync, derived from its spec alone: DAG files build them at parse time,
+when no connection may be looked up.
+
+Asset names are global in Airflow (one name, one URI, or both DAGs get an "asset conflict"),
+so every name carries the spec's name.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset
+
+from conduit.specs.model import SyncSpec
+
+# Airflow validates the URIs of provider schemes (a ``postgres://`` URI needs host, port and
+# database, which only the connection knows) and leaves ``x-`` schemes alone by design.
+ERP_TABLE_SCHEME = "x-conduit-erp"
+
+
+def erp_table_asset(spec: SyncSpec) -> Asset:
+    """The ERP table the sync writes, e.g. name ``conduit.crm_to_erp_customer_sync.public.erp_customers``,
+    URI ``x-conduit-erp://erp_default/public/erp_customers`` (connection, schema, table)."""
+    target = spec.target
+    return Asset(
+        name=f"conduit.{spec.name}.{target.db_schema}.{target.table}",
+        uri=f"{ERP_TABLE_SCHEME}://{target.conn_id}/{target.db_schema}/{target.table}",
+    )
+
+
+def crm_changes_asset_name(spec: SyncSpec) -> str:
+    """The asset CRM webhooks update when records of the sync's object change."""
+    return f"conduit.{spec.name}.crm_changes"

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# The nightly sync once, for real, on embedded defaults: Airflow on SQLite, the stand-in CRM with
+# 10,000 contacts, the ERP in a SQLite file under .demo/. Extra arguments go to conduit-demo.
+source "$(dirname "$0")/bootstrap.sh"
+exec conduit-demo "$@"
