@@ -1,0 +1,1 @@
+"""Inbound webhooks: HubSpot change notifications, verified and queued in Redis for the sync."""

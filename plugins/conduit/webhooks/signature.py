@@ -41,16 +41,17 @@ def verify_v3(
     """Return None when the request is authentic and fresh, else the reason it is not."""
     if not signature or not timestamp:
         return "missing signature or timestamp header"
-    try:
-        ts = int(timestamp)
-    except ValueError:
+    # int() alone would also take " 12", "1_2" or non-ASCII digits, none of which HubSpot sends
+    if not (timestamp.isascii() and timestamp.isdigit()):
         return "timestamp header is not epoch milliseconds"
+    ts = int(timestamp)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     if now_ms - ts > MAX_AGE_MS:
         return "timestamp is older than 5 minutes"
     if ts - now_ms > MAX_AGE_MS:
         return "timestamp is in the future"
     expected = sign_v3(secret, method, uri, body, ts)
-    if not hmac.compare_digest(expected, signature):
+    # compare bytes: compare_digest raises TypeError on str with non-ASCII characters
+    if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
         return "signature does not match"
     return None

@@ -1,0 +1,51 @@
+"""The body of a HubSpot webhook call: a JSON array of change events.
+
+Only the fields the sync needs are kept; HubSpot's other fields (portalId, attemptNumber,
+propertyValue, ...) are ignored, so a property value never lands in Redis.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+
+class InvalidPayload(ValueError):
+    """The body is not a JSON array of HubSpot events; the message says what is wrong."""
+
+
+class HubSpotEvent(BaseModel):
+    # strict: "123" is not an id and 1.5 is not a timestamp
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    event_id: int = Field(alias="eventId", ge=0)
+    object_id: int = Field(alias="objectId", ge=0)
+    subscription_type: str = Field(alias="subscriptionType", pattern=r"^[a-z_]+\.[A-Za-z_]+$", max_length=100)
+    occurred_at: int = Field(alias="occurredAt", ge=0)
+
+    def stream_fields(self) -> dict[str, str]:
+        """The entry written to the sync's Redis stream, keyed by HubSpot's own field names."""
+        return {
+            "objectId": str(self.object_id),
+            "subscriptionType": self.subscription_type,
+            "occurredAt": str(self.occurred_at),
+            "eventId": str(self.event_id),
+        }
+
+
+_EVENTS = TypeAdapter(list[HubSpotEvent])
+_MAX_REPORTED_ERRORS = 5
+
+
+def parse_events(body: bytes) -> list[HubSpotEvent]:
+    """Validate a webhook body; raise InvalidPayload naming the first few problems."""
+    try:
+        events = _EVENTS.validate_json(body)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)[:_MAX_REPORTED_ERRORS]
+        ]
+        raise InvalidPayload("; ".join(problems)) from None
+    if not events:
+        raise InvalidPayload("body: the event array is empty")
+    return events
