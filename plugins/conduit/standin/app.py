@@ -1,0 +1,449 @@
+"""The stand-in's HTTP surface: HubSpot's CRM objects API under both path families, and the
+``/_admin`` API that tests and demos use to change data and switch faults.
+
+All state lives in :class:`Standin`; handlers only translate HTTP. Handlers are ``async`` and
+never await while touching state, so the event loop serialises every change (no locks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from conduit.standin.data import DEFAULT_ANCHOR_MS, generate, iso_ms
+from conduit.standin.errors import ApiError, not_found, validation_error
+from conduit.standin.faults import FaultInjector, Faults, Limits, RateLimiter
+from conduit.standin.search import execute, parse_search
+from conduit.standin.store import (
+    DELETED,
+    LIVE,
+    SEARCH_DEFAULT_PROPERTIES,
+    ObjectStore,
+    decode_cursor,
+    encode_cursor,
+)
+from conduit.standin.webhooks import Subscription, WebhookSender, change_events
+
+# A page of 100 records: ~0.1 ms with orjson or msgspec (installed with Airflow), ~1 ms with json.
+try:
+    from orjson import dumps
+except ImportError:
+    try:
+        from msgspec.json import encode as dumps
+    except ImportError:
+        _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+        def dumps(obj: object) -> bytes:
+            return _encoder.encode(obj).encode()
+
+OBJECT_TYPES = ("contacts", "companies")
+LIST_MAX_LIMIT = 100
+BATCH_MAX_INPUTS = 100
+_VERSION = re.compile(r"\d{4}-\d{2}")
+
+
+@dataclass
+class StandinConfig:
+    seed: int = 1
+    contacts: int = 1000
+    companies: int = 50
+    bad_emails: int = 0
+    token: str = "standin-token"
+    anchor_ms: int = DEFAULT_ANCHOR_MS
+    faults: Faults = field(default_factory=Faults)
+    enforce_rate_limits: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Standin:
+    """The server's whole state: stores, faults, rate limits, counters and the webhook sender."""
+
+    def __init__(self, config: StandinConfig):
+        self.config = config
+        self.webhooks = WebhookSender()
+        self.limiter = RateLimiter(config.limits, config.enforce_rate_limits)
+        self.requests: Counter[str] = Counter()
+        self.sent: Counter[str] = Counter()
+        self.set_faults(config.faults)
+        self.reset()
+
+    def reset(self, **overrides) -> None:
+        """Back to the seeded data (optionally with other sizes or seed)."""
+        config = replace(self.config, **overrides)
+        try:
+            dataset = generate(config.seed, config.contacts, config.companies, config.bad_emails, config.anchor_ms)
+        except ValueError as exc:
+            raise validation_error(str(exc)) from None
+        self.config = config
+        self.stores = {"contacts": ObjectStore(dataset.contacts, now_ms),
+                       "companies": ObjectStore(dataset.companies, now_ms)}
+
+    def store(self, object_type: str) -> ObjectStore:
+        store = self.stores.get(object_type)
+        if store is None:
+            raise ApiError(400, "VALIDATION_ERROR", f"Unable to infer object type from: {object_type}")
+        return store
+
+    def set_faults(self, faults: Faults) -> None:
+        self.faults = faults
+        self.injector = FaultInjector(faults)
+        # with equal_timestamps every admin change gets the millisecond the fault was switched on
+        self.equal_ms = now_ms() if faults.equal_timestamps else None
+
+    def change_ms(self, explicit: int | None) -> int | None:
+        return explicit if explicit is not None else self.equal_ms
+
+    def lagging(self, store: ObjectStore) -> frozenset[int]:
+        """Records changed too recently for the (simulated) search index."""
+        lag = self.faults.search_lag_ms
+        if not lag:
+            return frozenset()
+        cutoff = now_ms() - lag
+        return frozenset(pos for pos, at in store.changed_at.items() if at > cutoff)
+
+    def stats(self) -> dict:
+        return {"objects": {name: store.counts() for name, store in self.stores.items()},
+                "requests": dict(self.requests), "sent": dict(self.sent), "webhooks": dict(self.webhooks.stats)}
+
+
+# --- helpers over query parameters ----------------------------------------------------------------
+
+
+def _property_names(request: Request) -> list[str] | None:
+    """``properties`` as comma lists and/or repeated parameters (the SDK repeats them)."""
+    raw = request.query_params.getlist("properties")
+    names = [name.strip() for value in raw for name in value.split(",") if name.strip()]
+    return names or None
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name, "false").lower()
+    if value not in ("true", "false"):
+        raise validation_error(f"Query parameter {name} must be true or false, got {value!r}", field=name)
+    return value == "true"
+
+
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit", "10")
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise validation_error(f"limit must be an integer, got {raw!r}", field="limit") from None
+    if not 1 <= limit <= LIST_MAX_LIMIT:
+        raise validation_error(f"limit must be between 1 and {LIST_MAX_LIMIT}, got {limit}", field="limit")
+    return limit
+
+
+async def _json_body(request: Request) -> dict:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except json.JSONDecodeError as exc:
+        raise validation_error(f"Invalid input JSON on line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(body, dict):
+        raise validation_error("Request body must be a JSON object")
+    return body
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+# --- admin request bodies ---------------------------------------------------------------------------
+
+PropertyValue = str | int | float | bool | None
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateBody(_Body):
+    properties: dict[str, PropertyValue] = Field(default_factory=dict)
+    createdate_ms: int | None = None
+    lastmodifieddate_ms: int | None = None
+
+
+class ModifyBody(_Body):
+    properties: dict[str, PropertyValue] = Field(default_factory=dict)
+    lastmodifieddate_ms: int | None = None
+
+
+class BulkModifyBody(_Body):
+    count: int | None = Field(default=None, ge=1)
+    ids: list[int | str] | None = None
+    properties: dict[str, PropertyValue] = Field(default_factory=dict)
+    lastmodifieddate_ms: int | None = None
+    seed: int | None = Field(default=None, description="pick the random records reproducibly")
+
+
+class ResetBody(_Body):
+    seed: int | None = None
+    contacts: int | None = Field(default=None, ge=0)
+    companies: int | None = Field(default=None, ge=0)
+    bad_emails: int | None = Field(default=None, ge=0)
+
+
+class WebhookBody(_Body):
+    target_url: str
+    secret: str
+    subscription_id: int = 1
+    portal_id: int = 62515
+    app_id: int = 1
+
+
+# --- the app ------------------------------------------------------------------------------------------
+
+
+def create_app(config: StandinConfig | None = None) -> FastAPI:
+    standin = Standin(config or StandinConfig())
+    app = FastAPI(title="Conduit HubSpot CRM stand-in", docs_url="/_admin/docs", openapi_url="/_admin/openapi.json")
+    app.state.standin = standin
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return _json(exc.status, exc.body())
+
+    def crm(name: str, is_search: bool = False):
+        """Wraps a CRM handler with auth, faults, rate limits and counters. Handlers return (status, body)."""
+
+        def decorate(handler):
+            @functools.wraps(handler)
+            async def endpoint(request: Request, **params):
+                object_type = params["object_type"]
+                standin.requests[f"{object_type}.{name}"] += 1
+                version = request.path_params.get("version")
+                if version is not None and not _VERSION.fullmatch(version):
+                    return _json(404, ApiError(404, "OBJECT_NOT_FOUND", f"Unknown API version {version!r}").body())
+                if request.headers.get("authorization") != f"Bearer {standin.config.token}":
+                    standin.sent["401"] += 1
+                    return _json(401, _unauthenticated(request.headers.get("authorization")).body())
+                headers, over_limit = standin.limiter.hit(now_ms(), is_search)
+                fault = standin.injector.next(is_search) or over_limit
+                if standin.faults.slow_ms:
+                    await asyncio.sleep(standin.faults.slow_ms / 1000)
+                if fault is not None:
+                    standin.sent[str(fault.status)] += 1
+                    if fault.status == 429:
+                        headers["Retry-After"] = str(fault.retry_after_s)
+                        error = ApiError(429, "RATE_LIMITS", fault.message,
+                                         extra={"errorType": "RATE_LIMIT", "policyName": fault.policy})
+                    else:
+                        error = ApiError(fault.status, "INTERNAL_ERROR", "internal error")
+                    return _json(fault.status, error.body(), headers)
+                try:
+                    status, body = await handler(request, **params)
+                except ApiError as exc:
+                    standin.sent[str(exc.status)] += 1
+                    return _json(exc.status, exc.body(), headers)
+                return _json(status, body, headers)
+
+            return endpoint
+
+        return decorate
+
+    @crm("list")
+    async def list_objects(request: Request, object_type: str):
+        store = standin.store(object_type)
+        limit, archived = _limit(request), _flag(request, "archived")
+        after = request.query_params.get("after")
+        associations = _associations(request)
+        positions, next_id = store.list_page(decode_cursor(after) if after else None, limit, archived)
+        names = _property_names(request)
+        body: dict = {"results": store.render(positions, names, associations)}
+        if next_id is not None:
+            cursor = encode_cursor(next_id)
+            body["paging"] = {"next": {"after": cursor, "link": str(request.url.include_query_params(after=cursor))}}
+        return 200, body
+
+    @crm("get")
+    async def get_object(request: Request, object_type: str, record_id: str):
+        store = standin.store(object_type)
+        archived = _flag(request, "archived")
+        pos = store.find(record_id, request.query_params.get("idProperty"))
+        if pos is None or (store.state[pos] == LIVE) == archived:
+            raise not_found(object_type, record_id)
+        return 200, store.render([pos], _property_names(request), _associations(request))[0]
+
+    @crm("search", is_search=True)
+    async def search_objects(request: Request, object_type: str):
+        store = standin.store(object_type)
+        search = parse_search(await request.body(), store.has_property)
+        total, positions = execute(store, search, standin.lagging(store))
+        names = search.properties or SEARCH_DEFAULT_PROPERTIES[object_type]
+        body: dict = {"total": total, "results": store.render(positions, names)}
+        if search.after + len(positions) < total:
+            body["paging"] = {"next": {"after": str(search.after + len(positions))}}
+        return 200, body
+
+    @crm("batch_read")
+    async def batch_read(request: Request, object_type: str):
+        store = standin.store(object_type)
+        started = iso_ms(now_ms())
+        body = await _json_body(request)
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list) or not all(isinstance(i, dict) and "id" in i for i in inputs):
+            raise validation_error('inputs must be a list of {"id": ...} objects', field="inputs")
+        if len(inputs) > BATCH_MAX_INPUTS:
+            raise validation_error(f"Too many inputs: {len(inputs)} (max {BATCH_MAX_INPUTS})", field="inputs")
+        archived = _flag(request, "archived")
+        names = body.get("properties") or None
+        found, missing = [], []
+        for item in inputs:
+            pos = store.find(str(item["id"]), body.get("idProperty"))
+            if pos is None or (store.state[pos] == LIVE) == archived:
+                missing.append(str(item["id"]))
+            else:
+                found.append(pos)
+        reply = {"status": "COMPLETE", "results": store.render(found, names), "startedAt": started,
+                 "completedAt": iso_ms(now_ms()), "links": {}}
+        if not missing:
+            return 200, reply
+        label = object_type.rstrip("s").upper().replace("COMPANIE", "COMPANY")
+        reply["numErrors"] = 1
+        reply["errors"] = [{"status": "error", "category": "OBJECT_NOT_FOUND",
+                            "message": f"Could not get some {label} objects, they may be deleted or not exist. "
+                                       "Check that ids are valid.",
+                            "context": {"ids": missing}}]
+        return 207, reply
+
+    for prefix in ("/crm/v3/objects/{object_type}", "/crm/objects/{version}/{object_type}"):
+        app.add_api_route(prefix, list_objects, methods=["GET"])
+        app.add_api_route(prefix + "/search", search_objects, methods=["POST"])
+        app.add_api_route(prefix + "/batch/read", batch_read, methods=["POST"])
+        app.add_api_route(prefix + "/{record_id}", get_object, methods=["GET"])
+
+    _admin_routes(app, standin)
+    return app
+
+
+def _associations(request: Request) -> list[str]:
+    return [name.strip() for value in request.query_params.getlist("associations") for name in value.split(",")]
+
+
+def _unauthenticated(header: str | None) -> ApiError:
+    message = ("Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find "
+               "more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview"
+               if not header else "The access token provided is invalid or expired.")
+    return ApiError(401, "INVALID_AUTHENTICATION", message)
+
+
+def _admin_routes(app: FastAPI, standin: Standin) -> None:
+    """No HubSpot auth and no faults here: the server binds to loopback unless told otherwise."""
+
+    def located(object_type: str, record_id: str) -> tuple[ObjectStore, int]:
+        store = standin.store(object_type)
+        pos = store.position(record_id)
+        if pos is None or store.state[pos] == DELETED:
+            raise not_found(object_type, record_id)
+        return store, pos
+
+    def full(store: ObjectStore, pos: int) -> dict:
+        return store.render([pos], store.all_property_names())[0]
+
+    @app.get("/_admin/clock")
+    async def clock():
+        now = now_ms()
+        return {"now_ms": now, "now": iso_ms(now)}
+
+    @app.get("/_admin/stats")
+    async def stats():
+        return standin.stats()
+
+    @app.post("/_admin/reset")
+    async def reset(body: ResetBody | None = None):
+        overrides = body.model_dump(exclude_none=True) if body else {}
+        standin.reset(**overrides)
+        return standin.stats()["objects"]
+
+    @app.get("/_admin/faults")
+    async def get_faults():
+        return standin.faults.model_dump()
+
+    @app.put("/_admin/faults")
+    async def set_faults(faults: Faults):
+        standin.set_faults(faults)
+        return faults.model_dump()
+
+    @app.delete("/_admin/faults")
+    async def clear_faults():
+        standin.set_faults(Faults())
+        return standin.faults.model_dump()
+
+    @app.put("/_admin/webhooks")
+    async def subscribe(body: WebhookBody):
+        standin.webhooks.subscribe(Subscription(**body.model_dump()))
+        return body.model_dump(exclude={"secret"})
+
+    @app.delete("/_admin/webhooks")
+    async def unsubscribe():
+        standin.webhooks.subscribe(None)
+        return {}
+
+    @app.post("/_admin/{object_type}/bulk_modify")
+    async def bulk_modify(object_type: str, body: BulkModifyBody):
+        store = standin.store(object_type)
+        if body.ids is not None:
+            positions = [located(object_type, str(i))[1] for i in body.ids]
+        elif body.count is not None:
+            live = [pos for pos in range(len(store)) if store.state[pos] == LIVE]
+            positions = random.Random(body.seed).sample(live, min(body.count, len(live)))
+        else:
+            raise validation_error("bulk_modify needs `count` or `ids`", field="count")
+        modified_ms = standin.change_ms(body.lastmodifieddate_ms) or now_ms()
+        store.modify_many(positions, body.properties, modified_ms)
+        if body.properties:
+            standin.webhooks.emit([event for pos in positions for event in change_events(
+                object_type, "propertyChange", store.ids[pos], modified_ms, {
+                    name: store.value(pos, name) for name in body.properties})])
+        return {"ids": [str(store.ids[pos]) for pos in positions], "lastmodifieddate_ms": modified_ms}
+
+    @app.post("/_admin/{object_type}")
+    async def create(object_type: str, body: CreateBody):
+        store = standin.store(object_type)
+        equal = standin.change_ms(None)
+        pos = store.create(body.properties, body.createdate_ms if body.createdate_ms is not None else equal,
+                           standin.change_ms(body.lastmodifieddate_ms))
+        standin.webhooks.emit(change_events(object_type, "creation", store.ids[pos], store.table.created_ms[pos]))
+        return full(store, pos)
+
+    @app.patch("/_admin/{object_type}/{record_id}")
+    async def modify(object_type: str, record_id: str, body: ModifyBody):
+        store, pos = located(object_type, record_id)
+        changed = store.modify(pos, body.properties, standin.change_ms(body.lastmodifieddate_ms))
+        if changed:
+            standin.webhooks.emit(change_events(object_type, "propertyChange", store.ids[pos],
+                                                store.table.modified_ms[pos], changed))
+        return full(store, pos)
+
+    @app.post("/_admin/{object_type}/{record_id}/archive")
+    async def archive(object_type: str, record_id: str):
+        store, pos = located(object_type, record_id)
+        if store.archive(pos):
+            standin.webhooks.emit(change_events(object_type, "deletion", store.ids[pos], store.archived_at[pos]))
+        return full(store, pos)
+
+    @app.post("/_admin/{object_type}/{record_id}/restore")
+    async def restore(object_type: str, record_id: str):
+        store, pos = located(object_type, record_id)
+        store.restore(pos)
+        return full(store, pos)
+
+    @app.delete("/_admin/{object_type}/{record_id}")
+    async def hard_delete(object_type: str, record_id: str):
+        store, pos = located(object_type, record_id)
+        store.delete(pos)
+        return {"deleted": record_id}

@@ -1,0 +1,132 @@
+"""The seeded data: deterministic, dirty in the documented ways, and fixable."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import phonenumbers
+import pycountry
+import pytest
+from email_validator import EmailNotValidError, validate_email
+
+from conduit.standin.data import DEFAULT_ANCHOR_MS, LIFECYCLE_STAGES, TWO_YEARS_MS, generate, iter_records
+
+N = 4000
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return generate(seed=7, contacts=N, companies=80)
+
+
+@pytest.fixture(scope="module")
+def contacts(dataset):
+    return list(iter_records(dataset.contacts))
+
+
+def _valid_email(text: str) -> bool:
+    try:
+        validate_email(text.strip().lower(), check_deliverability=False)
+    except EmailNotValidError:
+        return False
+    return True
+
+
+def _region(country: str | None) -> str:
+    return pycountry.countries.lookup(country).alpha_2 if country else "US"
+
+
+def test_same_seed_gives_identical_data_and_another_seed_does_not(contacts):
+    again = list(iter_records(generate(seed=7, contacts=N, companies=80).contacts))
+    other = list(iter_records(generate(seed=8, contacts=N, companies=80).contacts))
+    assert again == contacts
+    assert [r["properties"]["email"] for r in other] != [r["properties"]["email"] for r in contacts]
+
+
+def test_ids_are_unique_ascending_strings_and_match_hs_object_id(contacts):
+    ids = [int(r["id"]) for r in contacts]
+    assert ids == sorted(set(ids))
+    assert all(r["properties"]["hs_object_id"] == r["id"] for r in contacts)
+
+
+def test_every_property_is_a_string_or_null(contacts):
+    assert all(v is None or isinstance(v, str) for r in contacts for v in r["properties"].values())
+
+
+def test_every_contact_has_a_name(contacts):
+    assert all(r["properties"]["firstname"].strip() and r["properties"]["lastname"].strip() for r in contacts)
+    assert any(r["properties"]["firstname"] != r["properties"]["firstname"].strip() for r in contacts)
+
+
+def test_emails_are_dirty_but_valid_after_trim_and_lower_and_unique(contacts):
+    emails = [r["properties"]["email"] for r in contacts]
+    assert all(_valid_email(e) for e in emails)
+    assert any(e != e.strip() for e in emails)
+    assert any(e.strip() != e.strip().lower() for e in emails)
+    assert len({e.strip().lower() for e in emails}) == N
+
+
+def test_bad_emails_option_breaks_exactly_that_many(dataset):
+    records = list(iter_records(generate(seed=7, contacts=N, companies=80, bad_emails=5).contacts))
+    invalid = [r for r in records if not _valid_email(r["properties"]["email"])]
+    assert len(invalid) == 5
+    # everything else is as without the option
+    clean = list(iter_records(dataset.contacts))
+    bad_ids = {r["id"] for r in invalid}
+    assert [r for r in records if r["id"] not in bad_ids] == [r for r in clean if r["id"] not in bad_ids]
+
+
+def test_countries_resolve_in_several_spellings_with_blanks(contacts):
+    countries = [r["properties"]["country"] for r in contacts]
+    spelled = {c for c in countries if c}
+    assert all(pycountry.countries.lookup(c) for c in spelled)
+    assert {"Germany", "DE", "DEU", "united states"} <= spelled
+    assert None in countries and "" in countries
+
+
+def test_phones_are_odd_formats_that_parse_as_valid_numbers_for_the_contacts_country(contacts):
+    phones = [(r["properties"]["phone"], r["properties"]["country"]) for r in contacts]
+    present = [(p, c) for p, c in phones if p]
+    invalid = [(p, c) for p, c in present
+               if not phonenumbers.is_valid_number(phonenumbers.parse(p, _region(c)))]
+    assert invalid == []
+    texts = [p for p, _ in present]
+    assert any(p.startswith("00") for p in texts)
+    assert any(p.startswith("(") for p in texts)
+    assert any(" x" in p or "ext." in p for p in texts)
+    assert any(p.count(".") == 2 and p[0].isdigit() for p in texts)  # 415.555.0199
+    assert any(p is None for p, _ in phones) and any(p == "" for p, _ in phones)
+
+
+def test_lifecycle_stages_are_hubspot_stages_in_mixed_case(contacts):
+    stages = [r["properties"]["lifecyclestage"] for r in contacts]
+    spelled = [s for s in stages if s]
+    assert {s.strip().lower() for s in spelled} == set(LIFECYCLE_STAGES)
+    assert any(s != s.lower() for s in spelled)
+    assert None in stages and "" in stages
+
+
+def test_companies_link_contacts_and_some_are_missing(dataset, contacts):
+    company_ids = {str(i) for i in dataset.companies.ids}
+    linked = [r["properties"]["associatedcompanyid"] for r in contacts]
+    assert {c for c in linked if c} <= company_ids
+    assert any(r["properties"]["company"] in (None, "") for r in contacts)
+
+
+def test_timestamps_are_ordered_within_two_years_and_have_big_ties(dataset):
+    table = dataset.contacts
+    created, modified = list(table.created_ms), list(table.modified_ms)
+    assert all(DEFAULT_ANCHOR_MS - TWO_YEARS_MS <= c <= m <= DEFAULT_ANCHOR_MS for c, m in zip(created, modified, strict=True))
+    ties = Counter(modified)
+    assert max(ties.values()) > 10  # the bulk import: N // 40 records in one millisecond
+    assert sum(1 for count in ties.values() if count > 1) > 10  # and many small bursts
+
+
+def test_iso_timestamps_have_milliseconds_and_z(contacts):
+    stamp = contacts[0]["properties"]["createdate"]
+    assert len(stamp) == 24 and stamp.endswith("Z") and stamp[19] == "."
+
+
+def test_generate_rejects_impossible_sizes():
+    with pytest.raises(ValueError, match="bad_emails"):
+        generate(seed=1, contacts=3, companies=1, bad_emails=4)
