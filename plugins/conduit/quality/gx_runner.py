@@ -1,0 +1,198 @@
+"""Run a suite with Great Expectations 1.x core and write its Data Docs.
+
+GX is imported here only, inside functions: importing it takes ~10 s and validating a million rows
+much longer, so the gate decides with :mod:`conduit.quality.engine` and GX validates the rows the
+gate saw when they are few, or else every failing row plus a random sample. On a sample GX cannot
+count the table, so the row-count results on the page are the engine's, marked as such.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from conduit.quality.engine import GateReport
+from conduit.quality.suite import RowCountBetween, RowCountChange, Suite
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SITE = "conduit"
+FULL_UP_TO = 50_000
+SAMPLE_SIZE = 10_000
+FAILING_PER_EXPECTATION = 1_000
+
+
+@dataclass(frozen=True)
+class GxValidation:
+    result: Any  # great_expectations ExpectationSuiteValidationResult
+    sampled: bool
+    rows_validated: int
+    index_html: Path | None = None
+    page_html: Path | None = None
+
+
+def gx_suite(suite: Suite, *, previous_row_count: int | None = None):
+    """The suite as a GX ``ExpectationSuite``. Each description names the expectation type and its
+    severity, so Data Docs show them; ``conduit_row_count_change`` becomes
+    GX's row-count expectation with the minimum it implies (dropped without a previous count)."""
+    import great_expectations as gx
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    gx_suite = gx.ExpectationSuite(name=suite.name)
+    for index, entry in enumerate(suite.expectations):
+        type_, kwargs = entry.type, entry.gx_kwargs()
+        if isinstance(entry, RowCountChange):
+            if previous_row_count is None:
+                continue
+            type_ = "expect_table_row_count_to_be_between"
+            kwargs = {"min_value": math.ceil(previous_row_count * (1 - entry.kwargs.max_drop_ratio))}
+        config = ExpectationConfiguration(
+            type=type_,
+            kwargs=kwargs,
+            meta={"conduit_index": index},
+            severity=entry.severity,
+            description=_description(type_, entry.severity, kwargs),
+        )
+        gx_suite.add_expectation(config.to_domain_obj())
+    return gx_suite
+
+
+def _description(type_: str, severity: str, kwargs: dict) -> str:
+    """Data Docs show the description in place of GX's sentence: name the type and the arguments."""
+    shown = {
+        name: f"<{len(value)} values>" if isinstance(value, list) and len(value) > 10 else value
+        for name, value in kwargs.items()
+        if name != "column" and value not in (None, False)
+    }
+    return f"{type_} [{severity}] " + ", ".join(f"{name}={value}" for name, value in shown.items())
+
+
+def gx_rows(
+    frame: pd.DataFrame,
+    report: GateReport,
+    *,
+    full_up_to: int = FULL_UP_TO,
+    sample_size: int = SAMPLE_SIZE,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, bool]:
+    """The rows GX validates: all of ``frame`` when small, else up to ``FAILING_PER_EXPECTATION``
+    failing rows of each expectation plus a random sample (rows are positions in ``frame``)."""
+    import numpy as np
+
+    if len(frame) <= full_up_to:
+        return frame, False
+    failing = [
+        r.failing_rows.index[:FAILING_PER_EXPECTATION] for r in report.results if r.failing_rows is not None
+    ]
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(frame), size=min(sample_size, len(frame)), replace=False)
+    positions = np.unique(np.concatenate([sample, *[np.asarray(f) for f in failing]]))
+    return frame.iloc[positions], True
+
+
+def validate(
+    frame: pd.DataFrame,
+    report: GateReport,
+    *,
+    out_dir: str | Path | None = None,
+    run_name: str | None = None,
+    full_up_to: int = FULL_UP_TO,
+    sample_size: int = SAMPLE_SIZE,
+) -> GxValidation:
+    """Validate ``report``'s suite (its ``now`` already fixed) with GX on the rows ``frame`` held
+    when the report was made; with ``out_dir``, also write the Data Docs site there."""
+    import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+
+    rows, sampled = gx_rows(frame, report, full_up_to=full_up_to, sample_size=sample_size)
+    sites = {}
+    if out_dir is not None:
+        sites[SITE] = {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(out_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+        data_docs_sites=sites,
+    )
+    context = gx.get_context(project_config=config, mode="ephemeral")
+    batch_definition = (
+        context.data_sources.add_pandas(SITE)
+        .add_dataframe_asset(report.suite.name)
+        .add_batch_definition_whole_dataframe("gate")
+    )
+    suite = context.suites.add(gx_suite(report.suite, previous_row_count=_previous_row_count(report)))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{report.suite.name}_gate", data=batch_definition, suite=suite)
+    )
+    run_id = RunIdentifier(run_name=run_name, run_time=report.evaluated_at.astimezone(UTC))
+    result = definition.run(
+        batch_parameters={"dataframe": rows},
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [report.key]},
+        run_id=run_id,
+    )
+    if sampled:
+        _use_engine_counts(result, report, len(rows))
+    if out_dir is None:
+        return GxValidation(result, sampled, len(rows))
+    identifier = ValidationResultIdentifier(
+        expectation_suite_identifier=ExpectationSuiteIdentifier(name=report.suite.name),
+        run_id=run_id,
+        batch_identifier=result.batch_id,
+    )
+    context.validation_results_store.set(identifier, result)
+    site = context.build_data_docs(site_names=[SITE], resource_identifiers=[identifier])
+    page = next(Path(out_dir).glob("validations/**/*.html"))
+    return GxValidation(result, sampled, len(rows), Path(site[SITE].removeprefix("file://")), page)
+
+
+def build_data_docs(
+    frame: pd.DataFrame, report: GateReport, out_dir: str | Path, *, run_name: str | None = None
+) -> Path:
+    """Write this run's Data Docs under ``out_dir``; returns the path of its ``index.html``."""
+    return validate(frame, report, out_dir=out_dir, run_name=run_name).index_html
+
+
+def _previous_row_count(report: GateReport) -> int | None:
+    changes = [r for r in report.table_results if isinstance(r.expectation, RowCountChange)]
+    return changes[0].observed_value["previous_row_count"] if changes else None
+
+
+def _use_engine_counts(result, report: GateReport, rows_validated: int) -> None:
+    """GX counted a sample: put the engine's full-table row-count verdicts in its place."""
+    by_index = {
+        r.index: r
+        for r in report.table_results
+        if isinstance(r.expectation, RowCountBetween | RowCountChange)
+    }
+    for evr in result.results:
+        engine = by_index.get(evr.expectation_config.meta["conduit_index"])
+        if engine is not None:
+            evr.success = engine.success
+            evr.result["observed_value"] = report.row_count
+            evr.expectation_config.description += (
+                f", counted by the Conduit engine on all {report.row_count} rows"
+            )
+    result.success = all(evr.success for evr in result.results)
+    result.statistics["successful_expectations"] = sum(evr.success for evr in result.results)
+    result.statistics["unsuccessful_expectations"] = sum(not evr.success for evr in result.results)
+    result.meta["conduit_sample"] = (
+        f"GX validated {rows_validated} of {report.row_count} rows: every failing row (up to "
+        f"{FAILING_PER_EXPECTATION} per expectation) and a random sample"
+    )

@@ -1,0 +1,328 @@
+"""Expectation suites: a YAML (or JSON) file of Great Expectations 1.x expectation types and kwargs,
+parsed into a typed model. Errors name the suite file and the entry index and field.
+
+A suite file reads::
+
+    name: erp_customers
+    expectations:
+      - type: expect_column_values_to_not_be_null
+        kwargs: {column: customer_number}
+      - type: expect_column_values_to_be_in_set
+        kwargs: {column: country_code, value_set_ref: iso3166_alpha2, mostly: 0.99}
+        severity: warning
+
+``type`` and ``kwargs`` are GX's own (``kwargs`` are handed to GX unchanged), ``severity`` is GX's
+``critical`` (default) / ``warning`` / ``info``. Conduit adds ``value_set_ref`` (a named value set,
+resolved when loaded), the bound ``now`` for ``expect_column_values_to_be_between`` (resolved per
+evaluation) and ``conduit_row_count_change`` (row count against the previous run's).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from conduit.exceptions import SpecError
+
+NOW = "now"
+LIFECYCLE_STAGES = (
+    "subscriber",
+    "lead",
+    "marketingqualifiedlead",
+    "salesqualifiedlead",
+    "opportunity",
+    "customer",
+    "evangelist",
+    "other",
+)
+
+
+@cache
+def _iso3166_alpha2() -> tuple[str, ...]:
+    import pycountry
+
+    return tuple(sorted(country.alpha_2 for country in pycountry.countries))
+
+
+VALUE_SETS = {
+    "iso3166_alpha2": _iso3166_alpha2,
+    "hubspot_lifecycle_stages": lambda: LIFECYCLE_STAGES,
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Mostly = Annotated[float, Field(ge=0.0, le=1.0)]
+Bound = int | float | str | None
+
+
+class _ColumnKwargs(_Model):
+    column: str
+    mostly: Mostly = 1.0
+
+
+class _BoundsKwargs(_Model):
+    min_value: Bound = None
+    max_value: Bound = None
+    strict_min: bool = False
+    strict_max: bool = False
+
+    @model_validator(mode="after")
+    def _bounds_make_sense(self):
+        bounds = {name: getattr(self, name) for name in ("min_value", "max_value")}
+        if all(value is None for value in bounds.values()):
+            raise ValueError("min_value: give min_value, max_value or both")
+        for name, value in bounds.items():
+            if isinstance(value, str) and value != NOW:
+                try:
+                    _parse_timestamp(value)
+                except ValueError:
+                    raise ValueError(
+                        f"{name}: {value!r} is neither a number, an ISO timestamp nor 'now'"
+                    ) from None
+        if len({isinstance(value, str) for value in bounds.values() if value is not None}) > 1:
+            raise ValueError("max_value: min_value and max_value must both be numbers or both timestamps")
+        return self
+
+
+class _IntBoundsKwargs(_BoundsKwargs):
+    min_value: Annotated[int, Field(ge=0)] | None = None
+    max_value: Annotated[int, Field(ge=0)] | None = None
+
+
+class NotNullKwargs(_ColumnKwargs):
+    pass
+
+
+class UniqueKwargs(_ColumnKwargs):
+    pass
+
+
+class MatchRegexKwargs(_ColumnKwargs):
+    regex: str
+
+    @model_validator(mode="after")
+    def _regex_compiles(self):
+        _check_regex(self.regex)
+        return self
+
+
+class InSetKwargs(_ColumnKwargs):
+    value_set: list[str | int | float] | None = None
+    value_set_ref: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_reference(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("value_set_ref") is not None:
+            if data.get("value_set") is not None:
+                raise ValueError("value_set_ref: give value_set or value_set_ref, not both")
+            ref = data["value_set_ref"]
+            if ref not in VALUE_SETS:
+                raise ValueError(f"value_set_ref: unknown value set {ref!r} (known: {', '.join(VALUE_SETS)})")
+            data = {**data, "value_set": list(VALUE_SETS[ref]())}
+        if isinstance(data, dict) and any(isinstance(v, bool) for v in data.get("value_set") or ()):
+            raise ValueError("value_set: YAML reads NO/YES/ON/OFF/true/false as booleans; quote such codes")
+        return data
+
+    @model_validator(mode="after")
+    def _has_a_set(self):
+        if self.value_set is None:
+            raise ValueError("value_set: give value_set or value_set_ref")
+        return self
+
+
+class BetweenKwargs(_ColumnKwargs, _BoundsKwargs):
+    pass
+
+
+class ValueLengthsKwargs(_ColumnKwargs, _IntBoundsKwargs):
+    pass
+
+
+class RowCountKwargs(_IntBoundsKwargs):
+    pass
+
+
+class RowCountChangeKwargs(_Model):
+    max_drop_ratio: Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Entry(_Model):
+    severity: Literal["critical", "warning", "info"] = "critical"
+
+    @property
+    def column(self) -> str | None:
+        return getattr(self.kwargs, "column", None)
+
+    @property
+    def mostly(self) -> float:
+        return getattr(self.kwargs, "mostly", 1.0)
+
+    @property
+    def blocking(self) -> bool:
+        return self.severity == "critical"
+
+    def gx_kwargs(self) -> dict[str, Any]:
+        return self.kwargs.model_dump(exclude_defaults=False)
+
+
+class NotNull(_Entry):
+    type: Literal["expect_column_values_to_not_be_null"]
+    kwargs: NotNullKwargs
+
+
+class Unique(_Entry):
+    type: Literal["expect_column_values_to_be_unique"]
+    kwargs: UniqueKwargs
+
+
+class MatchRegex(_Entry):
+    type: Literal["expect_column_values_to_match_regex"]
+    kwargs: MatchRegexKwargs
+
+
+class InSet(_Entry):
+    type: Literal["expect_column_values_to_be_in_set"]
+    kwargs: InSetKwargs
+
+
+class Between(_Entry):
+    type: Literal["expect_column_values_to_be_between"]
+    kwargs: BetweenKwargs
+
+
+class ValueLengthsBetween(_Entry):
+    type: Literal["expect_column_value_lengths_to_be_between"]
+    kwargs: ValueLengthsKwargs
+
+
+class RowCountBetween(_Entry):
+    type: Literal["expect_table_row_count_to_be_between"]
+    kwargs: RowCountKwargs
+
+
+class RowCountChange(_Entry):
+    """Conduit's own: fails when the row count fell by more than ``max_drop_ratio`` against the
+    ``previous_row_count`` the caller passes (passes when there is none, e.g. on the first run)."""
+
+    type: Literal["conduit_row_count_change"]
+    kwargs: RowCountChangeKwargs
+
+
+Expectation = Annotated[
+    NotNull | Unique | MatchRegex | InSet | Between | ValueLengthsBetween | RowCountBetween | RowCountChange,
+    Field(discriminator="type"),
+]
+
+# Row-level expectations can reject single rows; a failed table-level one can only stop the load.
+ROW_LEVEL = (NotNull, MatchRegex, InSet, Between, ValueLengthsBetween)
+TABLE_LEVEL = (Unique, RowCountBetween, RowCountChange)
+_TAGS = {cls.model_fields["type"].annotation.__args__[0] for cls in ROW_LEVEL + TABLE_LEVEL}
+
+
+class Suite(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    expectations: list[Expectation] = Field(min_length=1)
+    path: str = Field(default="<memory>", exclude=True)
+
+    def at(self, now: datetime) -> Suite:
+        """This suite with every ``now`` bound replaced by ``now`` (ISO-8601, UTC), so that our
+        engine and GX compare against the same instant."""
+        stamp = now.astimezone(UTC).isoformat()
+        entries = [
+            entry.model_copy(
+                update={
+                    "kwargs": entry.kwargs.model_copy(
+                        update={
+                            name: stamp
+                            for name in ("min_value", "max_value")
+                            if getattr(entry.kwargs, name) == NOW
+                        }
+                    )
+                }
+            )
+            if isinstance(entry, Between)
+            else entry
+            for entry in self.expectations
+        ]
+        return self.model_copy(update={"expectations": entries})
+
+
+def _parse_timestamp(text: str):
+    import pandas as pd
+
+    stamp = pd.Timestamp(text)
+    if stamp is pd.NaT:
+        raise ValueError(text)
+    return stamp
+
+
+def _check_regex(pattern: str) -> None:
+    """GX matches with pandas' ``str.contains``: Python's ``re`` on object columns, RE2 (pyarrow) on
+    the default string dtype. Accept only patterns both understand."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"regex: {pattern!r} does not compile: {exc}") from None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        pc.match_substring_regex(pa.array([""], pa.string()), pattern)
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"regex: {pattern!r} is not RE2 syntax (pyarrow): {exc}") from None
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for i, item in enumerate(loc):
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in _TAGS and i and isinstance(loc[i - 1], int):
+            continue  # pydantic puts the discriminator's value in the path
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _problem(loc: tuple[Any, ...], msg: str) -> tuple[str, str]:
+    msg = msg.removeprefix("Value error, ")
+    head, sep, rest = msg.partition(": ")
+    if sep and re.fullmatch(r"[A-Za-z_][\w.]*", head):
+        return f"{_field_path(loc)}.{head}".lstrip("."), rest
+    return _field_path(loc), msg
+
+
+def parse_suite(data: Any, path: str) -> Suite:
+    if not isinstance(data, dict):
+        raise SpecError(path, [("(top level)", "the suite must be a mapping with `name` and `expectations`")])
+    try:
+        return Suite.model_validate({**data, "path": path})
+    except ValidationError as exc:
+        problems = [_problem(err["loc"], err["msg"]) for err in exc.errors(include_url=False)]
+        raise SpecError(path, problems) from None
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Load ``*.yaml``/``*.yml``/``*.json``; raises :class:`SpecError` naming file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise SpecError(
+            str(path), [("(file)", f"not valid {path.suffix.lstrip('.').upper()}: {exc}")]
+        ) from None
+    except OSError as exc:
+        raise SpecError(str(path), [("(file)", str(exc))]) from None
+    return parse_suite(data, str(path))
