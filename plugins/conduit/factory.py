@@ -8,9 +8,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import DAG, CronTriggerTimetable, Param
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
-from conduit.operators.sync import CrmExtractOperator, ErpUpsertOperator, MappingTransformOperator
+from conduit.lineage.assets import erp_changes_alias, erp_table_asset
+from conduit.operators.sync import (
+    CrmExtractOperator,
+    DataDocsOperator,
+    ErpUpsertOperator,
+    MappingTransformOperator,
+    QualityGateOperator,
+    ReconcileOperator,
+)
 from conduit.specs.model import SyncSpec, load_specs
 
 
@@ -49,12 +57,23 @@ the ERP), or **dry_run** to do everything and roll the ERP transaction back.
 """
 
 
+def schedule(spec: SyncSpec):
+    """The spec's cron; with ``webhook_trigger`` also an AssetWatcher on the webhook event stream."""
+    cron = CronTriggerTimetable(spec.schedule.cron, timezone=spec.schedule.timezone)
+    if not spec.webhook_trigger:
+        return cron
+    from conduit.triggers.redis_events import crm_changes_asset
+
+    # redis_url None: the triggerer reads CONDUIT_REDIS_URL, so no password lands in the DAG
+    return AssetOrTimeSchedule(timetable=cron, assets=crm_changes_asset(spec.name))
+
+
 def build_sync_dag(spec: SyncSpec) -> DAG:
     tz = spec.schedule.timezone
     with DAG(
         dag_id=spec.name,
         description=(spec.description.strip().splitlines() or [spec.name])[0][:200],
-        schedule=CronTriggerTimetable(spec.schedule.cron, timezone=tz),
+        schedule=schedule(spec),
         start_date=pendulum.datetime(2025, 1, 1, tz=tz),
         catchup=False,
         max_active_runs=1,  # runs of one sync queue up instead of racing for the same rows
@@ -78,8 +97,21 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
         common = {"spec": spec, "full_refresh": "{{ params.full_refresh }}", "dry_run": "{{ params.dry_run }}"}
         extract = CrmExtractOperator(task_id="extract", **common)
         transform = MappingTransformOperator(task_id="transform", **common)
-        load = ErpUpsertOperator(task_id="load", extract_summary=extract.output, **common)
-        extract >> transform >> load
+        load = ErpUpsertOperator(task_id="load", extract_summary=extract.output,
+                                 outlets=[erp_changes_alias(spec)], **common)
+        # reconcile reads the table; declaring it registers the asset the load's events land on
+        reconcile = ReconcileOperator(task_id="reconcile", extract_summary=extract.output,
+                                      inlets=[erp_table_asset(spec)], **common)
+        extract >> transform
+        if spec.quality:
+            quality_gate = QualityGateOperator(task_id="quality_gate", extract_summary=extract.output, **common)
+            data_docs = DataDocsOperator(task_id="data_docs", **common)
+            transform >> [quality_gate, data_docs]
+            quality_gate >> load
+            data_docs >> reconcile  # reconcile removes the staged files Data Docs read
+        else:
+            transform >> load
+        load >> reconcile
     return dag
 
 

@@ -87,8 +87,11 @@ def test_dag_schedule_and_params():
     from conduit.specs.model import load_spec
 
     dag = build_sync_dag(load_spec(REPO / "include" / "syncs" / "crm_to_erp_customer_sync.yaml"))
-    assert dag.timetable.expression == "0 2 * * *"
-    assert str(dag.timetable.timezone) == "Europe/Berlin"
+    cron = dag.timetable.timetable  # cron OR the CRM-changes asset (webhook-driven runs)
+    assert cron.expression == "0 2 * * *"
+    assert str(cron.timezone) == "Europe/Berlin"
+    (watcher,) = dag.timetable.asset_condition.watchers
+    assert watcher.trigger.stream_key == "conduit:events:crm_to_erp_customer_sync"
     assert dag.catchup is False
     assert set(dag.params) >= {"full_refresh", "dry_run"}
     assert dag.doc_md and "customer_number" in dag.doc_md

@@ -7,7 +7,7 @@ so every name carries the spec's name.
 
 from __future__ import annotations
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, AssetAlias
 
 from conduit.specs.model import SyncSpec
 
@@ -29,3 +29,9 @@ def erp_table_asset(spec: SyncSpec) -> Asset:
 def crm_changes_asset_name(spec: SyncSpec) -> str:
     """The asset CRM webhooks update when records of the sync's object change."""
     return f"conduit.{spec.name}.crm_changes"
+
+
+def erp_changes_alias(spec: SyncSpec) -> AssetAlias:
+    """The load's outlet. It adds an event for :func:`erp_table_asset` only when a real (not dry)
+    run changed rows, so downstream DAGs react to data, not to every run."""
+    return AssetAlias(name=f"conduit.{spec.name}.erp_changes")

@@ -12,7 +12,6 @@ parsing a DAG must not pay for the OpenLineage client.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -55,15 +54,13 @@ class DatasetRef:
 def hubspot_dataset(base_url: str, object_type: str, api_version: str = "2026-09") -> DatasetRef:
     """The CRM object collection the hook reads: namespace = API root (scheme://host[:port]),
     name = the objects path for the connection's API version."""
+    from conduit.hooks.hubspot import objects_path
+
     url = urlsplit(base_url if "://" in base_url else f"https://{base_url}")
     authority = url.hostname + (f":{url.port}" if url.port else "")
-    # legacy semantic versions sit before "objects", date versions after it
-    if re.fullmatch(r"v\d+", api_version):
-        objects_path = f"crm/{api_version}/objects/{object_type}"
-    else:
-        objects_path = f"crm/objects/{api_version}/{object_type}"
+    path = objects_path(api_version, object_type)
     prefix = url.path.strip("/")  # a base URL may carry a path (a proxy, the stand-in)
-    return DatasetRef(f"{url.scheme}://{authority}", f"{prefix}/{objects_path}" if prefix else objects_path)
+    return DatasetRef(f"{url.scheme}://{authority}", f"{prefix}/{path}" if prefix else path)
 
 
 def postgres_dataset(host: str, port: int | None, database: str, schema: str, table: str) -> DatasetRef:

@@ -42,6 +42,48 @@ class SyncStepOperator(BaseOperator):
 
         return ErpHook(erp_conn_id=self.spec.target.conn_id)
 
+    @cached_property
+    def crm_hook(self) -> HubSpotHook:
+        from conduit.hooks.hubspot import HubSpotHook
+
+        return HubSpotHook(hubspot_conn_id=self.spec.source.conn_id)
+
+    # --- OpenLineage: the provider calls these (only when a transport is configured) and logs,
+    # never raises, what they raise. ``self.summary`` is what execute() returned in this process.
+
+    summary: dict[str, Any] | None = None
+
+    def lineage(self, summary: dict[str, Any]):
+        """This step's OperatorLineage, given its summary (empty before/without execute)."""
+        return None
+
+    def get_openlineage_facets_on_start(self):
+        return self.lineage({})
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        return self.lineage(self.summary or {})
+
+    def get_openlineage_facets_on_failure(self, task_instance):
+        return self.lineage(self.summary or {})
+
+    def dataset(self, which: str):
+        """The OpenLineage dataset of the CRM object, a staged stage, or the ERP table."""
+        import socket
+
+        from conduit.lineage import openlineage as ol
+        from conduit.pipeline.staging import staging_root
+
+        if which == "crm":
+            hook = self.crm_hook
+            hook._set_base_url(hook.connection)
+            return ol.hubspot_dataset(hook.base_url, self.spec.source.object, hook.settings["api_version"])
+        if which in ("raw", "mapped"):
+            return ol.staged_dataset(socket.gethostname(), str(staging_root()), self.spec, which)
+        facts, target = self.erp_hook.describe(), self.spec.target
+        if facts["kind"] == "sqlite":
+            return ol.sqlite_dataset(facts["path"], target.table)
+        return ol.postgres_dataset(facts["host"], facts["port"], facts["database"], target.db_schema, target.table)
+
     def staging(self, context: Context) -> RunStaging:
         return RunStaging.for_run(self.dag_id, context["run_id"])
 
@@ -56,11 +98,10 @@ class CrmExtractOperator(SyncStepOperator):
 
     ui_color = "#ffe8cc"
 
-    @cached_property
-    def crm_hook(self) -> HubSpotHook:
-        from conduit.hooks.hubspot import HubSpotHook
+    def lineage(self, summary):
+        from conduit.lineage.openlineage import extract_lineage
 
-        return HubSpotHook(hubspot_conn_id=self.spec.source.conn_id)
+        return extract_lineage(self.spec, self.dataset("crm"), self.dataset("raw"), row_count=summary.get("rows"))
 
     def execute(self, context: Context) -> dict[str, Any]:
         from conduit.pipeline import steps
@@ -69,7 +110,7 @@ class CrmExtractOperator(SyncStepOperator):
         cursor = self.spec.source.cursor
         target = self.erp_hook.get_target()
         target.ensure_ready(self.spec)
-        watermark = None if self.flag(self.full_refresh) else target.read_watermark(self.spec.name)
+        watermark = None if self.flag(self.full_refresh) else target.read_watermark(self.spec)
         run_start_ms = int(time.time() * 1000)
         window = incremental_window(watermark.ts_ms if watermark else None, run_start_ms,
                                     lag_seconds=cursor.lag_seconds, overlap_seconds=cursor.overlap_seconds)
@@ -78,6 +119,7 @@ class CrmExtractOperator(SyncStepOperator):
         summary["watermark_ms"] = window.upper_ms if window else run_start_ms - cursor.lag_seconds * 1000
         summary["staging"] = str(staging.root)
         self.log.info("extracted %s", summary)
+        self.summary = summary
         return summary
 
 
@@ -86,35 +128,152 @@ class MappingTransformOperator(SyncStepOperator):
 
     ui_color = "#fff3bf"
 
+    def lineage(self, summary):
+        from conduit.lineage.openlineage import transform_lineage
+
+        return transform_lineage(self.spec, self.dataset("raw"), self.dataset("mapped"),
+                                 row_count=summary.get("mapped"))
+
     def execute(self, context: Context) -> dict[str, int]:
         from conduit.pipeline import steps
 
-        counts = steps.transform(self.spec, self.staging(context))
-        self.log.info("mapped %s", counts)
-        return counts
+        self.summary = steps.transform(self.spec, self.staging(context))
+        self.log.info("mapped %s", self.summary)
+        return self.summary
 
 
 class ErpUpsertOperator(SyncStepOperator):
     """Upserts mapped rows, applies deletes and moves the watermark, all in one ERP transaction."""
 
-    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_summary", "gate_summary")
+    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_summary")
     ui_color = "#d3f9d8"
 
-    def __init__(self, *, extract_summary: Any, gate_summary: Any = None, **kwargs) -> None:
+    def __init__(self, *, extract_summary: Any, **kwargs) -> None:
         super().__init__(**kwargs)
         self.extract_summary = extract_summary
-        self.gate_summary = gate_summary
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        from conduit.pipeline import steps
+
+        result = steps.load(
+            self.erp_hook.get_target(), self.spec, self.staging(context), run_id=context["run_id"],
+            watermark_ms=self.extract_summary["watermark_ms"], full_refresh=self.flag(self.full_refresh),
+            dry_run=self.flag(self.dry_run),
+        )
+        summary = {**asdict(result), "dry_run": self.flag(self.dry_run),
+                   "watermark_ms": self.extract_summary["watermark_ms"]}
+        self.log.info("loaded %s", summary)
+        changed = result.inserted + result.updated + result.deleted
+        if changed and not summary["dry_run"]:
+            from conduit.lineage.assets import erp_changes_alias, erp_table_asset
+
+            context["outlet_events"][erp_changes_alias(self.spec)].add(
+                erp_table_asset(self.spec), extra={**summary, "sync": self.spec.name, "run_id": context["run_id"]})
+        self.summary = summary
+        return summary
+
+    def lineage(self, summary):
+        from conduit.lineage.openlineage import load_lineage
+        from conduit.targets.sql_render import BOOKKEEPING_COLUMNS
+
+        written = summary.get("inserted", 0) + summary.get("updated", 0) if summary else None
+        return load_lineage(self.spec, self.dataset("crm"), self.dataset("mapped"), self.dataset("erp"),
+                            audit_columns={c.name: c.dtype for c in BOOKKEEPING_COLUMNS}, row_count=written)
+
+
+def suite_path(spec: SyncSpec):
+    from conduit.factory import include_dir
+
+    return include_dir() / "expectations" / spec.quality.suite
+
+
+class QualityGateOperator(SyncStepOperator):
+    """Runs the spec's expectation suite on the mapped rows. Under ``block`` any failure stops the
+    run; under ``quarantine`` failing rows are parked with their reasons and the rest loads (unless
+    too many fail); ``warn`` only reports. A failed gate raises ``QualityGateFailed`` (no retry)."""
+
+    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_summary")
+    ui_color = "#ffd8d8"
+
+    def __init__(self, *, extract_summary: Any, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.extract_summary = extract_summary
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from conduit.exceptions import QualityGateFailed
+        from conduit.pipeline import steps
+        from conduit.quality.summary import summary_lines, to_ol_assertions
+
+        report, decision, summary = steps.gate(
+            self.erp_hook.get_target(), self.spec, self.staging(context), suite_path(self.spec),
+            run_id=context["run_id"], full_extract=self.extract_summary["mode"] == "full",
+        )
+        self.log.info("quality gate %s\n%s", self.spec.quality.suite, "\n".join(summary_lines(report)))
+        self.summary = {**summary, "assertions": to_ol_assertions(report)}
+        if not decision.load:
+            raise QualityGateFailed(f"{decision.reason}\n" + "\n".join(summary_lines(report)))
+        return summary
+
+    def lineage(self, summary):
+        from conduit.lineage.openlineage import gate_lineage
+
+        return gate_lineage(self.dataset("mapped"), summary.get("assertions"))
+
+
+class DataDocsOperator(SyncStepOperator):
+    """Great Expectations' own validation and Data Docs for the run. GX takes ~10 s to import, so
+    this runs beside the gate; it reports and never blocks (the gate decides)."""
+
+    ui_color = "#f3f0ff"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        import logging
+
+        from conduit.pipeline import steps
+        from conduit.pipeline.staging import data_docs_root
+
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        out_dir = data_docs_root() / self.dag_id / RunStaging.for_run(self.dag_id, context["run_id"]).root.name
+        _, validation = steps.data_docs(self.spec, self.staging(context), suite_path(self.spec), out_dir,
+                                        run_name=context["run_id"])
+        summary = {"data_docs": str(validation.index_html), "success": bool(validation.result.success),
+                   "rows_validated": validation.rows_validated, "sampled": validation.sampled}
+        self.log.info("Data Docs: %s", summary)
+        return summary
+
+
+class ReconcileOperator(SyncStepOperator):
+    """Checks the ERP against what was loaded and against the CRM's counts; fails loudly on a gap.
+    Removes the run's staged files once the ERP is confirmed (dry runs reconcile nothing)."""
+
+    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_summary")
+    ui_color = "#e6fcf5"
+
+    def __init__(self, *, extract_summary: Any, keep_staging: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.extract_summary = extract_summary
+        self.keep_staging = keep_staging
+
+    def lineage(self, summary):
+        from conduit.lineage.openlineage import reconcile_lineage
+
+        checks = [{"assertion": name, "success": summary.get(name) == 0}
+                  for name in ("staged_mismatched", "missing_in_erp") if name in summary]
+        return reconcile_lineage(self.dataset("mapped"), self.dataset("erp"), checks or None)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from conduit.pipeline import steps
 
-        rejected = frozenset((self.gate_summary or {}).get("rejected_keys", ()))
-        result = steps.load(
-            self.erp_hook.get_target(), self.spec, self.staging(context), run_id=context["run_id"],
-            watermark_ms=self.extract_summary["watermark_ms"], full_refresh=self.flag(self.full_refresh),
-            dry_run=self.flag(self.dry_run), rejected_keys=rejected,
-        )
-        summary = {**result.as_dict(), "dry_run": self.flag(self.dry_run), "rejected": len(rejected),
-                   "watermark_ms": self.extract_summary["watermark_ms"]}
-        self.log.info("loaded %s", summary)
+        staging = self.staging(context)
+        if self.flag(self.dry_run):
+            summary = {"skipped": "dry run: the load was rolled back"}
+        else:
+            summary = steps.reconcile(self.crm_hook, self.erp_hook.get_target(), self.spec, staging,
+                                      upper_ms=self.extract_summary["watermark_ms"])
+        self.log.info("reconciled %s", summary)
+        self.summary = summary
+        if not self.keep_staging:
+            staging.remove()
         return summary

@@ -27,6 +27,13 @@ def staging_root() -> Path:
     return Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "conduit" / "staging"
 
 
+def data_docs_root() -> Path:
+    configured = os.environ.get("CONDUIT_DATA_DOCS_DIR")
+    if configured:
+        return Path(configured)
+    return staging_root().parent / "data_docs"
+
+
 def _safe(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", part)
 

@@ -118,15 +118,16 @@ def transform(spec: SyncSpec, staging: RunStaging) -> dict[str, int]:
 
 
 def load(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str, watermark_ms: int | None,
-         full_refresh: bool = False, dry_run: bool = False, rejected_keys: frozenset[str] = frozenset()):
-    """mapped/ -> the ERP, in one transaction together with deletes and the new watermark."""
+         full_refresh: bool = False, dry_run: bool = False):
+    """mapped/ minus rejected/ -> the ERP, in one transaction with deletes and the new watermark."""
     from conduit.targets.base import Watermark
 
     key = spec.target.key
+    rejected = rejected_keys(staging)
 
     def batches():
         for frame in staging.read_frames("mapped"):
-            yield frame[~frame[key].isin(rejected_keys)] if rejected_keys else frame
+            yield frame[~frame[key].isin(rejected)] if rejected else frame
 
     deleted = [k for frame in staging.read_frames("mapped_archived", [key]) for k in frame[key].tolist()]
     return target.load(
@@ -134,3 +135,156 @@ def load(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str,
         watermark=Watermark(watermark_ms, 0) if watermark_ms is not None else None,
         full_refresh=full_refresh, dry_run=dry_run,
     )
+
+
+def _raw_records(staging: RunStaging, crm_ids: set[str]) -> dict[str, dict]:
+    """The raw CRM records of a few ids (for quarantine), read part by part."""
+    found: dict[str, dict] = {}
+    for frame in staging.read_frames("raw"):
+        hits = frame[frame["id"].isin(crm_ids)]
+        found.update({row["id"]: row for row in hits.to_dict("records")})
+    return found
+
+
+def evaluate_suite(spec: SyncSpec, staging: RunStaging, suite_path, *, previous_row_count: int | None = None):
+    from conduit.quality.engine import SuiteEvaluator
+    from conduit.quality.suite import load_suite
+
+    evaluator = SuiteEvaluator(load_suite(suite_path), key=spec.target.key, previous_row_count=previous_row_count)
+    for frame in staging.read_frames("mapped"):
+        evaluator.add(frame)
+    return evaluator.report()
+
+
+def gate(target: ErpTarget, spec: SyncSpec, staging: RunStaging, suite_path, *, run_id: str,
+         full_extract: bool):
+    """Evaluate the suite on mapped/ and decide. Rows rejected under ``quarantine`` are parked in
+    the ERP's quarantine table with their reasons and raw record, and listed in rejected/ so the
+    load leaves them out. Returns (report, decision, summary)."""
+    import pyarrow as pa
+
+    from conduit.quality.engine import decide
+
+    # A change in row count is only meaningful when this run read everything.
+    report = evaluate_suite(spec, staging, suite_path,
+                            previous_row_count=target.count(spec) if full_extract else None)
+    decision = decide(report, spec.quality.policy, spec.quality.max_rejected_ratio)
+    writer = staging.writer("rejected")
+    if decision.load and decision.rejected_keys:
+        rejected = decision.rejected
+        writer.write(pa.table({"key": rejected["key"].astype(str).tolist(),
+                               "crm_id": rejected["crm_id"].astype(str).tolist(),
+                               "reasons": rejected["reasons"].tolist()}))
+        raw = _raw_records(staging, {str(c) for c in rejected["crm_id"]})
+        rows = [{"record_key": str(f.key), "crm_id": str(f.crm_id), "expectation": f.expectation,
+                 "column_name": f.column, "reason": f.reason, "raw_record": raw.get(str(f.crm_id))}
+                for f in report.row_failures() if f.key in decision.rejected_keys]
+        target.quarantine(spec, rows, run_id=run_id)
+    summary = {"checked": report.row_count, "rejected": len(decision.rejected_keys), "passed": decision.load,
+               "policy": spec.quality.policy, "reason": decision.reason,
+               "failed_expectations": [r.name for r in report.results if not r.success]}
+    return report, decision, summary
+
+
+def rejected_keys(staging: RunStaging) -> frozenset[str]:
+    if not staging.dir("rejected").is_dir():
+        return frozenset()
+    return frozenset(k for frame in staging.read_frames("rejected", ["key"]) for k in frame["key"].tolist())
+
+
+def data_docs(spec: SyncSpec, staging: RunStaging, suite_path, out_dir, *, run_name: str):
+    """GX's own validation of the staged rows (all when few, failing rows + a sample when many)
+    and its Data Docs site. Slow to import, so it runs beside the gate, not in the load's path."""
+    from conduit.quality.gx_runner import validate
+
+    report = evaluate_suite(spec, staging, suite_path)
+    validation = validate(staging.read_frames("mapped"), report, out_dir=out_dir, run_name=run_name)
+    return report, validation
+
+
+def _unloaded_quarantine(target: ErpTarget, spec: SyncSpec) -> int:
+    """Open quarantine entries whose record never reached the ERP (they explain a count gap)."""
+    keys = {str(e["record_key"]) for e in target.open_quarantine(spec) if e.get("record_key") is not None}
+    if not keys:
+        return 0
+    stored = target.fetch_rows(spec, keys=sorted(keys))
+    return len(keys) - int(stored["active"].astype(bool).sum())
+
+
+def _late_missing(hook: HubSpotHook, target: ErpTarget, spec: SyncSpec, upper_ms: int) -> int:
+    """Records created before the run's upper bound but modified after it: this run could not read
+    them, so the ERP may legitimately miss the ones it has never seen."""
+
+    from conduit.transforms.mapping import map_frame
+
+    props = raw_properties(spec)
+    window = Window(lower_ms=upper_ms, upper_ms=int(time.time() * 1000) + 1)
+    records = [r for page in iter_changed(lambda b: hook.search(spec.source.object, b), window,
+                                          cursor_property=spec.source.cursor.property, properties=props)
+               for r in page]
+    created = [r for r in records
+               if (r["properties"].get("createdate") or "") and _created_ms(r) < upper_ms]
+    if not created:
+        return 0
+    keys = map_frame(records_to_table(created, props).to_pandas(), spec)[spec.target.key].astype(str)
+    stored = target.fetch_rows(spec, keys=keys.tolist())
+    return len(keys) - int(stored["active"].astype(bool).sum()) if len(stored) else len(keys)
+
+
+def _created_ms(record: dict) -> int:
+    from conduit.pipeline.cursor import parse_ts_ms
+
+    return parse_ts_ms(record["properties"]["createdate"])
+
+
+def _staged_mismatches(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -> tuple[int, list[str]]:
+    """Every accepted staged row must be in the ERP, active, as loaded or newer."""
+    import pandas as pd
+
+    key = spec.target.key
+    skip = rejected_keys(staging) | {k for f in staging.read_frames("mapped_archived", [key]) for k in f[key]}
+    checked, bad = 0, []
+    for frame in staging.read_frames("mapped", [key, "row_hash", "source_modified_at"]):
+        frame = frame[~frame[key].isin(skip)].sort_values("source_modified_at").drop_duplicates(key, keep="last")
+        if frame.empty:
+            continue
+        stored = target.fetch_rows(spec, keys=frame[key].tolist())[[key, "row_hash", "source_modified_at", "active"]]
+        joined = frame.merge(stored, on=key, how="left", suffixes=("", "_erp"))
+        newer = pd.to_datetime(joined["source_modified_at_erp"], utc=True) > joined["source_modified_at"]
+        wrong = (joined["row_hash_erp"].isna() | ~joined["active"].fillna(False).astype(bool)
+                 | ((joined["row_hash"] != joined["row_hash_erp"]) & ~newer))
+        checked += len(frame)
+        bad += joined.loc[wrong, key].astype(str).tolist()
+    return checked, bad
+
+
+def reconcile(hook: HubSpotHook, target: ErpTarget, spec: SyncSpec, staging: RunStaging, *,
+              upper_ms: int) -> dict[str, Any]:
+    """Staged rows vs the ERP, then CRM vs ERP counts as of the run's upper bound.
+
+    Raises ``ReconciliationError`` when the ERP lacks rows it should have (a row deleted behind
+    the sync's back, a lost update); extra ERP rows (CRM deletes that left no archive trace) are
+    reported for the full reconcile to repair."""
+    from conduit.exceptions import ReconciliationError
+
+    checked, bad = _staged_mismatches(target, spec, staging)
+    crm = hook.search(spec.source.object, {
+        "filterGroups": [{"filters": [{"propertyName": "createdate", "operator": "LT", "value": str(upper_ms)}]}],
+        "limit": 1, "properties": ["hs_object_id"],
+    })["total"]
+    erp = target.count(spec)
+    quarantined = _unloaded_quarantine(target, spec)
+    late = _late_missing(hook, target, spec, upper_ms) if erp + quarantined < crm else 0
+    expected = crm - quarantined - late
+    summary = {"staged_checked": checked, "staged_mismatched": len(bad), "crm_live": crm, "erp_active": erp,
+               "quarantined_unloaded": quarantined, "modified_after_window": late,
+               "missing_in_erp": max(expected - erp, 0), "extra_in_erp": max(erp - expected, 0)}
+    if bad:
+        raise ReconciliationError(
+            f"{len(bad)} of {checked} loaded rows differ in the ERP ({spec.target.key}: {', '.join(bad[:10])}): {summary}")
+    if erp < expected:
+        raise ReconciliationError(
+            f"the ERP holds {erp} active customers but the CRM has {crm} created before the run "
+            f"({quarantined} quarantined, {late} modified after the window): {expected - erp} missing; "
+            f"trigger the DAG with full_refresh to repair. {summary}")
+    return summary

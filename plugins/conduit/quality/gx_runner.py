@@ -9,6 +9,7 @@ count the table, so the row-count results on the page are the engine's, marked a
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -71,27 +72,29 @@ def _description(type_: str, severity: str, kwargs: dict) -> str:
     return f"{type_} [{severity}] " + ", ".join(f"{name}={value}" for name, value in shown.items())
 
 
-def gx_rows(
-    frame: pd.DataFrame,
-    report: GateReport,
-    *,
-    full_up_to: int = FULL_UP_TO,
-    sample_size: int = SAMPLE_SIZE,
-    seed: int = 0,
-) -> tuple[pd.DataFrame, bool]:
-    """The rows GX validates: all of ``frame`` when small, else up to ``FAILING_PER_EXPECTATION``
-    failing rows of each expectation plus a random sample (rows are positions in ``frame``)."""
+def gx_rows(frames: pd.DataFrame | Iterable[pd.DataFrame], report: GateReport, *, full_up_to: int = FULL_UP_TO,
+            sample_size: int = SAMPLE_SIZE, seed: int = 0) -> tuple[pd.DataFrame, bool]:
+    """The rows GX validates: all rows when few, else up to ``FAILING_PER_EXPECTATION`` failing rows
+    of each expectation plus a random sample. ``frames`` are the evaluated rows, whole or in the
+    chunks the report was made from; chunks are read one at a time, so a million rows never sit in
+    memory together."""
     import numpy as np
+    import pandas as pd
 
-    if len(frame) <= full_up_to:
-        return frame, False
-    failing = [
-        r.failing_rows.index[:FAILING_PER_EXPECTATION] for r in report.results if r.failing_rows is not None
-    ]
+    chunks = [frames] if isinstance(frames, pd.DataFrame) else frames
+    if report.row_count <= full_up_to:
+        return pd.concat(list(chunks), ignore_index=True), False
+    failing = [r.failing_rows.index[:FAILING_PER_EXPECTATION] for r in report.results if r.failing_rows is not None]
     rng = np.random.default_rng(seed)
-    sample = rng.choice(len(frame), size=min(sample_size, len(frame)), replace=False)
-    positions = np.unique(np.concatenate([sample, *[np.asarray(f) for f in failing]]))
-    return frame.iloc[positions], True
+    sample = rng.choice(report.row_count, size=min(sample_size, report.row_count), replace=False)
+    wanted = np.unique(np.concatenate([sample, *[np.asarray(f) for f in failing]]))
+    picked, offset = [], 0
+    for chunk in chunks:
+        local = wanted[(wanted >= offset) & (wanted < offset + len(chunk))] - offset
+        if len(local):
+            picked.append(chunk.iloc[local])
+        offset += len(chunk)
+    return pd.concat(picked), True
 
 
 def validate(
@@ -163,7 +166,7 @@ def validate(
 
 
 def build_data_docs(
-    frame: pd.DataFrame, report: GateReport, out_dir: str | Path, *, run_name: str | None = None
+    frame: pd.DataFrame | Iterable[pd.DataFrame], report: GateReport, out_dir: str | Path, *, run_name: str | None = None
 ) -> Path:
     """Write this run's Data Docs under ``out_dir``; returns the path of its ``index.html``."""
     return validate(frame, report, out_dir=out_dir, run_name=run_name).index_html

@@ -221,6 +221,10 @@ class SyncSpec(_Model):
     target: Target
     mapping: dict[str, FieldMapping] = Field(min_length=1)
     quality: QualitySpec | None = None
+    webhook_trigger: bool = Field(
+        default=False,
+        description="also run (incrementally) when HubSpot webhooks report changes (needs Redis)",
+    )
 
     @field_validator("mapping")
     @classmethod
