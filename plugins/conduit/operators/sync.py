@@ -238,6 +238,8 @@ class DataDocsOperator(SyncStepOperator):
         out_dir = data_docs_root() / self.dag_id / RunStaging.for_run(self.dag_id, context["run_id"]).root.name
         _, validation = steps.data_docs(self.spec, self.staging(context), suite_path(self.spec), out_dir,
                                         run_name=context["run_id"])
+        if validation is None:
+            return {"data_docs": None, "rows_validated": 0, "reason": "no rows changed in this run"}
         summary = {"data_docs": str(validation.index_html), "success": bool(validation.result.success),
                    "rows_validated": validation.rows_validated, "sampled": validation.sampled}
         self.log.info("Data Docs: %s", summary)

@@ -198,6 +198,8 @@ def data_docs(spec: SyncSpec, staging: RunStaging, suite_path, out_dir, *, run_n
     from conduit.quality.gx_runner import validate
 
     report = evaluate_suite(spec, staging, suite_path)
+    if report.row_count == 0:
+        return report, None
     validation = validate(staging.read_frames("mapped"), report, out_dir=out_dir, run_name=run_name)
     return report, validation
 
