@@ -1,0 +1,152 @@
+"""What every ERP target offers, whatever the ERP behind it (a SQL table now, a REST API later).
+
+A target receives mapped customer rows as pandas DataFrames: the spec's ``mapping`` columns in
+order, then ``source_modified_at`` (UTC timestamp) and ``row_hash`` (hex text). It loads them
+idempotently, keyed by ``spec.target.key``, and keeps the sync's watermark and quarantine next
+to the data so that a load and its bookkeeping commit or fail together.
+
+pandas is imported inside functions only: operators import this module at DAG-parse time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from conduit.specs.model import SyncSpec
+
+SOURCE_MODIFIED_AT = "source_modified_at"
+ROW_HASH = "row_hash"
+
+
+@dataclass(frozen=True, order=True)
+class Watermark:
+    """How far the source has been read: a (last-modified ms, object id) cursor.
+
+    Ordered as a tuple, so ties on the timestamp are broken by the id.
+    """
+
+    ts_ms: int
+    id: int
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    stale_skipped: int = 0
+    """Incoming rows older than what the target holds: left alone."""
+
+
+class ErpTarget(ABC):
+    """An ERP customer master that Conduit loads into.
+
+    Implementations must make :meth:`load` all-or-nothing: rows, deletes, the watermark and
+    replay marks become visible together, or not at all.
+    """
+
+    @abstractmethod
+    def ensure_ready(self, spec: SyncSpec) -> None:
+        """Create what the spec needs if missing (idempotent, safe to run concurrently).
+        Raises ``TargetConfigError`` when what exists does not fit the spec."""
+
+    @abstractmethod
+    def read_watermark(self, spec: SyncSpec) -> Watermark | None:
+        """The watermark stored by the last load of this sync, or None before the first."""
+
+    @abstractmethod
+    def load(
+        self,
+        spec: SyncSpec,
+        batches: Iterable[pd.DataFrame],
+        *,
+        run_id: str,
+        deleted_keys: Iterable[str] = (),
+        watermark: Watermark | None = None,
+        full_refresh: bool = False,
+        dry_run: bool = False,
+        replayed_quarantine_ids: Iterable[int] = (),
+    ) -> LoadResult:
+        """Upsert the rows, apply deletes, advance the watermark and mark replayed quarantine
+        entries, atomically.
+
+        - A stored row changes only for data at least as new as its own; older data is counted
+          as ``stale_skipped``. Unchanged rows are not rewritten. A soft-deleted row that comes
+          back with newer data is re-activated. Of several rows with one key, the newest wins.
+        - ``deleted_keys`` are deleted per ``spec.target.delete_mode`` after the upsert.
+        - ``full_refresh`` also deletes every row this load did not bring.
+        - The stored watermark moves to ``watermark`` only if that is later.
+        - ``dry_run`` does all of it, reports the counts and rolls back.
+        """
+
+    @abstractmethod
+    def count(self, spec: SyncSpec, *, active_only: bool = True) -> int: ...
+
+    @abstractmethod
+    def key_checksum(self, spec: SyncSpec) -> str:
+        """Order-independent checksum of (key, row_hash) over active rows; equals
+        :func:`frame_key_checksum` of a frame holding the same rows."""
+
+    @abstractmethod
+    def fetch_rows(self, spec: SyncSpec, keys: Iterable[str] | None = None) -> pd.DataFrame:
+        """Stored rows (all, or those with ``keys``), ordered by key: the mapped columns, then
+        the bookkeeping ones (``source_modified_at``, ``row_hash``, ``active``, ``deleted_at``,
+        ``created_at``, ``updated_at``, ``last_run_id``)."""
+
+    @abstractmethod
+    def quarantine(self, spec: SyncSpec, rows: list[dict[str, Any]], *, run_id: str) -> int:
+        """Park rejected records. Each row has ``expectation`` and optionally ``record_key``,
+        ``crm_id``, ``column_name``, ``reason``, ``raw_record`` (JSON-able). The same finding
+        quarantined twice by one run is kept once. Returns how many rows were added."""
+
+    @abstractmethod
+    def open_quarantine(self, spec: SyncSpec) -> list[dict[str, Any]]:
+        """Quarantined records not yet replayed, oldest first, each with its ``id``."""
+
+    @abstractmethod
+    def mark_replayed(self, spec: SyncSpec, quarantine_ids: Iterable[int], *, run_id: str) -> int:
+        """Mark entries replayed by ``run_id`` (each at most once); returns how many were marked.
+        To make a replay exactly-once, pass the ids to :meth:`load` instead."""
+
+    @abstractmethod
+    def test_connection(self) -> tuple[bool, str]: ...
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Plain facts about where the data lands, for lineage: ``kind``, ``host``, ``port``,
+        ``database``, ``path`` (None where they do not apply). Never credentials."""
+
+
+# --- key checksum -------------------------------------------------------------------------------
+
+_MODULUS = 1 << 64
+
+
+def format_key_checksum(count: int, digest_sum: int) -> str:
+    return f"{count}:{digest_sum % _MODULUS:016x}"
+
+
+def key_checksum_of(pairs: Iterable[tuple[object, str]]) -> str:
+    """Count and sum (mod 2**64) of the first 64 bits of ``md5(f"{key}:{row_hash}")``.
+
+    A sum, unlike a XOR, does not cancel out duplicated rows; a database can compute the same
+    in SQL (see ``sql_render.postgres_key_checksum``).
+    """
+    count = total = 0
+    for key, row_hash in pairs:
+        count += 1
+        total += int.from_bytes(hashlib.md5(f"{key}:{row_hash}".encode()).digest()[:8], "big")
+    return format_key_checksum(count, total)
+
+
+def frame_key_checksum(frame: pd.DataFrame, key: str) -> str:
+    """:meth:`ErpTarget.key_checksum` of the rows in ``frame`` (one row per key)."""
+    return key_checksum_of(zip(frame[key].astype(str), frame[ROW_HASH], strict=True))

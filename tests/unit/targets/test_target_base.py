@@ -1,0 +1,34 @@
+"""The target interface's plain parts: watermark order and the key checksum."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+
+from conduit.targets.base import Watermark, frame_key_checksum, key_checksum_of
+
+
+def test_watermark_orders_by_timestamp_then_id():
+    assert Watermark(10, 5) < Watermark(11, 1)
+    assert Watermark(10, 5) < Watermark(10, 6)
+    assert max(Watermark(10, 6), Watermark(10, 5), Watermark(9, 99)) == Watermark(10, 6)
+
+
+def test_key_checksum_ignores_order_but_not_content_or_duplicates():
+    pairs = [("HS-C-1", "aa"), ("HS-C-2", "bb"), ("HS-C-3", "cc")]
+    assert key_checksum_of(pairs) == key_checksum_of(reversed(pairs))
+    assert key_checksum_of(pairs) != key_checksum_of([*pairs[:2], ("HS-C-3", "cd")])
+    assert key_checksum_of(pairs) != key_checksum_of([*pairs, pairs[0]])
+    assert key_checksum_of(pairs + [pairs[0], pairs[0]]) != key_checksum_of(pairs[1:])  # no XOR cancelling
+    assert key_checksum_of([]) == "0:0000000000000000"
+
+
+def test_key_checksum_is_count_and_md5_digest_sum():
+    digest = int(hashlib.md5(b"HS-C-1:aa").hexdigest()[:16], 16)
+    assert key_checksum_of([("HS-C-1", "aa")]) == f"1:{digest:016x}"
+
+
+def test_frame_checksum_matches_pairs_and_renders_integer_keys_as_text():
+    frame = pd.DataFrame({"crm_id": pd.array([2, 1], dtype="Int64"), "row_hash": ["bb", "aa"]})
+    assert frame_key_checksum(frame, "crm_id") == key_checksum_of([("1", "aa"), ("2", "bb")])
