@@ -59,10 +59,9 @@ def _report(dag_run, summaries: dict[str, dict], seconds: float, home: Path) -> 
         "Where to look:",
         f"  ERP customer master   sqlite3 {home / 'erp.sqlite'} 'select count(*) from erp_customers'",
         f"  quarantine            sqlite3 {home / 'erp.sqlite'} 'select * from conduit_quarantine'",
-        f"  task logs             {home / 'airflow' / 'logs'}",
     ]
-    if gate.get("data_docs"):
-        lines.append(f"  Data Docs             {gate['data_docs']}")
+    if summaries.get("data_docs", {}).get("data_docs"):
+        lines.append(f"  GX Data Docs          {summaries['data_docs']['data_docs']}")
     lines.append("  run it again: the second run is incremental and reports 0 inserted, 0 updated")
     return "\n".join(lines)
 

@@ -1,0 +1,85 @@
+"""Fixtures that run the real sync DAG: an Airflow metadata DB, the stand-in CRM, an ERP schema on the
+real PostgreSQL, and a private copy of include/ whose spec points at that schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conduit.standin.testing import run_standin
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_ID = "crm_to_erp_customer_sync"
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated SQLite metadata DB in the session's private AIRFLOW_HOME."""
+    home = Path(os.environ["AIRFLOW_HOME"])
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True,
+                   env=os.environ.copy(), timeout=300)
+    return home
+
+
+@dataclass
+class SyncEnv:
+    crm: object
+    schema: str
+    include: Path
+    spec_path: Path
+
+    def edit_spec(self, **changes) -> None:
+        """Change the spec for the next parse (e.g. quality policy)."""
+        data = yaml.safe_load(self.spec_path.read_text())
+        for dotted, value in changes.items():
+            node = data
+            *parents, leaf = dotted.split("__")
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        self.spec_path.write_text(yaml.safe_dump(data))
+
+    def spec(self):
+        from conduit.specs.model import load_spec
+
+        return load_spec(self.spec_path)
+
+    def dag(self):
+        from airflow.dag_processing.dagbag import DagBag
+
+        bag = DagBag(dag_folder=str(REPO / "dags"))
+        assert bag.import_errors == {}
+        return bag.dags[DAG_ID]
+
+    def target(self):
+        from conduit.hooks.erp import ErpHook
+
+        return ErpHook().get_target()
+
+
+@pytest.fixture
+def sync_env(airflow_db, pg_server_dsn, pg_schema, tmp_path, monkeypatch):
+    include = tmp_path / "include"
+    shutil.copytree(REPO / "include", include)
+    spec_path = include / "syncs" / f"{DAG_ID}.yaml"
+    data = yaml.safe_load(spec_path.read_text())
+    data["target"]["schema"] = pg_schema
+    spec_path.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("CONDUIT_INCLUDE_DIR", str(include))
+    monkeypatch.setenv("CONDUIT_STAGING_DIR", str(tmp_path / "staging"))
+    monkeypatch.setenv("CONDUIT_DATA_DOCS_DIR", str(tmp_path / "data_docs"))
+    monkeypatch.setenv("AIRFLOW_CONN_ERP_DEFAULT", pg_server_dsn)
+    with run_standin(contacts=int(os.environ.get("CONDUIT_TEST_CONTACTS", "600")), seed=11) as crm:
+        monkeypatch.setenv("AIRFLOW_CONN_HUBSPOT_DEFAULT", json.dumps({
+            "conn_type": "hubspot", "host": crm.base_url, "password": crm.token,
+            "extra": {"api_version": "2026-09", "max_retries": 4, "backoff_max": 0.5},
+        }))
+        yield SyncEnv(crm=crm, schema=pg_schema, include=include, spec_path=spec_path)
