@@ -1,0 +1,108 @@
+"""The value normalisers of ``fields`` for whole Arrow columns.
+
+Library calls are made once per distinct value (and cached across batches); e-mail addresses
+and phone numbers, unique per record, take vectorised fast paths that give the library's
+answer without calling it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from conduit.transforms import fields
+
+UTC_MICROS = pa.timestamp("us", tz="UTC")
+_STRING = pa.string()
+# Addresses email-validator would return as they are (modulo case) if valid: plain ASCII
+# atext, dots and "@", and no IDNA ("xn--") labels, which it turns into Unicode.
+_PLAIN_EMAIL = r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~@-]+$"
+_EPOCH_MS = f"^{fields.EPOCH_MS.pattern}$"
+_TRUE = frozenset({"true", "t", "yes", "y", "1"})
+_FALSE = frozenset({"false", "f", "no", "n", "0"})
+
+
+def blank_to_null(values: pa.Array) -> pa.Array:
+    """Empty and whitespace-only text becomes null."""
+    blank = pc.or_(pc.equal(values, ""), pc.utf8_is_space(values))
+    if not pc.any(blank).as_py():
+        return values
+    return pc.if_else(blank, pa.scalar(None, values.type), values)
+
+
+def map_distinct(
+    values: pa.Array, function: Callable[[str], object], type_: pa.DataType = _STRING
+) -> pa.Array:
+    """``function`` applied once per distinct non-null value; nulls stay null."""
+    encoded = pc.dictionary_encode(values)
+    mapped = pa.array([function(v) for v in encoded.dictionary.to_pylist()], type_)
+    return mapped.take(encoded.indices)
+
+
+def normalize_emails(values: pa.Array) -> pa.Array:
+    """``fields.normalize_email`` per row."""
+    trimmed = blank_to_null(pc.utf8_trim_whitespace(values))
+    plain = pc.and_(
+        pc.match_substring_regex(trimmed, _PLAIN_EMAIL),
+        pc.invert(pc.match_substring(trimmed, "xn--", ignore_case=True)),
+    )
+    plain = pc.fill_null(plain, True)  # nulls stay null either way
+    if pc.all(plain).as_py():
+        return pc.utf8_lower(trimmed)
+    other = pc.invert(plain)
+    looked_up = map_distinct(pc.if_else(other, trimmed, None), fields.normalize_email)
+    return pc.if_else(other, looked_up, pc.utf8_lower(trimmed))
+
+
+def countries_to_iso2(values: pa.Array) -> pa.Array:
+    return map_distinct(values, fields.country_to_iso2)
+
+
+def phone_regions(countries: pa.Array | None, default_region: str, size: int) -> pa.Array:
+    """Each row's phonenumbers region: its country in any form, else ``default_region``."""
+    if countries is None:
+        return pa.array(np.full(size, fields.phone_region(None, default_region)), pa.string())
+    return map_distinct(pc.fill_null(countries, ""), lambda c: fields.phone_region(c or None, default_region))
+
+
+def parse_timestamps(values: pa.Array) -> pa.Array:
+    """``fields.parse_timestamp`` per row, as UTC microseconds; unparseable text is null."""
+    values = pc.utf8_trim_whitespace(values.cast(pa.string()))
+    epoch = pc.fill_null(pc.match_substring_regex(values, _EPOCH_MS), False)
+    try:  # Arrow reads ISO-8601 with a "Z" or an offset, HubSpot's format
+        parsed = pc.cast(pc.if_else(epoch, None, values), UTC_MICROS)
+    except pa.ArrowInvalid:  # dates, times without offset (UTC), or garbage (null): pandas
+        text = pc.if_else(epoch, None, values).to_pandas()
+        parsed = pa.array(
+            pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce").astype("datetime64[us, UTC]")
+        )
+    if pc.any(epoch).as_py():
+        millis = pc.cast(pc.if_else(epoch, values, None), pa.int64())
+        from_epoch = pc.cast(pc.multiply(millis, 1000), pa.timestamp("us")).cast(UTC_MICROS)
+        parsed = pc.if_else(epoch, from_epoch, parsed)
+    return parsed
+
+
+def to_integers(values: pa.Array) -> pa.Array:
+    """Whole numbers in text as int64; anything else null."""
+    if pa.types.is_integer(values.type):
+        return values.cast(pa.int64())
+    text = pc.utf8_trim_whitespace(values.cast(pa.string()))
+    whole = pc.fill_null(pc.match_substring_regex(text, r"^[+-]?[0-9]{1,18}$"), False)
+    return pc.cast(pc.if_else(whole, text, None), pa.int64())
+
+
+def to_booleans(values: pa.Array) -> pa.Array:
+    """true/false, yes/no, 1/0 (any case) as booleans; anything else null."""
+    if pa.types.is_boolean(values.type):
+        return values
+
+    def read(text: str) -> bool | None:
+        key = text.strip().lower()
+        return True if key in _TRUE else False if key in _FALSE else None
+
+    return map_distinct(values.cast(pa.string()), read, pa.bool_())
