@@ -31,15 +31,24 @@ def _environment(repo: Path, home: Path) -> dict[str, str]:
     }
 
 
-def _task_summaries(dag_run) -> dict[str, dict]:
+def task_summaries(dag_run) -> dict[str, dict]:
+    """Each task's returned summary; the mapped extract's are added up into one."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
+    from conduit.pipeline.steps import summarize_extract
+
+    values: dict[str, list] = {}
     with create_session() as session:
         rows = session.query(XComModel).filter(
             XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id, XComModel.key == "return_value"
-        )
-        return {row.task_id: XComModel.deserialize_value(row) for row in rows}
+        ).order_by(XComModel.map_index)
+        for row in rows:
+            values.setdefault(row.task_id, []).append(XComModel.deserialize_value(row))
+    summaries = {task: found[0] for task, found in values.items()}
+    if "extract" in values:
+        summaries["extract"] = summarize_extract(values["extract"])
+    return summaries
 
 
 def _report(dag_run, summaries: dict[str, dict], seconds: float, home: Path) -> str:
@@ -101,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         dag_run = bag.dags[DAG_ID].test(run_conf={"full_refresh": args.full_refresh, "dry_run": False})
         seconds = time.monotonic() - started
-    print(_report(dag_run, _task_summaries(dag_run), seconds, home))
+    print(_report(dag_run, task_summaries(dag_run), seconds, home))
     return 0 if dag_run.state == "success" else 1
 
 

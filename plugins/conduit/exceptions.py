@@ -71,5 +71,9 @@ class QualityGateFailed(AirflowFailException):
     """Data failed the spec's expectation suite under its policy; nothing was loaded."""
 
 
+class EmptySourceError(AirflowFailException):
+    """A full refresh read no records at all: loading it would delete every ERP customer."""
+
+
 class ReconciliationError(AirflowFailException):
     """Source and target disagree after a load (counts or key checksum)."""

@@ -13,6 +13,7 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 from conduit.lineage.assets import erp_changes_alias, erp_table_asset
 from conduit.operators.sync import (
     CrmExtractOperator,
+    CrmExtractPlanOperator,
     DataDocsOperator,
     ErpUpsertOperator,
     MappingTransformOperator,
@@ -95,16 +96,18 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
         doc_md=doc_md(spec),
     ) as dag:
         common = {"spec": spec, "full_refresh": "{{ params.full_refresh }}", "dry_run": "{{ params.dry_run }}"}
-        extract = CrmExtractOperator(task_id="extract", **common)
+        plan_extract = CrmExtractPlanOperator(task_id="plan_extract", **common)
+        # one mapped task per work item: the window or the id ranges, and the archived listing
+        extract = CrmExtractOperator.partial(task_id="extract", **common).expand(item=plan_extract.output)
         transform = MappingTransformOperator(task_id="transform", **common)
-        load = ErpUpsertOperator(task_id="load", extract_summary=extract.output,
+        load = ErpUpsertOperator(task_id="load", extract_plan=plan_extract.output,
                                  outlets=[erp_changes_alias(spec)], **common)
         # reconcile reads the table; declaring it registers the asset the load's events land on
-        reconcile = ReconcileOperator(task_id="reconcile", extract_summary=extract.output,
+        reconcile = ReconcileOperator(task_id="reconcile", extract_plan=plan_extract.output,
                                       inlets=[erp_table_asset(spec)], **common)
         extract >> transform
         if spec.quality:
-            quality_gate = QualityGateOperator(task_id="quality_gate", extract_summary=extract.output, **common)
+            quality_gate = QualityGateOperator(task_id="quality_gate", extract_plan=plan_extract.output, **common)
             data_docs = DataDocsOperator(task_id="data_docs", **common)
             transform >> [quality_gate, data_docs]
             quality_gate >> load

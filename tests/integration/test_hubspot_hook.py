@@ -9,7 +9,7 @@ import pytest
 
 from conduit.exceptions import CrmAuthError, CrmRequestError, CrmRetryableError
 from conduit.hooks.hubspot import HubSpotHook
-from conduit.pipeline.cursor import Window, iter_changed, parse_ts_ms
+from conduit.pipeline.cursor import Window, id_ranges, iter_changed, iter_id_range, parse_ts_ms
 from conduit.standin.testing import run_standin
 
 PROPS = ["email", "firstname", "lastmodifieddate"]
@@ -123,3 +123,11 @@ def test_cursor_respects_window_bounds(crm, hook):
                                       cursor_property="lastmodifieddate", properties=PROPS) for r in page]
     assert sorted(r["id"] for r in got) == sorted(ids[:10])
     assert all(window.lower_ms <= parse_ts_ms(r["properties"]["lastmodifieddate"]) < window.upper_ms for r in got)
+
+
+def test_id_ranges_read_every_record_once_in_parallel_partitions(hook):
+    ids = sorted(int(i) for i in all_ids(hook.iter_list_pages("contacts", ["email"], limit=100)))
+    got = [r["id"] for lo, hi in id_ranges(ids[0], ids[-1], 3)
+           for page in iter_id_range(lambda b: hook.search("contacts", b), lo, hi, properties=PROPS, limit=200)
+           for r in page]
+    assert sorted(int(i) for i in got) == ids

@@ -20,13 +20,23 @@ def run(env, **conf):
 
 
 def xcom(dag_run, task_id):
+    from conduit.demo import task_summaries
+
+    return task_summaries(dag_run)[task_id]
+
+
+def extract_kinds(dag_run) -> list[str]:
+    tis = sorted((ti for ti in dag_run.get_task_instances() if ti.task_id == "extract"), key=lambda t: t.map_index)
+    assert all(ti.state == TaskInstanceState.SUCCESS for ti in tis)
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        row = session.query(XComModel).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id,
-                                                 task_id=task_id, key="return_value").one()
-        return XComModel.deserialize_value(row)
+        rows = session.query(XComModel).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id="extract",
+                                                  key="return_value").order_by(XComModel.map_index)
+        kinds = [XComModel.deserialize_value(r)["kind"] for r in rows]
+    assert len(kinds) == len(tis)
+    return kinds
 
 
 def expected_erp(spec, *, seed=11, contacts=600, bad_emails=0) -> pd.DataFrame:
@@ -62,6 +72,7 @@ def test_sync_loads_the_crm_exactly_and_a_second_run_changes_nothing(sync_env):
     assert got["row_hash"].tolist() == want["row_hash"].tolist()
     load = xcom(dag_run, "load")
     assert load["inserted"] == 600 and load["updated"] == 0
+    assert extract_kinds(dag_run) == ["range"] * 4 + ["archived"]  # parallel id ranges + archived listing
     before = sync_env.target().fetch_rows(spec)[["customer_number", "updated_at"]]
 
     dag_run, states = run(sync_env)
@@ -71,6 +82,7 @@ def test_sync_loads_the_crm_exactly_and_a_second_run_changes_nothing(sync_env):
     after = sync_env.target().fetch_rows(spec)[["customer_number", "updated_at"]]
     pd.testing.assert_frame_equal(before, after)  # nothing rewritten: audit columns stay still
     assert xcom(dag_run, "extract")["mode"] == "incremental"
+    assert extract_kinds(dag_run) == ["changed", "archived"]
 
 
 def test_incremental_run_picks_up_changes_and_archives(sync_env):
@@ -92,15 +104,15 @@ def test_incremental_run_picks_up_changes_and_archives(sync_env):
     assert by_key.loc[f"HS-C-{ids[1]}", "deleted_at"] is not None
 
 
-def test_bad_token_fails_extract_without_retry(sync_env, monkeypatch):
+def test_bad_token_fails_without_retry(sync_env, monkeypatch):
     import json
 
     monkeypatch.setenv("AIRFLOW_CONN_HUBSPOT_DEFAULT", json.dumps(
         {"conn_type": "hubspot", "host": sync_env.crm.base_url, "password": "not-the-token"}))
     dag_run, states = run(sync_env)
     assert dag_run.state == "failed"
-    extract = dag_run.get_task_instance("extract")
-    assert extract.state == TaskInstanceState.FAILED and extract.try_number == 1
+    first = dag_run.get_task_instance("plan_extract")  # the first CRM call: the id range of a full read
+    assert first.state == TaskInstanceState.FAILED and first.try_number == 1
     assert sync_env.target().count(sync_env.spec()) == 0
 
 

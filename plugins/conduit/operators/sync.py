@@ -93,17 +93,14 @@ class SyncStepOperator(BaseOperator):
         return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes", "on")
 
 
-class CrmExtractOperator(SyncStepOperator):
-    """Reads changed (or, without a watermark / on full refresh, all) CRM records into raw Parquet parts."""
+class CrmExtractPlanOperator(SyncStepOperator):
+    """Decides what this run reads: the changed records since the ERP's watermark (minus an overlap)
+    or, without a watermark / on full refresh, everything — split into id ranges read in parallel —
+    plus the archived listing. Returns the work items the mapped ``extract`` tasks run."""
 
     ui_color = "#ffe8cc"
 
-    def lineage(self, summary):
-        from conduit.lineage.openlineage import extract_lineage
-
-        return extract_lineage(self.spec, self.dataset("crm"), self.dataset("raw"), row_count=summary.get("rows"))
-
-    def execute(self, context: Context) -> dict[str, Any]:
+    def execute(self, context: Context) -> list[dict[str, Any]]:
         from conduit.pipeline import steps
         from conduit.pipeline.cursor import incremental_window
 
@@ -115,12 +112,38 @@ class CrmExtractOperator(SyncStepOperator):
         window = incremental_window(watermark.ts_ms if watermark else None, run_start_ms,
                                     lag_seconds=cursor.lag_seconds, overlap_seconds=cursor.overlap_seconds)
         staging = self.staging(context)
-        summary = steps.extract(self.crm_hook, self.spec, staging, window=window, logger=self.log)
-        summary["watermark_ms"] = window.upper_ms if window else run_start_ms - cursor.lag_seconds * 1000
-        summary["staging"] = str(staging.root)
-        self.log.info("extracted %s", summary)
-        self.summary = summary
-        return summary
+        staging.reset("raw")
+        staging.reset("archived")
+        items = steps.plan_extract(self.crm_hook, self.spec, window=window,
+                                   watermark_ms=window.upper_ms if window else run_start_ms - cursor.lag_seconds * 1000,
+                                   parallelism=self.spec.source.parallelism)
+        self.log.info("extract plan: %s", items)
+        return items
+
+
+class CrmExtractOperator(SyncStepOperator):
+    """Runs one extract work item (a window, an id range, or the archived listing) into staged
+    Parquet parts; mapped over the plan's items, so ranges are read in parallel."""
+
+    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "item")
+    ui_color = "#ffe8cc"
+
+    def __init__(self, *, item: Any, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.item = item
+
+    def lineage(self, summary):
+        from conduit.lineage.openlineage import extract_lineage
+
+        return extract_lineage(self.spec, self.dataset("crm"), self.dataset("raw"), row_count=summary.get("rows"))
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from conduit.pipeline import steps
+
+        self.summary = steps.extract_item(self.crm_hook, self.spec, self.staging(context), self.item,
+                                          logger=self.log)
+        self.log.info("extracted %s", self.summary)
+        return self.summary
 
 
 class MappingTransformOperator(SyncStepOperator):
@@ -145,12 +168,12 @@ class MappingTransformOperator(SyncStepOperator):
 class ErpUpsertOperator(SyncStepOperator):
     """Upserts mapped rows, applies deletes and moves the watermark, all in one ERP transaction."""
 
-    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_summary")
+    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_plan")
     ui_color = "#d3f9d8"
 
-    def __init__(self, *, extract_summary: Any, **kwargs) -> None:
+    def __init__(self, *, extract_plan: Any, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.extract_summary = extract_summary
+        self.extract_plan = extract_plan
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dataclasses import asdict
@@ -159,11 +182,11 @@ class ErpUpsertOperator(SyncStepOperator):
 
         result = steps.load(
             self.erp_hook.get_target(), self.spec, self.staging(context), run_id=context["run_id"],
-            watermark_ms=self.extract_summary["watermark_ms"], full_refresh=self.flag(self.full_refresh),
+            watermark_ms=self.extract_plan[0]["watermark_ms"], full_refresh=self.flag(self.full_refresh),
             dry_run=self.flag(self.dry_run),
         )
         summary = {**asdict(result), "dry_run": self.flag(self.dry_run),
-                   "watermark_ms": self.extract_summary["watermark_ms"]}
+                   "watermark_ms": self.extract_plan[0]["watermark_ms"]}
         self.log.info("loaded %s", summary)
         changed = result.inserted + result.updated + result.deleted
         if changed and not summary["dry_run"]:
@@ -194,12 +217,12 @@ class QualityGateOperator(SyncStepOperator):
     run; under ``quarantine`` failing rows are parked with their reasons and the rest loads (unless
     too many fail); ``warn`` only reports. A failed gate raises ``QualityGateFailed`` (no retry)."""
 
-    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_summary")
+    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_plan")
     ui_color = "#ffd8d8"
 
-    def __init__(self, *, extract_summary: Any, **kwargs) -> None:
+    def __init__(self, *, extract_plan: Any, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.extract_summary = extract_summary
+        self.extract_plan = extract_plan
 
     def execute(self, context: Context) -> dict[str, Any]:
         from conduit.exceptions import QualityGateFailed
@@ -208,7 +231,7 @@ class QualityGateOperator(SyncStepOperator):
 
         report, decision, summary = steps.gate(
             self.erp_hook.get_target(), self.spec, self.staging(context), suite_path(self.spec),
-            run_id=context["run_id"], full_extract=self.extract_summary["mode"] == "full",
+            run_id=context["run_id"], full_extract=self.extract_plan[0]["mode"] == "full",
         )
         self.log.info("quality gate %s\n%s", self.spec.quality.suite, "\n".join(summary_lines(report)))
         self.summary = {**summary, "assertions": to_ol_assertions(report)}
@@ -250,12 +273,12 @@ class ReconcileOperator(SyncStepOperator):
     """Checks the ERP against what was loaded and against the CRM's counts; fails loudly on a gap.
     Removes the run's staged files once the ERP is confirmed (dry runs reconcile nothing)."""
 
-    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_summary")
+    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_plan")
     ui_color = "#e6fcf5"
 
-    def __init__(self, *, extract_summary: Any, keep_staging: bool = False, **kwargs) -> None:
+    def __init__(self, *, extract_plan: Any, keep_staging: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.extract_summary = extract_summary
+        self.extract_plan = extract_plan
         self.keep_staging = keep_staging
 
     def lineage(self, summary):
@@ -273,7 +296,7 @@ class ReconcileOperator(SyncStepOperator):
             summary = {"skipped": "dry run: the load was rolled back"}
         else:
             summary = steps.reconcile(self.crm_hook, self.erp_hook.get_target(), self.spec, staging,
-                                      upper_ms=self.extract_summary["watermark_ms"])
+                                      upper_ms=self.extract_plan[0]["watermark_ms"])
         self.log.info("reconciled %s", summary)
         self.summary = summary
         if not self.keep_staging:

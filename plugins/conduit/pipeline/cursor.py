@@ -114,3 +114,41 @@ def iter_changed(
         emit, state = advance(state, search(body).get("results", []), cursor_property=cursor_property, limit=limit)
         if emit:
             yield emit
+
+
+# --- full reads split by object id (parallel extraction) -----------------------------------------
+
+
+def id_ranges(min_id: int, max_id: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` half-open ranges [lo, hi) of about equal width covering min_id..max_id."""
+    parts = max(1, min(parts, max_id - min_id + 1))
+    width = (max_id - min_id + 1) / parts
+    bounds = [min_id + round(i * width) for i in range(parts)] + [max_id + 1]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def id_range_body(after_id: int, hi: int, *, properties: list[str], limit: int) -> dict:
+    return {
+        "filterGroups": [{"filters": [
+            {"propertyName": ID_PROPERTY, "operator": "GT", "value": str(after_id)},
+            {"propertyName": ID_PROPERTY, "operator": "LT", "value": str(hi)},
+        ]}],
+        "sorts": [{"propertyName": ID_PROPERTY, "direction": "ASCENDING"}],
+        "properties": properties,
+        "limit": limit,
+    }
+
+
+def iter_id_range(
+    search: Callable[[dict], dict], lo: int, hi: int, *, properties: list[str], limit: int = 200
+) -> Iterator[list[dict]]:
+    """Every live record with lo <= id < hi: a fresh id-cursor query per page, so no 10k cap."""
+    fields = list(dict.fromkeys([*properties, ID_PROPERTY]))
+    after = lo - 1
+    while True:
+        page = search(id_range_body(after, hi, properties=fields, limit=limit)).get("results", [])
+        if page:
+            yield page
+        if len(page) < limit:
+            return
+        after = int(page[-1]["id"])

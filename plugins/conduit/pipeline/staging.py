@@ -46,23 +46,24 @@ class RunStaging:
     def for_run(cls, dag_id: str, run_id: str, base: Path | None = None) -> RunStaging:
         return cls((base or staging_root()) / _safe(dag_id) / _safe(run_id))
 
-    def dir(self, kind: str) -> Path:
+    def dir(self, kind: str, partition: str | None = None) -> Path:
         if kind not in KINDS:
             raise ValueError(f"unknown staging kind {kind!r}")
-        return self.root / kind
+        return self.root / kind / partition if partition else self.root / kind
 
-    def reset(self, kind: str) -> Path:
-        """Empty a kind before (re)writing it, so a retried task never sees a half-written earlier try."""
-        path = self.dir(kind)
+    def reset(self, kind: str, partition: str | None = None) -> Path:
+        """Empty a kind (or one partition of it) before (re)writing it, so a retried task never sees
+        a half-written earlier try; parallel partitions each own a subfolder."""
+        path = self.dir(kind, partition)
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
         return path
 
     def parts(self, kind: str) -> list[Path]:
-        return sorted(self.dir(kind).glob("part-*.parquet"))
+        return sorted(self.dir(kind).rglob("part-*.parquet"))
 
-    def writer(self, kind: str) -> PartWriter:
-        return PartWriter(self.reset(kind))
+    def writer(self, kind: str, partition: str | None = None) -> PartWriter:
+        return PartWriter(self.reset(kind, partition))
 
     def read_frames(self, kind: str, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
         import pyarrow.parquet as pq

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from conduit.pipeline.cursor import ID_PROPERTY, Window, iter_changed
+from conduit.pipeline.cursor import ID_PROPERTY, Window, id_ranges, iter_changed, iter_id_range
 from conduit.pipeline.staging import PartWriter, RunStaging
 
 if TYPE_CHECKING:
@@ -76,43 +76,79 @@ def write_pages(pages: Iterable[list[dict]], writer: PartWriter, properties: lis
     return writer.rows
 
 
-def extract(hook: HubSpotHook, spec: SyncSpec, staging: RunStaging, *, window: Window | None,
-            logger: logging.Logger = log) -> dict[str, Any]:
-    """CRM -> raw/ (changed or all live records) and archived/ (every archived record)."""
+def plan_extract(hook: HubSpotHook, spec: SyncSpec, *, window: Window | None, watermark_ms: int,
+                 parallelism: int = 1) -> list[dict[str, Any]]:
+    """The extract's work items, each one mapped task: changed records in the window (or, without a
+    window, every record, split into ``parallelism`` id ranges) and the archived listing. Every item
+    carries the run's mode and the watermark the load will store."""
+    run = {"mode": "full" if window is None else "incremental", "watermark_ms": watermark_ms,
+           "window": [window.lower_ms, window.upper_ms] if window else None}
+    if window is not None or parallelism <= 1:
+        items = [{**run, "kind": "changed" if window else "all"}]
+    else:
+        first, last = (hook.search(spec.source.object, {"sorts": [{"propertyName": ID_PROPERTY, "direction": d}],
+                                                        "limit": 1, "properties": [ID_PROPERTY]})["results"]
+                       for d in ("ASCENDING", "DESCENDING"))
+        ranges = id_ranges(int(first[0]["id"]), int(last[0]["id"]), parallelism) if first else []
+        items = [{**run, "kind": "range", "lo": lo, "hi": hi} for lo, hi in ranges] or [{**run, "kind": "all"}]
+    # Search never returns archived records, and the archived listing has no date filter.
+    return [*items, {**run, "kind": "archived"}]
+
+
+def extract_item(hook: HubSpotHook, spec: SyncSpec, staging: RunStaging, item: dict[str, Any],
+                 logger: logging.Logger = log) -> dict[str, Any]:
+    """Run one work item of :func:`plan_extract` into raw/ (or archived/), in its own subfolder."""
     source = spec.source
     props = raw_properties(spec)
-    if window is None:
-        pages: Iterator[list[dict]] = hook.iter_list_pages(source.object, props, limit=source.page_size)
-        mode = "full"
+    kind = item["kind"]
+    if kind == "changed":
+        pages: Iterator[list[dict]] = iter_changed(
+            lambda body: hook.search(source.object, body), Window(*item["window"]),
+            cursor_property=source.cursor.property, properties=props, limit=source.search_page_size)
+    elif kind == "range":
+        pages = iter_id_range(lambda body: hook.search(source.object, body), item["lo"], item["hi"],
+                              properties=props, limit=source.search_page_size)
     else:
-        pages = iter_changed(lambda body: hook.search(source.object, body), window,
-                             cursor_property=source.cursor.property, properties=props,
-                             limit=source.search_page_size)
-        mode = "incremental"
-    progress = Progress(f"extract {source.object} ({mode})", logger)
-    rows = write_pages(pages, staging.writer("raw"), props, progress)
+        pages = hook.iter_list_pages(source.object, props, archived=kind == "archived", limit=source.page_size)
+    name = f"{kind}-{item['lo']}" if kind == "range" else kind
+    progress = Progress(f"extract {source.object} {name}", logger)
+    rows = write_pages(pages, staging.writer("archived" if kind == "archived" else "raw", name), props, progress)
     logger.info("%s", progress.line())
-    # Search never returns archived records, and the archived listing has no date filter.
-    archived_progress = Progress(f"extract archived {source.object}", logger)
-    archived = write_pages(hook.iter_list_pages(source.object, props, archived=True, limit=source.page_size),
-                           staging.writer("archived"), props, archived_progress)
-    return {"mode": mode, "rows": rows, "archived": archived, "pages": progress.pages,
-            "window": [window.lower_ms, window.upper_ms] if window else None,
-            "requests": hook.requests_sent, "retries": hook.retries}
+    return {"kind": kind, "mode": item["mode"], "watermark_ms": item["watermark_ms"], "rows": rows,
+            "pages": progress.pages, "requests": hook.requests_sent, "retries": hook.retries}
+
+
+def extract(hook: HubSpotHook, spec: SyncSpec, staging: RunStaging, *, window: Window | None,
+            watermark_ms: int | None = None, logger: logging.Logger = log) -> dict[str, Any]:
+    """CRM -> raw/ and archived/ in one process (what the mapped extract tasks do in parallel).
+    The watermark defaults to the window's upper bound, or now for a full read."""
+    if watermark_ms is None:
+        watermark_ms = window.upper_ms if window else int(time.time() * 1000)
+    staging.reset("raw")
+    staging.reset("archived")
+    results = [extract_item(hook, spec, staging, item, logger)
+               for item in plan_extract(hook, spec, window=window, watermark_ms=watermark_ms)]
+    return summarize_extract(results)
+
+
+def summarize_extract(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of the extract's items (mode and watermark are the same on every item)."""
+    return {"mode": results[0]["mode"], "watermark_ms": results[0]["watermark_ms"],
+            "rows": sum(r["rows"] for r in results if r["kind"] != "archived"),
+            "archived": sum(r["rows"] for r in results if r["kind"] == "archived"),
+            "pages": sum(r["pages"] for r in results), "requests": sum(r["requests"] for r in results),
+            "retries": sum(r["retries"] for r in results)}
 
 
 def transform(spec: SyncSpec, staging: RunStaging) -> dict[str, int]:
-    """raw/ -> mapped/ and archived/ -> mapped_archived/, part by part."""
-    import pyarrow as pa
+    """raw/ -> mapped/ and archived/ -> mapped_archived/, part by part (Arrow end to end)."""
+    from conduit.transforms.mapping import map_table
 
-    from conduit.transforms.mapping import map_frame, mapped_schema
-
-    schema = mapped_schema(spec)
     counts = {}
     for source_kind, mapped_kind in (("raw", "mapped"), ("archived", "mapped_archived")):
         writer = staging.writer(mapped_kind)
         for frame in staging.read_frames(source_kind):
-            writer.write(pa.Table.from_pandas(map_frame(frame, spec), schema=schema, preserve_index=False))
+            writer.write(map_table(frame, spec))
         counts[mapped_kind] = writer.rows
     return counts
 
@@ -130,6 +166,10 @@ def load(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str,
             yield frame[~frame[key].isin(rejected)] if rejected else frame
 
     deleted = [k for frame in staging.read_frames("mapped_archived", [key]) for k in frame[key].tolist()]
+    if full_refresh and staging.count("mapped") == 0:
+        from conduit.exceptions import EmptySourceError
+
+        raise EmptySourceError("full refresh read no CRM records; refusing to delete every ERP customer")
     return target.load(
         spec, batches(), run_id=run_id, deleted_keys=deleted,
         watermark=Watermark(watermark_ms, 0) if watermark_ms is not None else None,

@@ -146,6 +146,8 @@ class HubSpotSource(_Model):
     cursor: CursorSpec = Field(default_factory=CursorSpec)
     page_size: int = Field(default=100, ge=1, le=100)
     search_page_size: int = Field(default=200, ge=1, le=200)
+    parallelism: int = Field(default=1, ge=1, le=16,
+                             description="full reads split into this many id ranges, read by parallel tasks")
 
     @model_validator(mode="after")
     def _cursor_is_read(self) -> HubSpotSource:

@@ -8,6 +8,8 @@ from conduit.pipeline.cursor import (
     CursorState,
     Window,
     advance,
+    id_range_body,
+    id_ranges,
     incremental_window,
     parse_ts_ms,
     search_body,
@@ -77,3 +79,19 @@ def test_page_of_one_millisecond_makes_progress_through_ties():
 def test_short_range_page_ends_the_window():
     emit, state = advance(CursorState(0, -1, "range"), [rec(1, 10)], cursor_property="lastmodifieddate", limit=4)
     assert [r["id"] for r in emit] == ["1"] and state is None
+
+
+@pytest.mark.parametrize(("lo", "hi", "parts"), [(1, 100, 4), (10_001, 1_010_000, 7), (5, 5, 3), (1, 3, 8)])
+def test_id_ranges_cover_every_id_once(lo, hi, parts):
+    ranges = id_ranges(lo, hi, parts)
+    assert ranges[0][0] == lo and ranges[-1][1] == hi + 1
+    assert all(a < b for a, b in ranges)
+    assert all(prev[1] == nxt[0] for prev, nxt in zip(ranges, ranges[1:], strict=False))
+    assert len(ranges) == min(parts, hi - lo + 1)
+
+
+def test_id_range_body_is_a_fresh_id_cursor_query():
+    body = id_range_body(41, 900, properties=["email"], limit=200)
+    filters = body["filterGroups"][0]["filters"]
+    assert {(f["operator"], f["value"]) for f in filters} == {("GT", "41"), ("LT", "900")}
+    assert body["sorts"] == [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]
