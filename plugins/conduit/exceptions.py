@@ -75,5 +75,10 @@ class EmptySourceError(AirflowFailException):
     """A full refresh read no records at all: loading it would delete every ERP customer."""
 
 
+class RevenueDataError(AirflowFailException):
+    """The orders or customers cannot be reported on as they are (retrying cannot help). The
+    message names the table, the column and the offending records."""
+
+
 class ReconciliationError(AirflowFailException):
     """Source and target disagree after a load (counts or key checksum)."""
