@@ -9,6 +9,7 @@ no process is left behind.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import time
 from zoneinfo import ZoneInfo
@@ -224,6 +225,61 @@ def test_ui_login_trigger_with_params_and_hubspot_connection_form(airflow_stack:
         raise
     finally:
         context.close()
+
+
+def test_a_signed_hubspot_webhook_starts_a_sync_that_picks_the_change_up(airflow_stack: AirflowStack):
+    """Stand-in CRM -> signed webhook -> the Conduit plugin on the api-server -> Redis stream ->
+    the triggerer's AssetWatcher -> an asset-triggered sync run -> the change is in the ERP."""
+    from conduit.standin.testing import AdminClient
+
+    stack = airflow_stack
+    stack.unpause(DAG_ID)
+    assert_succeeded(stack, trigger(stack, {})["dag_run_id"], timeout=300)  # the ERP is loaded
+    before = {r["dag_run_id"] for r in stack.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns", expect=200).json()["dag_runs"]}
+    admin = AdminClient(stack.standin_url)
+    admin.subscribe_webhooks(f"{stack.base_url}/conduit/webhooks/hubspot/{DAG_ID}",
+                             stack.env["CONDUIT_HUBSPOT_WEBHOOK_SECRET"])
+    with psycopg.connect(stack.erp_dsn) as conn:
+        crm_id = conn.execute(f"SELECT crm_id FROM public.{topology.ERP_TABLE} ORDER BY crm_id LIMIT 1").fetchone()[0]
+    admin.modify(crm_id, {"firstname": "Webhooked"})
+
+    def webhook_run() -> dict | None:
+        runs = stack.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns", expect=200).json()["dag_runs"]
+        return next((r for r in runs if r["dag_run_id"] not in before and r["run_type"] == "asset_triggered"), None)
+
+    run = wait_until(webhook_run, timeout=180, what="an asset-triggered sync run from the webhook")
+    assert_succeeded(stack, run["dag_run_id"], timeout=300)
+    assert admin.stats()["webhooks"]["events_delivered"] >= 1, admin.stats()["webhooks"]
+    with psycopg.connect(stack.erp_dsn) as conn:
+        first_name = conn.execute(f"SELECT first_name FROM public.{topology.ERP_TABLE} WHERE crm_id = %s",
+                                  (crm_id,)).fetchone()[0]
+    assert first_name == "Webhooked"
+    admin.unsubscribe_webhooks()
+
+
+def test_lineage_events_are_valid_openlineage_with_column_lineage_from_the_mapping(airflow_stack: AirflowStack):
+    """Every event the real processes emitted validates against the OpenLineage spec, and the load's
+    column lineage names, for each ERP column, exactly the CRM properties its mapping reads."""
+    import subprocess
+    import sys
+
+    from conduit.specs.model import load_spec
+
+    events_file = airflow_stack.artifacts / "openlineage-events.jsonl"
+    validator = topology.REPO.parent / "shared" / "reference" / "openlineage-spec" / "validate_events.py"
+    assert events_file.exists() and validator.exists()
+    result = subprocess.run([sys.executable, str(validator), str(events_file)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
+    spec = load_spec(topology.REPO / "include" / "syncs" / f"{DAG_ID}.yaml")
+    loads = [e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"].endswith(".load")]
+    assert loads, "no COMPLETE event of the load task"
+    (erp,) = loads[-1]["outputs"]
+    lineage = erp["facets"]["columnLineage"]["fields"]
+    assert set(lineage) == set(spec.columns)
+    for column, field in spec.mapping.items():
+        assert {f["field"] for f in lineage[column]["inputFields"]} == set(field.source_properties()), column
+    assert erp["namespace"].startswith("postgres://") and erp["name"].endswith(f".public.{topology.ERP_TABLE}")
 
 
 def test_no_process_left_behind(airflow_stack: AirflowStack):

@@ -131,3 +131,22 @@ def test_id_ranges_read_every_record_once_in_parallel_partitions(hook):
            for page in iter_id_range(lambda b: hook.search("contacts", b), lo, hi, properties=PROPS, limit=200)
            for r in page]
     assert sorted(int(i) for i in got) == ids
+
+
+def test_records_named_by_webhooks_are_read_by_id_even_above_the_window(crm, hook, tmp_path):
+    from pathlib import Path
+
+    from conduit.pipeline.staging import RunStaging
+    from conduit.pipeline.steps import extract_item, plan_extract
+    from conduit.specs.model import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "include" / "syncs" / "crm_to_erp_customer_sync.yaml")
+    record_id = all_ids(hook.iter_list_pages("contacts", ["email"], limit=100))[5]
+    crm.admin.modify(record_id, {"firstname": "Fresh"})  # now: above a window that ends 60 s ago
+    window = Window(lower_ms=0, upper_ms=crm.admin.clock_ms() - 60_000)
+    items = plan_extract(hook, spec, window=window, watermark_ms=window.upper_ms, object_ids=[record_id])
+    assert [i["kind"] for i in items] == ["changed", "ids", "archived"]
+    staging = RunStaging(tmp_path)
+    assert extract_item(hook, spec, staging, items[1])["rows"] == 1
+    (frame,) = list(staging.read_frames("raw"))
+    assert frame["id"].tolist() == [record_id] and frame["firstname"].tolist() == ["Fresh"]

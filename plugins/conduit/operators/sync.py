@@ -116,7 +116,8 @@ class CrmExtractPlanOperator(SyncStepOperator):
         staging.reset("archived")
         items = steps.plan_extract(self.crm_hook, self.spec, window=window,
                                    watermark_ms=window.upper_ms if window else run_start_ms - cursor.lag_seconds * 1000,
-                                   parallelism=self.spec.source.parallelism)
+                                   parallelism=self.spec.source.parallelism,
+                                   object_ids=steps.webhook_object_ids(context.get("triggering_asset_events")))
         self.log.info("extract plan: %s", items)
         return items
 

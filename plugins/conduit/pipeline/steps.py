@@ -76,11 +76,22 @@ def write_pages(pages: Iterable[list[dict]], writer: PartWriter, properties: lis
     return writer.rows
 
 
+def webhook_object_ids(triggering_asset_events: Any) -> list[str]:
+    """CRM object ids that webhook events (via the AssetWatcher) reported for this run, in order."""
+    ids: dict[str, None] = {}
+    for events in (triggering_asset_events or {}).values():
+        for event in events:
+            payload = (event.extra or {}).get("payload") or {}
+            ids.update(dict.fromkeys(str(i) for i in payload.get("object_ids", ())))
+    return list(ids)
+
+
 def plan_extract(hook: HubSpotHook, spec: SyncSpec, *, window: Window | None, watermark_ms: int,
-                 parallelism: int = 1) -> list[dict[str, Any]]:
+                 parallelism: int = 1, object_ids: list[str] = ()) -> list[dict[str, Any]]:
     """The extract's work items, each one mapped task: changed records in the window (or, without a
-    window, every record, split into ``parallelism`` id ranges) and the archived listing. Every item
-    carries the run's mode and the watermark the load will store."""
+    window, every record, split into ``parallelism`` id ranges), the archived listing, and records
+    webhooks named (read by id: a change seconds old is above the window's upper bound and may not
+    be in the search index yet). Every item carries the run's mode and the watermark to store."""
     run = {"mode": "full" if window is None else "incremental", "watermark_ms": watermark_ms,
            "window": [window.lower_ms, window.upper_ms] if window else None}
     if window is not None or parallelism <= 1:
@@ -91,6 +102,8 @@ def plan_extract(hook: HubSpotHook, spec: SyncSpec, *, window: Window | None, wa
                        for d in ("ASCENDING", "DESCENDING"))
         ranges = id_ranges(int(first[0]["id"]), int(last[0]["id"]), parallelism) if first else []
         items = [{**run, "kind": "range", "lo": lo, "hi": hi} for lo, hi in ranges] or [{**run, "kind": "all"}]
+    if object_ids:
+        items.append({**run, "kind": "ids", "ids": list(object_ids)})
     # Search never returns archived records, and the archived listing has no date filter.
     return [*items, {**run, "kind": "archived"}]
 
@@ -108,9 +121,12 @@ def extract_item(hook: HubSpotHook, spec: SyncSpec, staging: RunStaging, item: d
     elif kind == "range":
         pages = iter_id_range(lambda body: hook.search(source.object, body), item["lo"], item["hi"],
                               properties=props, limit=source.search_page_size)
+    elif kind == "ids":
+        pages = (hook.batch_read(source.object, item["ids"][i:i + 100], props)
+                 for i in range(0, len(item["ids"]), 100))
     else:
         pages = hook.iter_list_pages(source.object, props, archived=kind == "archived", limit=source.page_size)
-    name = f"{kind}-{item['lo']}" if kind == "range" else kind
+    name = f"{kind}-{item['lo']}" if kind == "range" else kind  # each item writes its own subfolder
     progress = Progress(f"extract {source.object} {name}", logger)
     rows = write_pages(pages, staging.writer("archived" if kind == "archived" else "raw", name), props, progress)
     logger.info("%s", progress.line())
@@ -135,6 +151,7 @@ def summarize_extract(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One summary of the extract's items (mode and watermark are the same on every item)."""
     return {"mode": results[0]["mode"], "watermark_ms": results[0]["watermark_ms"],
             "rows": sum(r["rows"] for r in results if r["kind"] != "archived"),
+            "webhook_records": sum(r["rows"] for r in results if r["kind"] == "ids"),
             "archived": sum(r["rows"] for r in results if r["kind"] == "archived"),
             "pages": sum(r["pages"] for r in results), "requests": sum(r["requests"] for r in results),
             "retries": sum(r["retries"] for r in results)}

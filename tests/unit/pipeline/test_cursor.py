@@ -95,3 +95,15 @@ def test_id_range_body_is_a_fresh_id_cursor_query():
     filters = body["filterGroups"][0]["filters"]
     assert {(f["operator"], f["value"]) for f in filters} == {("GT", "41"), ("LT", "900")}
     assert body["sorts"] == [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]
+
+
+def test_webhook_object_ids_from_triggering_asset_events():
+    from types import SimpleNamespace
+
+    from conduit.pipeline.steps import webhook_object_ids
+
+    events = {"asset": [SimpleNamespace(extra={"from_trigger": True, "payload": {"object_ids": ["7", "9"]}}),
+                        SimpleNamespace(extra={"from_trigger": True, "payload": {"object_ids": ["9", "12"]}}),
+                        SimpleNamespace(extra={"sync": "other"})]}
+    assert webhook_object_ids(events) == ["7", "9", "12"]
+    assert webhook_object_ids(None) == [] and webhook_object_ids({}) == []
