@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from conduit.operators.base import LineageReporting, as_bool
+
 if TYPE_CHECKING:
     from datetime import datetime
 
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from conduit.specs.model import SyncSpec
 
 
-class RevenueStepOperator(BaseOperator):
+class RevenueStepOperator(LineageReporting, BaseOperator):
     """Common wiring: the sync spec (where the ERP tables are), the ERP hook and store, lineage."""
 
     ui_color = "#fff0f6"
@@ -45,29 +47,10 @@ class RevenueStepOperator(BaseOperator):
         """What the run reports as of: its ``run_after`` (set for every run type, fixed per run)."""
         return context["dag_run"].run_after
 
-    # --- OpenLineage (the provider calls these and logs, never raises, what they raise) ---------
-
-    summary: dict[str, Any] | None = None
-
-    def lineage(self, summary: dict[str, Any]):
-        return None
-
-    def get_openlineage_facets_on_start(self):
-        return self.lineage({})
-
-    def get_openlineage_facets_on_complete(self, task_instance):
-        return self.lineage(self.summary or {})
-
-    def get_openlineage_facets_on_failure(self, task_instance):
-        return self.lineage(self.summary or {})
-
     def dataset(self, table: str):
         from conduit.lineage import openlineage as ol
 
-        facts = self.erp_hook.describe()
-        if facts["kind"] == "sqlite":
-            return ol.sqlite_dataset(facts["path"], table)
-        return ol.postgres_dataset(facts["host"], facts["port"], facts["database"], self.spec.target.db_schema, table)
+        return ol.erp_dataset(self.erp_hook.describe(), self.spec.target.db_schema, table)
 
 
 class SeedOrdersOperator(RevenueStepOperator):
@@ -83,7 +66,7 @@ class SeedOrdersOperator(RevenueStepOperator):
         self.seed = seed
 
     def execute(self, context: Context) -> dict[str, Any]:
-        enabled = self.enabled if isinstance(self.enabled, bool) else str(self.enabled).lower() in ("true", "1")
+        enabled = as_bool(self.enabled)
         self.store.ensure_tables()
         summary = {"seeded": False}
         if enabled:

@@ -76,6 +76,13 @@ def sqlite_dataset(path: str, table: str) -> DatasetRef:
     return DatasetRef(f"sqlite://{os.path.abspath(path)}", table)
 
 
+def erp_dataset(facts: Mapping[str, Any], schema: str, table: str) -> DatasetRef:
+    """An ERP table from ``ErpHook.describe()``'s plain facts (PostgreSQL or SQLite)."""
+    if facts["kind"] == "sqlite":
+        return sqlite_dataset(facts["path"], table)
+    return postgres_dataset(facts["host"], facts["port"], facts["database"], schema, table)
+
+
 def file_dataset(host: str, path: str) -> DatasetRef:
     from openlineage.client.naming.dataset import RemoteFileSystem
 

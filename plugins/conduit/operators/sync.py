@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from conduit.operators.base import LineageReporting, as_bool
 from conduit.pipeline.staging import RunStaging
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from conduit.specs.model import SyncSpec
 
 
-class SyncStepOperator(BaseOperator):
+class SyncStepOperator(LineageReporting, BaseOperator):
     """Common wiring of the sync's operators: the spec, the run's staging area, the ERP hook."""
 
     template_fields: Sequence[str] = ("full_refresh", "dry_run")
@@ -48,24 +49,6 @@ class SyncStepOperator(BaseOperator):
 
         return HubSpotHook(hubspot_conn_id=self.spec.source.conn_id)
 
-    # --- OpenLineage: the provider calls these (only when a transport is configured) and logs,
-    # never raises, what they raise. ``self.summary`` is what execute() returned in this process.
-
-    summary: dict[str, Any] | None = None
-
-    def lineage(self, summary: dict[str, Any]):
-        """This step's OperatorLineage, given its summary (empty before/without execute)."""
-        return None
-
-    def get_openlineage_facets_on_start(self):
-        return self.lineage({})
-
-    def get_openlineage_facets_on_complete(self, task_instance):
-        return self.lineage(self.summary or {})
-
-    def get_openlineage_facets_on_failure(self, task_instance):
-        return self.lineage(self.summary or {})
-
     def dataset(self, which: str):
         """The OpenLineage dataset of the CRM object, a staged stage, or the ERP table."""
         import socket
@@ -79,18 +62,11 @@ class SyncStepOperator(BaseOperator):
             return ol.hubspot_dataset(hook.base_url, self.spec.source.object, hook.settings["api_version"])
         if which in ("raw", "mapped"):
             return ol.staged_dataset(socket.gethostname(), str(staging_root()), self.spec, which)
-        facts, target = self.erp_hook.describe(), self.spec.target
-        if facts["kind"] == "sqlite":
-            return ol.sqlite_dataset(facts["path"], target.table)
-        return ol.postgres_dataset(facts["host"], facts["port"], facts["database"], target.db_schema, target.table)
+        return ol.erp_dataset(self.erp_hook.describe(), self.spec.target.db_schema, self.spec.target.table)
 
     def staging(self, context: Context) -> RunStaging:
         return RunStaging.for_run(self.dag_id, context["run_id"])
 
-    @staticmethod
-    def flag(value: Any) -> bool:
-        """Params arrive as booleans with native rendering, or as text from older run confs."""
-        return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes", "on")
 
 
 class CrmExtractPlanOperator(SyncStepOperator):
@@ -107,7 +83,7 @@ class CrmExtractPlanOperator(SyncStepOperator):
         cursor = self.spec.source.cursor
         target = self.erp_hook.get_target()
         target.ensure_ready(self.spec)
-        watermark = None if self.flag(self.full_refresh) else target.read_watermark(self.spec)
+        watermark = None if as_bool(self.full_refresh) else target.read_watermark(self.spec)
         run_start_ms = int(time.time() * 1000)
         window = incremental_window(watermark.ts_ms if watermark else None, run_start_ms,
                                     lag_seconds=cursor.lag_seconds, overlap_seconds=cursor.overlap_seconds)
@@ -183,10 +159,10 @@ class ErpUpsertOperator(SyncStepOperator):
 
         result = steps.load(
             self.erp_hook.get_target(), self.spec, self.staging(context), run_id=context["run_id"],
-            watermark_ms=self.extract_plan[0]["watermark_ms"], full_refresh=self.flag(self.full_refresh),
-            dry_run=self.flag(self.dry_run),
+            watermark_ms=self.extract_plan[0]["watermark_ms"], full_refresh=as_bool(self.full_refresh),
+            dry_run=as_bool(self.dry_run),
         )
-        summary = {**asdict(result), "dry_run": self.flag(self.dry_run),
+        summary = {**asdict(result), "dry_run": as_bool(self.dry_run),
                    "watermark_ms": self.extract_plan[0]["watermark_ms"]}
         self.log.info("loaded %s", summary)
         changed = result.inserted + result.updated + result.deleted
@@ -293,7 +269,7 @@ class ReconcileOperator(SyncStepOperator):
         from conduit.pipeline import steps
 
         staging = self.staging(context)
-        if self.flag(self.dry_run):
+        if as_bool(self.dry_run):
             summary = {"skipped": "dry run: the load was rolled back"}
         else:
             summary = steps.reconcile(self.crm_hook, self.erp_hook.get_target(), self.spec, staging,

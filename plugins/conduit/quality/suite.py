@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from conduit.exceptions import SpecError
+from conduit.specs.model import validation_problems
 
 NOW = "now"
 LIFECYCLE_STAGES = (
@@ -227,7 +228,7 @@ Expectation = Annotated[
 # Row-level expectations can reject single rows; a failed table-level one can only stop the load.
 ROW_LEVEL = (NotNull, MatchRegex, InSet, Between, ValueLengthsBetween)
 TABLE_LEVEL = (Unique, RowCountBetween, RowCountChange)
-_TAGS = {cls.model_fields["type"].annotation.__args__[0] for cls in ROW_LEVEL + TABLE_LEVEL}
+_TAGS = frozenset(cls.model_fields["type"].annotation.__args__[0] for cls in ROW_LEVEL + TABLE_LEVEL)
 
 
 class Suite(_Model):
@@ -283,33 +284,13 @@ def _check_regex(pattern: str) -> None:
         raise ValueError(f"regex: {pattern!r} is not RE2 syntax (pyarrow): {exc}") from None
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for i, item in enumerate(loc):
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif item in _TAGS and i and isinstance(loc[i - 1], int):
-            continue  # pydantic puts the discriminator's value in the path
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts) or "(top level)"
-
-
-def _problem(loc: tuple[Any, ...], msg: str) -> tuple[str, str]:
-    msg = msg.removeprefix("Value error, ")
-    head, sep, rest = msg.partition(": ")
-    if sep and re.fullmatch(r"[A-Za-z_][\w.]*", head):
-        return f"{_field_path(loc)}.{head}".lstrip("."), rest
-    return _field_path(loc), msg
-
-
 def parse_suite(data: Any, path: str) -> Suite:
     if not isinstance(data, dict):
         raise SpecError(path, [("(top level)", "the suite must be a mapping with `name` and `expectations`")])
     try:
         return Suite.model_validate({**data, "path": path})
     except ValidationError as exc:
-        problems = [_problem(err["loc"], err["msg"]) for err in exc.errors(include_url=False)]
+        problems = validation_problems(exc, _TAGS)
         raise SpecError(path, problems) from None
 
 

@@ -258,32 +258,37 @@ class SyncSpec(_Model):
 # --- loading ------------------------------------------------------------------------------------
 
 
-_UNION_TAGS = {
+_UNION_TAGS = frozenset({
     "hubspot", "sql", "trim", "lower", "upper", "title", "email", "phone_e164", "country_iso2",
     "template", "concat", "map_values", "timestamp",
-}
+})
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
+def field_path(loc: tuple[Any, ...], union_tags: frozenset[str], union_fields: tuple[str, ...] = ()) -> str:
+    """A pydantic error location as a reader writes it: ``mapping.phone.transforms[0].type``."""
     parts: list[str] = []
     for i, item in enumerate(loc):
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in _UNION_TAGS and i and (isinstance(loc[i - 1], int) or loc[i - 1] in ("source", "target")):
+        elif item in union_tags and i and (isinstance(loc[i - 1], int) or loc[i - 1] in union_fields):
             continue  # pydantic puts the discriminator's value in the path: noise to a reader
         else:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts) or "(top level)"
 
 
-def _problem(loc: tuple[Any, ...], msg: str) -> tuple[str, str]:
-    msg = msg.removeprefix("Value error, ")
-    # whole-model checks name their field as "field.path: problem"
-    head, sep, rest = msg.partition(": ")
-    if sep and re.fullmatch(r"[A-Za-z_][\w.\[\]]*", head):
-        prefix = _field_path(loc)
-        return (head if prefix == "(top level)" else f"{prefix}.{head}"), rest
-    return _field_path(loc), msg
+def validation_problems(exc: ValidationError, union_tags: frozenset[str],
+                        union_fields: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(field, problem) pairs; whole-model checks name their field as ``"field.path: problem"``."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        where = field_path(err["loc"], union_tags, union_fields)
+        msg = err["msg"].removeprefix("Value error, ")
+        head, sep, rest = msg.partition(": ")
+        if sep and re.fullmatch(r"[A-Za-z_][\w.\[\]]*", head):
+            where, msg = (head if where == "(top level)" else f"{where}.{head}"), rest
+        problems.append((where, msg))
+    return problems
 
 
 def parse_spec(data: Any, path: str) -> SyncSpec:
@@ -292,8 +297,7 @@ def parse_spec(data: Any, path: str) -> SyncSpec:
     try:
         return SyncSpec.model_validate(data)
     except ValidationError as exc:
-        problems = [_problem(err["loc"], err["msg"]) for err in exc.errors(include_url=False)]
-        raise SpecError(path, problems) from None
+        raise SpecError(path, validation_problems(exc, _UNION_TAGS, ("source", "target"))) from None
 
 
 def load_spec(path: str | Path) -> SyncSpec:

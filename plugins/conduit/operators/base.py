@@ -1,0 +1,31 @@
+"""What every Conduit operator shares: OpenLineage reporting from its own summary, and how params
+arrive."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def as_bool(value: Any) -> bool:
+    """Params arrive as booleans with native rendering, or as text from older run confs."""
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes", "on")
+
+
+class LineageReporting:
+    """Mixed into operators: ``execute`` stores its summary in ``self.summary`` and ``lineage(summary)``
+    builds the OperatorLineage from it. The OpenLineage provider calls these only when a transport is
+    configured, and logs (never raises) what they raise, so lineage can never fail a task."""
+
+    summary: dict[str, Any] | None = None
+
+    def lineage(self, summary: dict[str, Any]):
+        return None
+
+    def get_openlineage_facets_on_start(self):
+        return self.lineage({})
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        return self.lineage(self.summary or {})
+
+    def get_openlineage_facets_on_failure(self, task_instance):
+        return self.lineage(self.summary or {})
