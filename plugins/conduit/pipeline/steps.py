@@ -182,7 +182,8 @@ def load(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str,
         for frame in staging.read_frames("mapped"):
             yield frame[~frame[key].isin(rejected)] if rejected else frame
 
-    deleted = [k for frame in staging.read_frames("mapped_archived", [key]) for k in frame[key].tolist()]
+    deleted = [(k, ts.to_pydatetime()) for frame in staging.read_frames("mapped_archived", [key, "source_modified_at"])
+               for k, ts in zip(frame[key].tolist(), frame["source_modified_at"], strict=True)]
     if full_refresh and staging.count("mapped") == 0:
         from conduit.exceptions import EmptySourceError
 

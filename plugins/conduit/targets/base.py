@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import pandas as pd
 
     from conduit.specs.model import SyncSpec
@@ -69,7 +71,7 @@ class ErpTarget(ABC):
         batches: Iterable[pd.DataFrame],
         *,
         run_id: str,
-        deleted_keys: Iterable[str] = (),
+        deleted_keys: Iterable[str | tuple[str, datetime | None]] = (),
         watermark: Watermark | None = None,
         full_refresh: bool = False,
         dry_run: bool = False,
@@ -81,7 +83,8 @@ class ErpTarget(ABC):
         - A stored row changes only for data at least as new as its own; older data is counted
           as ``stale_skipped``. Unchanged rows are not rewritten. A soft-deleted row that comes
           back with newer data is re-activated. Of several rows with one key, the newest wins.
-        - ``deleted_keys`` are deleted per ``spec.target.delete_mode`` after the upsert.
+        - ``deleted_keys`` are deleted per ``spec.target.delete_mode`` after the upsert; a key given
+          as (key, archived version's timestamp) spares a stored row newer than that version.
         - ``full_refresh`` also deletes every row this load did not bring.
         - The stored watermark moves to ``watermark`` only if that is later.
         - ``dry_run`` does all of it, reports the counts and rolls back.

@@ -50,7 +50,7 @@ class SqlErpTarget(ErpTarget):
         """Write the batches into the staging table as they arrive; return the row count."""
 
     @abstractmethod
-    def _stage_deleted_keys(self, cur: Any, keys: list[str]) -> None: ...
+    def _stage_deleted_keys(self, cur: Any, keys: list[tuple[str, Any]]) -> None: ...
 
     @abstractmethod
     def _upsert(self, cur: Any, layout: TableLayout, params: dict[str, Any]) -> tuple[int, int]:
@@ -61,6 +61,11 @@ class SqlErpTarget(ErpTarget):
 
     def _timestamp_value(self, value: datetime) -> Any:
         return value
+
+    def _deleted_key(self, item: str | tuple[str, datetime | None]) -> tuple[str, Any]:
+        """A key alone deletes unconditionally; (key, archived at) only rows not newer than that."""
+        key, modified = (item, None) if isinstance(item, str) else item
+        return key, None if modified is None else self._timestamp_value(modified)
 
     def _list_value(self, values: list[Any]) -> Any:
         return values
@@ -103,7 +108,7 @@ class SqlErpTarget(ErpTarget):
         batches: Iterable[pd.DataFrame],
         *,
         run_id: str,
-        deleted_keys: Iterable[str] = (),
+        deleted_keys: Iterable[str | tuple[str, datetime | None]] = (),
         watermark: Watermark | None = None,
         full_refresh: bool = False,
         dry_run: bool = False,
@@ -132,11 +137,11 @@ class SqlErpTarget(ErpTarget):
         return LoadResult(inserted=inserted, updated=updated, unchanged=unchanged, deleted=deleted,
                           stale_skipped=stale)
 
-    def _delete(self, cur, spec, layout, keys: list[str], full_refresh: bool, params: dict[str, Any]) -> int:
+    def _delete(self, cur, spec, layout, keys: list, full_refresh: bool, params: dict[str, Any]) -> int:
         mode, deleted = spec.target.delete_mode, 0
         if keys:
             cur.execute(render.create_deleted_keys_table(self.dialect, layout))
-            self._stage_deleted_keys(cur, keys)
+            self._stage_deleted_keys(cur, [self._deleted_key(k) for k in keys])
             cur.execute(render.delete_rows(self.dialect, layout, mode=mode, full_refresh=False), params)
             deleted += cur.rowcount
         if full_refresh:
@@ -269,10 +274,10 @@ class PostgresErpTarget(SqlErpTarget):
                 staged += len(frame)
         return staged
 
-    def _stage_deleted_keys(self, cur, keys: list[str]) -> None:
+    def _stage_deleted_keys(self, cur, keys: list[tuple[str, Any]]) -> None:
         with cur.copy(render.copy_into_deleted_keys()) as copy:
-            for key in keys:
-                copy.write_row((key,))
+            for row in keys:
+                copy.write_row(row)
 
     def _upsert(self, cur, layout: TableLayout, params: dict[str, Any]) -> tuple[int, int]:
         cur.execute(render.upsert_counts(POSTGRES, layout), params)
@@ -336,8 +341,8 @@ class SqliteErpTarget(SqlErpTarget):
         return staged
 
 
-    def _stage_deleted_keys(self, cur, keys: list[str]) -> None:
-        cur.executemany(render.insert_positional(render.DELETED_KEYS_TABLE, 1), [(k,) for k in keys])
+    def _stage_deleted_keys(self, cur, keys: list[tuple[str, Any]]) -> None:
+        cur.executemany(render.insert_positional(render.DELETED_KEYS_TABLE, 2), keys)
 
     def _upsert(self, cur, layout: TableLayout, params: dict[str, Any]) -> tuple[int, int]:
         # SQLite cannot aggregate a RETURNING clause in SQL: count the written rows here

@@ -201,8 +201,11 @@ def create_staging_table(d: Dialect, layout: TableLayout) -> str:
 
 
 def create_deleted_keys_table(d: Dialect, layout: TableLayout) -> str:
+    """Keys to delete, each with the archived version's timestamp (null: unconditionally)."""
     key = _column_definition(d, layout.key_column, constraints=False)
-    return f"CREATE TEMP TABLE {quote_ident(DELETED_KEYS_TABLE)} ({key} NOT NULL){d.temp_table_suffix}"
+    ts = d.column_types["timestamp"]
+    return (f"CREATE TEMP TABLE {quote_ident(DELETED_KEYS_TABLE)} ({key} NOT NULL, "
+            f"{quote_ident(SOURCE_MODIFIED_AT)} {ts}){d.temp_table_suffix}")
 
 
 def copy_into_staging(layout: TableLayout) -> str:
@@ -211,7 +214,7 @@ def copy_into_staging(layout: TableLayout) -> str:
 
 
 def copy_into_deleted_keys() -> str:
-    return f"COPY {quote_ident(DELETED_KEYS_TABLE)} FROM STDIN"
+    return f"COPY {quote_ident(DELETED_KEYS_TABLE)} FROM STDIN"  # (key, source_modified_at)
 
 
 def insert_positional(table: str, width: int) -> str:
@@ -305,7 +308,11 @@ def delete_rows(d: Dialect, layout: TableLayout, *, mode: str, full_refresh: boo
     if full_refresh:
         chosen = f"NOT EXISTS (SELECT 1 FROM {quote_ident(STAGING_TABLE)} AS s WHERE s.{key} = {table}.{key})"
     else:
-        chosen = f"{key} IN (SELECT {key} FROM {quote_ident(DELETED_KEYS_TABLE)})"
+        # A delete is data too: an archived version older than the stored row (a rerun of an old
+        # run, after the record was restored) must not delete it.
+        modified = quote_ident(SOURCE_MODIFIED_AT)
+        chosen = (f"EXISTS (SELECT 1 FROM {quote_ident(DELETED_KEYS_TABLE)} AS x WHERE x.{key} = {table}.{key} "
+                  f"AND (x.{modified} IS NULL OR x.{modified} >= {table}.{modified}))")
     if mode == "hard":
         return f"DELETE FROM {table} WHERE {chosen}"
     if mode != "soft":

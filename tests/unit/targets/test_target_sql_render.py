@@ -118,12 +118,17 @@ def test_postgres_counts_are_aggregated_in_the_database(layout):
     ("mode", "full_refresh", "expected"),
     [
         ("soft", False, 'UPDATE "erp"."erp_customers" SET active = false, deleted_at = %(now)s'),
-        ("hard", False, 'DELETE FROM "erp"."erp_customers" WHERE "customer_number" IN (SELECT'),
+        ("hard", False, 'DELETE FROM "erp"."erp_customers" WHERE EXISTS (SELECT 1 FROM "conduit_deleted_keys"'),
         ("hard", True, 'DELETE FROM "erp"."erp_customers" WHERE NOT EXISTS (SELECT 1 FROM "conduit_staging"'),
     ],
 )
 def test_delete_modes(layout, mode, full_refresh, expected):
     assert render.delete_rows(POSTGRES, layout, mode=mode, full_refresh=full_refresh).startswith(expected)
+
+
+def test_a_delete_spares_rows_newer_than_the_archived_version(layout):
+    sql = render.delete_rows(POSTGRES, layout, mode="soft", full_refresh=False)
+    assert 'x."source_modified_at" >= "erp"."erp_customers"."source_modified_at"' in sql
 
 
 def test_soft_delete_touches_active_rows_only_and_unknown_modes_fail(layout):
