@@ -239,7 +239,7 @@ def test_a_signed_hubspot_webhook_starts_a_sync_that_picks_the_change_up(airflow
     admin = AdminClient(stack.standin_url)
     admin.subscribe_webhooks(f"{stack.base_url}/conduit/webhooks/hubspot/{DAG_ID}",
                              stack.env["CONDUIT_HUBSPOT_WEBHOOK_SECRET"])
-    with psycopg.connect(stack.erp_dsn) as conn:
+    with psycopg.connect(stack.erp_dsn()) as conn:
         crm_id = conn.execute(f"SELECT crm_id FROM public.{topology.ERP_TABLE} ORDER BY crm_id LIMIT 1").fetchone()[0]
     admin.modify(crm_id, {"firstname": "Webhooked"})
 
@@ -250,7 +250,7 @@ def test_a_signed_hubspot_webhook_starts_a_sync_that_picks_the_change_up(airflow
     run = wait_until(webhook_run, timeout=180, what="an asset-triggered sync run from the webhook")
     assert_succeeded(stack, run["dag_run_id"], timeout=300)
     assert admin.stats()["webhooks"]["events_delivered"] >= 1, admin.stats()["webhooks"]
-    with psycopg.connect(stack.erp_dsn) as conn:
+    with psycopg.connect(stack.erp_dsn()) as conn:
         first_name = conn.execute(f"SELECT first_name FROM public.{topology.ERP_TABLE} WHERE crm_id = %s",
                                   (crm_id,)).fetchone()[0]
     assert first_name == "Webhooked"
