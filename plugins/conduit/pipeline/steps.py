@@ -200,6 +200,7 @@ def _raw_records(staging: RunStaging, crm_ids: set[str]) -> dict[str, dict]:
     found: dict[str, dict] = {}
     for frame in staging.read_frames("raw"):
         hits = frame[frame["id"].isin(crm_ids)]
+        hits = hits.astype(object).where(hits.notna(), None)  # JSON has no NaN: empty properties are null
         found.update({row["id"]: row for row in hits.to_dict("records")})
     return found
 
@@ -234,7 +235,8 @@ def gate(target: ErpTarget, spec: SyncSpec, staging: RunStaging, suite_path, *, 
                                "crm_id": rejected["crm_id"].astype(str).tolist(),
                                "reasons": rejected["reasons"].tolist()}))
         raw = _raw_records(staging, {str(c) for c in rejected["crm_id"]})
-        rows = [{"record_key": str(f.key), "crm_id": str(f.crm_id), "expectation": f.expectation,
+        rows = [{"record_key": str(f.key), "crm_id": None if _missing(f.crm_id) else str(f.crm_id),
+                 "expectation": f.expectation,
                  "column_name": f.column, "reason": f.reason, "raw_record": raw.get(str(f.crm_id))}
                 for f in report.row_failures() if f.key in decision.rejected_keys]
         target.quarantine(spec, rows, run_id=run_id)
@@ -242,6 +244,12 @@ def gate(target: ErpTarget, spec: SyncSpec, staging: RunStaging, suite_path, *, 
                "policy": spec.quality.policy, "reason": decision.reason,
                "failed_expectations": [r.name for r in report.results if not r.success]}
     return report, decision, summary
+
+
+def _missing(value: Any) -> bool:
+    import pandas as pd
+
+    return value is None or bool(pd.isna(value))
 
 
 def rejected_keys(staging: RunStaging) -> frozenset[str]:

@@ -240,6 +240,7 @@ class PostgresErpTarget(SqlErpTarget):
             psycopg.errors.InsufficientPrivilege,
             psycopg.errors.UndefinedTable,
             psycopg.errors.UndefinedColumn,
+            psycopg.DataError,  # bad values (e.g. invalid JSON) do not get better on a retry
         )
 
     @contextmanager

@@ -1,0 +1,176 @@
+"""Quarantine replay: once the CRM data or the mapping is fixed, the records behind a sync's open
+quarantine entries are re-read from the CRM by id, re-mapped with the current spec, re-validated
+with its suite, and the ones that now pass are loaded.
+
+Exactly once: the load and the marking of the replayed entries (``replayed_at``,
+``replayed_by_run``) are one ERP transaction (``ErpTarget.load(..., replayed_quarantine_ids=...)``),
+so a retried or rerun replay finds those entries closed and replays nothing twice. The sync's
+watermark does not move. Records that still fail, are archived or gone from the CRM, or cannot be
+identified stay in the quarantine, and the summary says why, by record id.
+
+A replay judges records one by one: a record loads only if it breaks no critical expectation of
+the suite (``mostly`` does not tolerate single rows here), duplicated keys among the replayed
+records keep those records out, and row-count expectations, which judge the volume of a sync run,
+do not apply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from conduit.pipeline.steps import raw_properties, records_to_table
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from conduit.hooks.hubspot import HubSpotHook
+    from conduit.quality.suite import Suite
+    from conduit.specs.model import SyncSpec
+    from conduit.targets.base import ErpTarget
+
+log = logging.getLogger(__name__)
+
+BATCH_READ_IDS = 100
+"""HubSpot's batch read takes at most 100 ids per call."""
+SUMMARY_IDS = 20
+"""Record ids listed per category in the task's (XCom) summary; the log lists all."""
+
+
+def select_spec(specs: Iterable[SyncSpec], name: str) -> SyncSpec:
+    """The spec called ``name``; an unknown name fails naming the known ones."""
+    from conduit.exceptions import SpecError
+
+    specs = list(specs)
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise SpecError("(params)", [("sync", f"no sync spec is named {name!r}; known: {sorted(s.name for s in specs)}")])
+
+
+def crm_id_of(entry: dict[str, Any]) -> str | None:
+    """The CRM record id of a quarantine entry: its ``crm_id``, else the ``id`` of the stored raw
+    record; None when neither is a record id."""
+    for candidate in (entry.get("crm_id"), (entry.get("raw_record") or {}).get("id")):
+        text = str(candidate).strip() if candidate is not None else ""
+        if text.isdigit():
+            return text
+    return None
+
+
+def group_entries(entries: Iterable[dict[str, Any]]) -> tuple[dict[str, list[int]], list[int]]:
+    """Open entries as {CRM id: [entry ids]} (one record may have several findings, from several
+    runs), in first-seen order, and the ids of entries naming no CRM record."""
+    by_record: dict[str, list[int]] = {}
+    unidentified: list[int] = []
+    for entry in entries:
+        crm_id = crm_id_of(entry)
+        if crm_id is None:
+            unidentified.append(int(entry["id"]))
+        else:
+            by_record.setdefault(crm_id, []).append(int(entry["id"]))
+    return by_record, unidentified
+
+
+def chunks(items: list[str], size: int = BATCH_READ_IDS) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def read_records(hook: HubSpotHook, spec: SyncSpec, crm_ids: list[str]) -> tuple[list[dict], list[str]]:
+    """The live CRM records of ``crm_ids`` (100 per call), and the ids the CRM did not return
+    (archived, deleted or never there)."""
+    records: dict[str, dict] = {}
+    for batch in chunks(crm_ids):
+        for record in hook.batch_read(spec.source.object, batch, raw_properties(spec)):
+            records[str(record["id"])] = record
+    return [records[i] for i in crm_ids if i in records], [i for i in crm_ids if i not in records]
+
+
+def revalidate(frame: pd.DataFrame, suite: Suite, key: str) -> dict[int, list[str]]:
+    """{row position: reasons} of the rows of ``frame`` that break a critical expectation of the
+    suite (every breaking row, whether or not ``mostly`` lets the expectation pass; for
+    uniqueness, every row of a duplicated value). Row-count expectations are not per row."""
+    from conduit.quality.engine import SuiteEvaluator
+
+    evaluator = SuiteEvaluator(suite, key=key)
+    evaluator.add(frame.reset_index(drop=True))
+    failures: dict[int, list[str]] = {}
+    for result in evaluator.report().results:
+        if result.failing_rows is None or not result.expectation.blocking:
+            continue
+        for position, failure in zip(result.failing_rows.index, result.row_failures(), strict=True):
+            failures.setdefault(int(position), []).append(f"{result.name}: {failure.reason}")
+    return failures
+
+
+def plan(spec: SyncSpec, records: list[dict], suite: Suite | None) -> tuple[pd.DataFrame, list[str], dict[str, list[str]]]:
+    """Map the re-read records with the spec and re-validate them: (rows that pass, their CRM
+    ids, {CRM id: reasons} of those that still fail)."""
+    from conduit.transforms.mapping import map_frame
+
+    raw = records_to_table(records, raw_properties(spec)).to_pandas()
+    mapped = map_frame(raw, spec)
+    failures = revalidate(mapped, suite, spec.target.key) if suite is not None else {}
+    crm_ids = raw["id"].astype(str).tolist()
+    passing = [i for i in range(len(mapped)) if i not in failures]
+    still_failing = {crm_ids[i]: reasons for i, reasons in sorted(failures.items())}
+    return mapped.iloc[passing].reset_index(drop=True), [crm_ids[i] for i in passing], still_failing
+
+
+def replay(hook: HubSpotHook, target: ErpTarget, spec: SyncSpec, suite_path: Path | None, *, run_id: str,
+           dry_run: bool = False, logger: logging.Logger = log) -> dict[str, Any]:
+    """Replay the spec's open quarantine entries (see the module's docstring); returns a small,
+    JSON-able summary."""
+    from conduit.quality.suite import load_suite
+    from conduit.targets.base import LoadResult
+
+    target.ensure_ready(spec)
+    entries = target.open_quarantine(spec)
+    by_record, unidentified = group_entries(entries)
+    logger.info("%s: %d open quarantine entries on %d CRM records", spec.name, len(entries), len(by_record))
+    records, not_in_crm = read_records(hook, spec, list(by_record)) if by_record else ([], [])
+
+    still_failing: dict[str, list[str]] = {}
+    replayed: list[str] = []
+    result = LoadResult()
+    if records:
+        suite = load_suite(suite_path) if spec.quality and suite_path is not None else None
+        rows, replayed, still_failing = plan(spec, records, suite)
+        entry_ids = sorted(e for crm_id in replayed for e in by_record[crm_id])
+        if entry_ids:
+            # watermark None: the sync's incremental cursor is the sync's business, not the replay's
+            result = target.load(spec, [rows], run_id=run_id, watermark=None, dry_run=dry_run,
+                                 replayed_quarantine_ids=entry_ids)
+
+    for crm_id in not_in_crm:
+        logger.warning("not replayed: CRM %s record %s is archived or deleted (entries %s stay open)",
+                       spec.source.object, crm_id, by_record[crm_id])
+    for crm_id, reasons in still_failing.items():
+        logger.warning("not replayed: CRM record %s still fails: %s (entries %s stay open)",
+                       crm_id, "; ".join(reasons), by_record[crm_id])
+    if unidentified:
+        logger.warning("not replayed: quarantine entries %s name no CRM record id", unidentified)
+
+    summary = {
+        "sync": spec.name,
+        "dry_run": dry_run,
+        "open_entries": len(entries),
+        "records": len(by_record),
+        "replayed_records": len(replayed),
+        "replayed_entries": sum(len(by_record[c]) for c in replayed),
+        "still_failing": len(still_failing),
+        "not_in_crm": len(not_in_crm),
+        "unidentified_entries": len(unidentified),
+        **asdict(result),
+        "replayed_ids": replayed[:SUMMARY_IDS],
+        "still_failing_ids": {c: r for c, r in list(still_failing.items())[:SUMMARY_IDS]},
+        "not_in_crm_ids": not_in_crm[:SUMMARY_IDS],
+        "unidentified_entry_ids": unidentified[:SUMMARY_IDS],
+    }
+    logger.info("replayed %s", {k: v for k, v in summary.items() if not k.endswith("_ids")})
+    return summary
