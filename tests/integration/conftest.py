@@ -65,8 +65,30 @@ class SyncEnv:
         return ErpHook().get_target()
 
 
+ERP_SCHEMA = "conduit_it_erp"
+
+
 @pytest.fixture
-def sync_env(airflow_db, pg_server_dsn, pg_schema, tmp_path, monkeypatch):
+def erp_schema(pg_server_dsn):
+    """One fixed ERP schema, emptied for each test. The sync's asset names contain the schema, and
+    all tests share one Airflow metadata DB: a fixed name keeps one asset per sync, as in a real
+    deployment, instead of a new asset (and DAG version) per test."""
+    import psycopg
+
+    def recreate(drop_only: bool = False):
+        with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{ERP_SCHEMA}" CASCADE')
+            if not drop_only:
+                conn.execute(f'CREATE SCHEMA "{ERP_SCHEMA}"')
+
+    recreate()
+    yield ERP_SCHEMA
+    recreate(drop_only=True)
+
+
+@pytest.fixture
+def sync_env(airflow_db, pg_server_dsn, erp_schema, tmp_path, monkeypatch):
+    pg_schema = erp_schema
     include = tmp_path / "include"
     shutil.copytree(REPO / "include", include)
     spec_path = include / "syncs" / f"{DAG_ID}.yaml"

@@ -114,6 +114,7 @@ def extract_item(hook: HubSpotHook, spec: SyncSpec, staging: RunStaging, item: d
     source = spec.source
     props = raw_properties(spec)
     kind = item["kind"]
+    requests_before, retries_before = hook.requests_sent, hook.retries  # one hook may serve many items
     if kind == "changed":
         pages: Iterator[list[dict]] = iter_changed(
             lambda body: hook.search(source.object, body), Window(*item["window"]),
@@ -131,7 +132,8 @@ def extract_item(hook: HubSpotHook, spec: SyncSpec, staging: RunStaging, item: d
     rows = write_pages(pages, staging.writer("archived" if kind == "archived" else "raw", name), props, progress)
     logger.info("%s", progress.line())
     return {"kind": kind, "mode": item["mode"], "watermark_ms": item["watermark_ms"], "rows": rows,
-            "pages": progress.pages, "requests": hook.requests_sent, "retries": hook.retries}
+            "pages": progress.pages, "requests": hook.requests_sent - requests_before,
+            "retries": hook.retries - retries_before}
 
 
 def extract(hook: HubSpotHook, spec: SyncSpec, staging: RunStaging, *, window: Window | None,

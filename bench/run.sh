@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The benchmark, in one command: Conduit vs dlt vs naive pandas, stand-in CRM -> PostgreSQL.
+#   bash bench/run.sh [--sizes 100000,1000000] [--only conduit,dlt,pandas] [--pandas-max N] ...
+# (bash bench/run.sh --help lists every option). Needs PostgreSQL (BENCH_PG_DSN or --dsn; default
+# host=127.0.0.1 port=5432 user=postgres dbname=test) and the project venv (.venv, from uv.lock).
+# dlt lives in its own venv, bench/.venv-dlt, created here on first use from bench/requirements-dlt.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+[[ -x $PY ]] || { echo "no .venv: run 'uv sync' first" >&2; exit 2; }
+needs_dlt=1
+for ((i = 1; i <= $#; i++)); do
+  if [[ ${!i} == --only ]]; then j=$((i + 1)); [[ ${!j:-} == *dlt* ]] || needs_dlt=0; fi
+  if [[ ${!i} == --only=* ]]; then [[ ${!i} == *dlt* ]] || needs_dlt=0; fi
+done
+if [[ $needs_dlt == 1 ]] && ! bench/.venv-dlt/bin/python -c "import dlt, psycopg2" 2>/dev/null; then
+  echo "creating bench/.venv-dlt (dlt, pinned in bench/requirements-dlt.txt)" >&2
+  uv venv --quiet --allow-existing bench/.venv-dlt --python 3.11
+  uv pip install --quiet --python bench/.venv-dlt/bin/python -r bench/requirements-dlt.txt
+fi
+exec "$PY" bench/run.py "$@"
