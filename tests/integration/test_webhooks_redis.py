@@ -16,12 +16,13 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, task
 from airflow.serialization.encoders import encode_trigger
 from airflow.serialization.serialized_objects import DagSerialization
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
 from conduit.triggers.redis_events import RedisStreamEventTrigger, crm_change_watcher, crm_changes_asset
 from conduit.webhooks.app import SECRET_ENV, webhook_app
 from conduit.webhooks.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_v3
 from conduit.webhooks.stream import REDIS_URL_ENV, replay_key, stream_key
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
 pytestmark = pytest.mark.redis
 

@@ -6,6 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+
 from conduit.lineage.assets import crm_changes_asset_name, erp_table_asset
 from conduit.specs.model import load_spec, parse_spec
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from conduit.lineage import openlineage as ol
 from conduit.specs.model import load_spec, parse_spec
 

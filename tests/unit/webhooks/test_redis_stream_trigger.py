@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from airflow.sdk import AssetWatcher
 from airflow.triggers.base import BaseEventTrigger
+
 from conduit.triggers.redis_events import (
     MAX_OBJECT_IDS,
     RedisStreamEventTrigger,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from conduit.webhooks.payload import InvalidPayload, parse_events
 
 EVENT = {

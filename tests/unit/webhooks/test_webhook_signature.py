@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from conduit.webhooks.signature import MAX_AGE_MS, sign_v3, verify_v3
 
 SECRET = "app-secret"
