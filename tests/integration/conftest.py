@@ -65,7 +65,8 @@ class SyncEnv:
         return ErpHook().get_target()
 
 
-ERP_SCHEMA = "conduit_it_erp"
+# Fixed for the whole test session (see erp_schema), distinct between concurrent sessions.
+ERP_SCHEMA = f"conduit_it_{os.getpid()}"
 
 
 @pytest.fixture

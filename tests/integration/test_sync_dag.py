@@ -122,3 +122,25 @@ def test_dry_run_leaves_the_erp_untouched(sync_env):
     assert xcom(dag_run, "load")["inserted"] == 600
     assert sync_env.target().count(sync_env.spec()) == 0
     assert sync_env.target().read_watermark(sync_env.spec()) is None
+
+
+def test_full_refresh_repairs_what_the_incremental_path_cannot_see(sync_env):
+    """A GDPR delete leaves no archive trace and a row removed from the ERP behind the sync's back
+    is invisible to the incremental path; the full read (full_refresh, or the periodic full read
+    day) finds both: the vanished id is deleted, the missing row comes back."""
+    import psycopg
+
+    assert run(sync_env)[0].state == "success"
+    spec = sync_env.spec()
+    ids = [str(r["id"]) for r in iter_records(generate(seed=11, contacts=600).contacts)]
+    sync_env.crm.admin.delete(ids[3])  # GDPR: gone, not archived
+    with psycopg.connect(sync_env.target()._dsn, autocommit=True) as conn:
+        conn.execute(f'DELETE FROM "{spec.target.db_schema}".erp_customers WHERE customer_number = %s',
+                     (f"HS-C-{ids[4]}",))
+
+    dag_run, states = run(sync_env, full_refresh=True)
+    assert dag_run.state == "success", states
+    load = xcom(dag_run, "load")
+    assert (load["inserted"], load["deleted"]) == (1, 1)
+    rows = sync_env.target().fetch_rows(spec, keys=[f"HS-C-{ids[3]}", f"HS-C-{ids[4]}"]).set_index("customer_number")
+    assert not bool(rows.loc[f"HS-C-{ids[3]}", "active"]) and bool(rows.loc[f"HS-C-{ids[4]}", "active"])

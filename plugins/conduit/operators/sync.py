@@ -78,12 +78,16 @@ class CrmExtractPlanOperator(SyncStepOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from conduit.pipeline import steps
-        from conduit.pipeline.cursor import incremental_window
+        from conduit.pipeline.cursor import incremental_window, is_full_read_day
 
         cursor = self.spec.source.cursor
         target = self.erp_hook.get_target()
         target.ensure_ready(self.spec)
-        watermark = None if as_bool(self.full_refresh) else target.read_watermark(self.spec)
+        dag_run = context["dag_run"]
+        periodic = dag_run.run_type == "scheduled" and is_full_read_day(
+            dag_run.run_after, self.spec.schedule.timezone, self.spec.source.full_read_weekday)
+        full = as_bool(self.full_refresh) or periodic
+        watermark = None if full else target.read_watermark(self.spec)
         run_start_ms = int(time.time() * 1000)
         window = incremental_window(watermark.ts_ms if watermark else None, run_start_ms,
                                     lag_seconds=cursor.lag_seconds, overlap_seconds=cursor.overlap_seconds)
@@ -94,6 +98,8 @@ class CrmExtractPlanOperator(SyncStepOperator):
                                    watermark_ms=window.upper_ms if window else run_start_ms - cursor.lag_seconds * 1000,
                                    parallelism=self.spec.source.parallelism,
                                    object_ids=steps.webhook_object_ids(context.get("triggering_asset_events")))
+        for item in items:  # the load deletes what a full refresh or the periodic full read did not see
+            item["delete_missing"] = full
         self.log.info("extract plan: %s", items)
         return items
 
@@ -159,7 +165,8 @@ class ErpUpsertOperator(SyncStepOperator):
 
         result = steps.load(
             self.erp_hook.get_target(), self.spec, self.staging(context), run_id=context["run_id"],
-            watermark_ms=self.extract_plan[0]["watermark_ms"], full_refresh=as_bool(self.full_refresh),
+            watermark_ms=self.extract_plan[0]["watermark_ms"],
+            full_refresh=as_bool(self.full_refresh) or self.extract_plan[0].get("delete_missing", False),
             dry_run=as_bool(self.dry_run),
         )
         summary = {**asdict(result), "dry_run": as_bool(self.dry_run),

@@ -49,6 +49,13 @@ def incremental_window(
     return Window(lower_ms=min(lower, upper), upper_ms=upper)
 
 
+def is_full_read_day(run_after: datetime, timezone: str, weekday: str | None) -> bool:
+    """Whether a scheduled run is the periodic full read (weekday in the schedule's time zone)."""
+    from zoneinfo import ZoneInfo
+
+    return weekday is not None and run_after.astimezone(ZoneInfo(timezone)).strftime("%A").lower() == weekday
+
+
 def parse_ts_ms(value: str | None) -> int:
     """HubSpot timestamps: ISO-8601 (``2024-01-02T03:04:05.678Z``) or epoch-ms strings."""
     if not value:

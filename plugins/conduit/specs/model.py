@@ -148,6 +148,9 @@ class HubSpotSource(_Model):
     search_page_size: int = Field(default=200, ge=1, le=200)
     parallelism: int = Field(default=1, ge=1, le=16,
                              description="full reads split into this many id ranges, read by parallel tasks")
+    full_read_weekday: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"] | None = \
+        Field(default=None, description="the scheduled run on this day (in the schedule's time zone) reads "
+                                        "every record and deletes ids that vanished: a periodic full reconcile")
 
     @model_validator(mode="after")
     def _cursor_is_read(self) -> HubSpotSource:

@@ -107,3 +107,20 @@ def test_webhook_object_ids_from_triggering_asset_events():
                         SimpleNamespace(extra={"sync": "other"})]}
     assert webhook_object_ids(events) == ["7", "9", "12"]
     assert webhook_object_ids(None) == [] and webhook_object_ids({}) == []
+
+
+@pytest.mark.parametrize(
+    ("run_after", "weekday", "expected"),
+    [
+        ("2026-11-22T01:00:00+00:00", "sunday", True),   # 02:00 Sunday in Berlin
+        ("2026-11-21T23:30:00+00:00", "sunday", True),   # already Sunday 00:30 in Berlin, Saturday in UTC
+        ("2026-11-21T22:30:00+00:00", "sunday", False),  # Saturday 23:30 in Berlin
+        ("2026-11-22T01:00:00+00:00", None, False),
+    ],
+)
+def test_full_read_day_is_judged_in_the_schedules_time_zone(run_after, weekday, expected):
+    from datetime import datetime
+
+    from conduit.pipeline.cursor import is_full_read_day
+
+    assert is_full_read_day(datetime.fromisoformat(run_after), "Europe/Berlin", weekday) is expected
