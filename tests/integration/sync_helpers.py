@@ -31,13 +31,33 @@ def run_ok(env, dag=None, **kwargs):
 
 
 def xcom(dag_run, task_id: str) -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
+    """A task's returned summary (a mapped task's are added up), as the demo reports them."""
+    from conduit.demo import task_summaries
 
-    with create_session() as session:
-        row = session.query(XComModel).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id,
-                                                 task_id=task_id, key="return_value").one()
-        return XComModel.deserialize_value(row)
+    return task_summaries(dag_run)[task_id]
+
+
+SEED, CONTACTS = 11, 600  # what the sync_env stand-in serves
+
+
+def seeded_mapped(spec, *, bad_emails: int = 0) -> pd.DataFrame:
+    """The stand-in's seeded contacts mapped by the spec, in CRM order, with each row's CRM id."""
+    from conduit.standin.data import generate, iter_records
+    from conduit.transforms.mapping import map_frame
+
+    records = list(iter_records(generate(seed=SEED, contacts=CONTACTS, bad_emails=bad_emails).contacts))
+    raw = steps.records_to_table(records, steps.raw_properties(spec)).to_pandas()
+    frame = map_frame(raw, spec)
+    frame["crm_id_text"] = raw["id"].astype(str)
+    return frame
+
+
+def bad_email_ids(spec, bad_emails: int) -> list[str]:
+    """CRM ids of the records the stand-in gave an unfixable email at ``reset(bad_emails=...)``."""
+    clean, dirty = seeded_mapped(spec), seeded_mapped(spec, bad_emails=bad_emails)
+    ids = dirty.loc[clean["email"].ne(dirty["email"]), "crm_id_text"].tolist()
+    assert len(ids) == bad_emails
+    return ids
 
 
 def extract_summary(dag_run) -> dict[str, Any]:

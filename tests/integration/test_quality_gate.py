@@ -11,14 +11,12 @@ import pandas as pd
 import psycopg
 import pytest
 from airflow.sdk import TaskInstanceState
+from sync_helpers import CONTACTS, SEED, bad_email_ids, seeded_mapped, xcom
 
-from conduit.pipeline.steps import raw_properties, records_to_table
 from conduit.standin.data import generate, iter_records
-from conduit.transforms.mapping import map_frame
 
 pytestmark = pytest.mark.postgres
 
-CONTACTS, SEED = 600, 11  # what the sync_env stand-in serves
 EMAIL_CHECK = "expect_column_values_to_match_regex(email)"
 
 
@@ -27,31 +25,10 @@ def run(env, **conf):
     return dag_run, {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
 
 
-def xcom(dag_run, task_id):
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        row = session.query(XComModel).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id,
-                                                 task_id=task_id, key="return_value").one()
-        return XComModel.deserialize_value(row)
 
 
-def mapped_crm(spec, *, bad_emails=0) -> pd.DataFrame:
-    """The stand-in's seeded contacts mapped by the spec (with the CRM id of each row)."""
-    records = list(iter_records(generate(seed=SEED, contacts=CONTACTS, bad_emails=bad_emails).contacts))
-    raw = records_to_table(records, raw_properties(spec)).to_pandas()
-    mapped = map_frame(raw, spec)
-    mapped["crm_id_text"] = raw["id"].astype(str)
-    return mapped
 
 
-def bad_email_ids(spec, bad_emails: int) -> list[str]:
-    """CRM ids of the records the stand-in gave an unfixable email at ``reset(bad_emails=...)``."""
-    clean, dirty = mapped_crm(spec), mapped_crm(spec, bad_emails=bad_emails)
-    ids = dirty.loc[clean["email"].ne(dirty["email"]), "crm_id_text"].tolist()
-    assert len(ids) == bad_emails
-    return ids
 
 
 def active_rows(env) -> pd.DataFrame:
@@ -97,7 +74,7 @@ def test_quarantine_policy_parks_bad_rows_and_loads_the_rest_with_data_docs(sync
     sync_env.crm.admin.reset(bad_emails=3)
     spec = sync_env.spec()
     bad = bad_email_ids(spec, 3)
-    dirty = mapped_crm(spec, bad_emails=3)
+    dirty = seeded_mapped(spec, bad_emails=3)
 
     dag_run, states = run(sync_env)
 
@@ -194,7 +171,7 @@ def test_table_level_failure_blocks_even_under_quarantine(sync_env, capsys):
 def test_reconcile_catches_a_row_deleted_behind_the_syncs_back(sync_env, capsys):
     assert run(sync_env)[0].state == "success"
     spec = sync_env.spec()
-    ids = mapped_crm(spec)["crm_id_text"].tolist()
+    ids = seeded_mapped(spec)["crm_id_text"].tolist()
     with psycopg.connect(os.environ["AIRFLOW_CONN_ERP_DEFAULT"], autocommit=True) as conn:
         deleted = conn.execute(f'DELETE FROM "{sync_env.schema}".erp_customers WHERE customer_number = %s',
                                (f"HS-C-{ids[5]}",)).rowcount

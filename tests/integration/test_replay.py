@@ -10,15 +10,12 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 import pytest
+from sync_helpers import bad_email_ids, seeded_mapped, xcom
 
 from conduit.pipeline.replay import chunks, group_entries, revalidate, select_spec
-from conduit.pipeline.steps import raw_properties, records_to_table
-from conduit.standin.data import generate, iter_records
-from conduit.transforms.mapping import map_frame
 
 REPO = Path(__file__).resolve().parents[2]
 REPLAY_DAG_ID = "conduit_quarantine_replay"
-CONTACTS, SEED = 600, 11  # what the sync_env stand-in serves
 
 
 def run(dag, **conf):
@@ -42,29 +39,10 @@ def run_replay(env, *, dry_run=False) -> tuple[object, dict]:
     return dag_run, xcom(dag_run, "replay")
 
 
-def xcom(dag_run, task_id):
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        row = session.query(XComModel).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id,
-                                                 task_id=task_id, key="return_value").one()
-        return XComModel.deserialize_value(row)
 
 
-def mapped_crm(spec, *, bad_emails=0) -> pd.DataFrame:
-    records = list(iter_records(generate(seed=SEED, contacts=CONTACTS, bad_emails=bad_emails).contacts))
-    raw = records_to_table(records, raw_properties(spec)).to_pandas()
-    mapped = map_frame(raw, spec)
-    mapped["crm_id_text"] = raw["id"].astype(str)
-    return mapped
 
 
-def bad_email_ids(spec, bad_emails: int) -> list[str]:
-    clean, dirty = mapped_crm(spec), mapped_crm(spec, bad_emails=bad_emails)
-    ids = dirty.loc[clean["email"].ne(dirty["email"]), "crm_id_text"].tolist()
-    assert len(ids) == bad_emails
-    return ids
 
 
 def quarantine(env) -> pd.DataFrame:
@@ -157,7 +135,7 @@ def test_replay_after_the_mapping_is_fixed_dry_run_first(sync_env):
     entries = quarantine(sync_env)
     assert (entries["replayed_by_run"] == replay_run.run_id).all() and entries["replayed_at"].notna().all()
     spec = sync_env.spec()
-    want = mapped_crm(spec).set_index("customer_number").sort_index()
+    want = seeded_mapped(spec).set_index("customer_number").sort_index()
     got = active(sync_env).sort_index()
     assert got.index.tolist() == want.index.tolist()
     assert got["row_hash"].tolist() == want["row_hash"].tolist()  # exactly what a clean sync loads
