@@ -3,7 +3,12 @@ arrive."""
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from conduit.hooks.erp import ErpHook
+    from conduit.hooks.hubspot import HubSpotHook
 
 
 def as_bool(value: Any) -> bool:
@@ -29,3 +34,19 @@ class LineageReporting:
 
     def get_openlineage_facets_on_failure(self, task_instance):
         return self.lineage(self.summary or {})
+
+
+class SyncHooks:
+    """The hooks of a sync, built lazily from ``self.spec`` (its source and target connections)."""
+
+    @cached_property
+    def erp_hook(self) -> ErpHook:
+        from conduit.hooks.erp import ErpHook
+
+        return ErpHook(erp_conn_id=self.spec.target.conn_id)
+
+    @cached_property
+    def crm_hook(self) -> HubSpotHook:
+        from conduit.hooks.hubspot import HubSpotHook
+
+        return HubSpotHook(hubspot_conn_id=self.spec.source.conn_id)

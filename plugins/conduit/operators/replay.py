@@ -9,17 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from conduit.operators.base import LineageReporting, as_bool
+from conduit.operators.base import LineageReporting, SyncHooks, as_bool
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from conduit.hooks.erp import ErpHook
-    from conduit.hooks.hubspot import HubSpotHook
     from conduit.specs.model import SyncSpec
 
 
-class QuarantineReplayOperator(LineageReporting, BaseOperator):
+class QuarantineReplayOperator(SyncHooks, LineageReporting, BaseOperator):
     """Re-reads the CRM records behind a sync's open quarantine entries, re-maps and re-validates
     them with the sync's current spec and suite, and loads those that now pass; loading and
     closing their entries is one ERP transaction, so nothing is replayed twice. The sync's
@@ -47,18 +45,6 @@ class QuarantineReplayOperator(LineageReporting, BaseOperator):
             return select_spec(load_specs(self.syncs_dir), str(self.sync))
         except SpecError as exc:  # retrying cannot fix a spec
             raise AirflowFailException(str(exc)) from exc
-
-    @cached_property
-    def erp_hook(self) -> ErpHook:
-        from conduit.hooks.erp import ErpHook
-
-        return ErpHook(erp_conn_id=self.spec.target.conn_id)
-
-    @cached_property
-    def crm_hook(self) -> HubSpotHook:
-        from conduit.hooks.hubspot import HubSpotHook
-
-        return HubSpotHook(hubspot_conn_id=self.spec.source.conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from conduit.operators.sync import suite_path

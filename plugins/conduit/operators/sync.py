@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from conduit.operators.base import LineageReporting, as_bool
+from conduit.operators.base import LineageReporting, SyncHooks, as_bool
 from conduit.pipeline.staging import RunStaging
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from conduit.hooks.erp import ErpHook
-    from conduit.hooks.hubspot import HubSpotHook
     from conduit.specs.model import SyncSpec
 
 
-class SyncStepOperator(LineageReporting, BaseOperator):
+class SyncStepOperator(SyncHooks, LineageReporting, BaseOperator):
     """Common wiring of the sync's operators: the spec, the run's staging area, the ERP hook."""
 
     template_fields: Sequence[str] = ("full_refresh", "dry_run")
@@ -36,18 +33,6 @@ class SyncStepOperator(LineageReporting, BaseOperator):
         self.spec = spec
         self.full_refresh = full_refresh
         self.dry_run = dry_run
-
-    @cached_property
-    def erp_hook(self) -> ErpHook:
-        from conduit.hooks.erp import ErpHook
-
-        return ErpHook(erp_conn_id=self.spec.target.conn_id)
-
-    @cached_property
-    def crm_hook(self) -> HubSpotHook:
-        from conduit.hooks.hubspot import HubSpotHook
-
-        return HubSpotHook(hubspot_conn_id=self.spec.source.conn_id)
 
     def dataset(self, which: str):
         """The OpenLineage dataset of the CRM object, a staged stage, or the ERP table."""
