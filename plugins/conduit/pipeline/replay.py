@@ -95,12 +95,10 @@ def revalidate(frame: pd.DataFrame, suite: Suite, key: str) -> dict[int, list[st
     """{row position: reasons} of the rows of ``frame`` that break a critical expectation of the
     suite (every breaking row, whether or not ``mostly`` lets the expectation pass; for
     uniqueness, every row of a duplicated value). Row-count expectations are not per row."""
-    from conduit.quality.engine import SuiteEvaluator
+    from conduit.quality.engine import evaluate
 
-    evaluator = SuiteEvaluator(suite, key=key)
-    evaluator.add(frame.reset_index(drop=True))
     failures: dict[int, list[str]] = {}
-    for result in evaluator.report().results:
+    for result in evaluate(frame, suite, key=key).results:
         if result.failing_rows is None or not result.expectation.blocking:
             continue
         for position, failure in zip(result.failing_rows.index, result.row_failures(), strict=True):

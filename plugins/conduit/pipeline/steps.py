@@ -211,7 +211,9 @@ def evaluate_suite(spec: SyncSpec, staging: RunStaging, suite_path, *, previous_
     from conduit.quality.engine import SuiteEvaluator
     from conduit.quality.suite import load_suite
 
-    evaluator = SuiteEvaluator(load_suite(suite_path), key=spec.target.key, previous_row_count=previous_row_count)
+    # reread: repeated hashes of a unique column are confirmed on a second read of the staged rows
+    evaluator = SuiteEvaluator(load_suite(suite_path), key=spec.target.key, previous_row_count=previous_row_count,
+                               reread=lambda: staging.read_frames("mapped"))
     for frame in staging.read_frames("mapped"):
         evaluator.add(frame)
     return evaluator.report()

@@ -5,12 +5,14 @@ GX itself runs in :mod:`conduit.quality.gx_runner` for the validation result and
 too slow for the gate on a million rows (numbers in ``tests/unit/quality/test_gx_equivalence.py``).
 
 Rows may arrive in chunks: :class:`SuiteEvaluator` takes them one at a time and keeps only counts,
-the failing rows and the columns that must be unique, so uniqueness holds across chunks.
+the failing rows and, for the columns that must be unique, a 64-bit hash per row (8 bytes a row, not
+the values), so uniqueness holds across chunks. The few rows whose hash repeats are read a second
+time to compare their actual values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -32,10 +34,13 @@ from conduit.quality.suite import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 Policy = Literal["block", "quarantine", "warn"]
 FAILURE_COLUMNS = ("key", "crm_id", "value")
+# CPython's hash never returns -1 (it signals an error), so -1 can stand for a null
+_NULL_HASH = -1
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,11 @@ class GateDecision:
 
 
 class SuiteEvaluator:
-    """Feed frames with :meth:`add`, then :meth:`report`. ``now`` fixes the ``now`` bounds."""
+    """Feed frames with :meth:`add`, then :meth:`report`. ``now`` fixes the ``now`` bounds.
+
+    ``reread`` yields the same frames again, in the same order (e.g. from the staged files): when
+    a ``unique`` column has repeated hashes, :meth:`report` reads the rows once more to compare
+    the actual values of those rows. Without it, such a report raises ``ValueError``."""
 
     def __init__(
         self,
@@ -129,16 +138,21 @@ class SuiteEvaluator:
         crm_id: str = "crm_id",
         previous_row_count: int | None = None,
         now: datetime | None = None,
+        reread: Callable[[], Iterable[pd.DataFrame]] | None = None,
     ):
         self.now = now or datetime.now(UTC)
         self.suite = suite.at(self.now)
         self.key, self.crm_id = key, crm_id
         self.previous_row_count = previous_row_count
+        self.reread = reread
         self.row_count = 0
         n = len(self.suite.expectations)
         self._nonnull = [0] * n
         self._failing: list[list[pd.DataFrame]] = [[] for _ in range(n)]
-        self._unique_columns: list[list[pd.DataFrame]] = [[] for _ in range(n)]
+        # per unique entry, one int64 hash per row of each chunk (_NULL_HASH for nulls)
+        self._hashes: dict[int, list[np.ndarray]] = {
+            i: [] for i, entry in enumerate(self.suite.expectations) if isinstance(entry, Unique)
+        }
 
     def add(self, frame: pd.DataFrame) -> None:
         import numpy as np
@@ -148,25 +162,64 @@ class SuiteEvaluator:
         positions = np.arange(self.row_count, self.row_count + len(frame))
         self.row_count += len(frame)
         for i, entry in enumerate(self.suite.expectations):
+            if not isinstance(entry, (Unique, *ROW_LEVEL)):
+                continue
+            values = frame[entry.column]
+            nonnull = values.notna().to_numpy()
+            self._nonnull[i] += int(nonnull.sum())
             if isinstance(entry, Unique):
-                self._unique_columns[i].append(self._identify(frame, entry.column, positions))
-            elif isinstance(entry, ROW_LEVEL):
-                values = frame[entry.column]
-                nonnull = values.notna().to_numpy()
-                self._nonnull[i] += int(nonnull.sum())
-                if isinstance(entry, NotNull):
-                    unexpected = ~nonnull
-                else:
-                    unexpected = np.zeros(len(frame), dtype=bool)
-                    unexpected[nonnull] = _unexpected(entry, values[nonnull]).to_numpy()
-                if unexpected.any():
-                    self._failing[i].append(
-                        self._identify(frame[unexpected], entry.column, positions[unexpected])
-                    )
+                self._hashes[i].append(_hashes(values, nonnull))
+                continue
+            if isinstance(entry, NotNull):
+                unexpected = ~nonnull
+            else:
+                unexpected = np.zeros(len(frame), dtype=bool)
+                unexpected[nonnull] = _unexpected(entry, values[nonnull]).to_numpy()
+            if unexpected.any():
+                self._failing[i].append(
+                    self._identify(frame[unexpected], entry.column, positions[unexpected])
+                )
 
     def report(self) -> GateReport:
-        results = tuple(self._result(i, entry) for i, entry in enumerate(self.suite.expectations))
+        duplicated = self._duplicated()
+        results = tuple(
+            self._result(i, entry, duplicated.get(i)) for i, entry in enumerate(self.suite.expectations)
+        )
         return GateReport(self.suite, self.key, self.row_count, results, self.now)
+
+    def _duplicated(self) -> dict[int, pd.DataFrame]:
+        """{suite index: every row whose non-null value occurs more than once} for the ``unique``
+        entries (GX: ``duplicated(keep=False)``). Only rows whose hash repeats are candidates; their
+        actual values decide, so a hash collision never fails a row."""
+        candidates = {i: _positions(parts, _repeated(parts)) for i, parts in self._hashes.items()}
+        rows = self._fetch({i: positions for i, positions in candidates.items() if len(positions)})
+        return {i: _duplicated(rows.get(i, [])) for i in candidates}
+
+    def _fetch(self, wanted: dict[int, np.ndarray]) -> dict[int, list[pd.DataFrame]]:
+        """Key, crm_id and value of the ``wanted`` (sorted) positions of each unique entry, from
+        one more read of the frames."""
+        import numpy as np
+
+        if not wanted:
+            return {}
+        if self.reread is None:
+            raise ValueError(
+                "a unique column may have repeated values; SuiteEvaluator needs reread= (the same "
+                "frames again) to compare them"
+            )
+        found: dict[int, list[pd.DataFrame]] = {i: [] for i in wanted}
+        offset = 0
+        for frame in self.reread():
+            for i, positions in wanted.items():
+                low, high = np.searchsorted(positions, [offset, offset + len(frame)])
+                if high > low:
+                    hits = positions[low:high]
+                    column = self.suite.expectations[i].column
+                    found[i].append(self._identify(frame.iloc[hits - offset], column, hits))
+            offset += len(frame)
+        if offset != self.row_count:
+            raise RuntimeError(f"reread yielded {offset} rows, but {self.row_count} were evaluated")
+        return found
 
     def _identify(self, frame: pd.DataFrame, column: str, positions) -> pd.DataFrame:
         import pandas as pd
@@ -191,7 +244,7 @@ class SuiteEvaluator:
         if problems:
             raise SpecError(self.suite.path, problems)
 
-    def _result(self, i: int, entry: Expectation) -> ExpectationResult:
+    def _result(self, i: int, entry: Expectation, duplicated: pd.DataFrame | None) -> ExpectationResult:
         n = self.row_count
         if isinstance(entry, RowCountBetween):
             kw = entry.kwargs
@@ -204,11 +257,9 @@ class SuiteEvaluator:
                 i, entry, ok, n, observed_value={"row_count": n, "previous_row_count": previous}
             )
         if isinstance(entry, Unique):
-            failing = _duplicated(self._unique_columns[i])
-            nonnull = n - _null_count(self._unique_columns[i])
-            unexpected = len(failing)
-            ok = _mostly_success(nonnull, unexpected, entry.mostly)
-            return ExpectationResult(i, entry, ok, n, unexpected, unexpected, failing)
+            unexpected = len(duplicated)
+            ok = _mostly_success(self._nonnull[i], unexpected, entry.mostly)
+            return ExpectationResult(i, entry, ok, n, unexpected, unexpected, duplicated)
         failing = _concat(self._failing[i])
         unexpected = len(failing)
         # GX: not_null counts every row; other column-map expectations only the non-null ones
@@ -226,11 +277,21 @@ def evaluate(
     previous_row_count: int | None = None,
     now: datetime | None = None,
 ) -> GateReport:
-    """Evaluate ``suite`` on one frame or on an iterable of chunks (uniqueness spans all chunks)."""
+    """Evaluate ``suite`` on one frame or on an iterable of chunks (uniqueness spans all chunks).
+    Repeated values of a unique column are confirmed by iterating ``frames`` again, so pass a list
+    rather than an iterator (see :class:`SuiteEvaluator`'s ``reread``)."""
     import pandas as pd
 
-    evaluator = SuiteEvaluator(suite, key=key, crm_id=crm_id, previous_row_count=previous_row_count, now=now)
-    for frame in [frames] if isinstance(frames, pd.DataFrame) else frames:
+    chunks = [frames] if isinstance(frames, pd.DataFrame) else frames
+    evaluator = SuiteEvaluator(
+        suite,
+        key=key,
+        crm_id=crm_id,
+        previous_row_count=previous_row_count,
+        now=now,
+        reread=None if isinstance(chunks, Iterator) else lambda: chunks,
+    )
+    for frame in chunks:
         evaluator.add(frame)
     return evaluator.report()
 
@@ -310,14 +371,46 @@ def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
     return parts[0] if len(parts) == 1 else pd.concat(parts)
 
 
-def _null_count(parts: list[pd.DataFrame]) -> int:
-    return sum(int(part["value"].isna().sum()) for part in parts)
+def _hashes(values: pd.Series, nonnull: np.ndarray) -> np.ndarray:
+    """One int64 per row: Python's hash of the value, ``_NULL_HASH`` for a null. Python's hash agrees
+    with ``==`` across types (1, 1.0 and True; str and object dtype), as the chunks' dtypes may
+    differ (an int column with nulls arrives as float); pandas' ``hash_array`` does not."""
+    import numpy as np
+
+    hashes = np.full(len(values), _NULL_HASH, dtype=np.int64)
+    present = values[nonnull].to_numpy(dtype=object)
+    hashes[nonnull] = np.fromiter(map(hash, present), dtype=np.int64, count=len(present))
+    return hashes
 
 
-def _duplicated(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    """Every row whose non-null value occurs more than once (GX: ``duplicated(keep=False)``)."""
-    rows = _concat(parts)
-    rows = rows[rows["value"].notna()]
+def _repeated(parts: list[np.ndarray]) -> np.ndarray:
+    """The non-null hashes that occur more than once across the chunks' ``parts``."""
+    import numpy as np
+
+    ordered = np.concatenate([np.empty(0, dtype=np.int64), *parts])
+    ordered.sort()
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    return repeated[repeated != _NULL_HASH]
+
+
+def _positions(parts: list[np.ndarray], hashes: np.ndarray) -> np.ndarray:
+    """Sorted positions, across the chunks' ``parts``, of the rows whose hash is one of ``hashes``
+    (sorted; a binary search stays fast however many values repeat)."""
+    import numpy as np
+
+    if not len(hashes):
+        return np.empty(0, dtype=np.int64)
+    found, offset = [], 0
+    for part in parts:
+        nearest = hashes[np.searchsorted(hashes, part).clip(max=len(hashes) - 1)]
+        found.append(np.flatnonzero(nearest == part) + offset)
+        offset += len(part)
+    return np.concatenate(found)
+
+
+def _duplicated(candidates: list[pd.DataFrame]) -> pd.DataFrame:
+    """The candidate rows (all non-null) whose value occurs more than once."""
+    rows = _concat(candidates)
     return rows[rows["value"].duplicated(keep=False)]
 
 
