@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup
 
 from conduit.lineage.assets import erp_changes_alias, erp_table_asset
 from conduit.operators.sync import (
@@ -20,6 +20,7 @@ from conduit.operators.sync import (
     QualityGateOperator,
     ReconcileOperator,
 )
+from conduit.operators.target_checks import ErpColumnCheckOperator, ErpTableCheckOperator
 from conduit.specs.model import SyncSpec, load_specs
 
 
@@ -115,6 +116,8 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
         else:
             transform >> load
         load >> reconcile
+        with TaskGroup("target_checks", tooltip="common-sql column and table checks on the ERP table (PostgreSQL)"):
+            load >> [ErpColumnCheckOperator(task_id="columns", spec=spec), ErpTableCheckOperator(task_id="table", spec=spec)]
     return dag
 
 

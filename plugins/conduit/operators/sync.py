@@ -255,6 +255,8 @@ class ReconcileOperator(SyncStepOperator):
 
         checks = [{"assertion": name, "success": summary.get(name) == 0}
                   for name in ("staged_mismatched", "missing_in_erp") if name in summary]
+        if "key_checksum_match" in summary:
+            checks.append({"assertion": "key_checksum_match", "success": bool(summary["key_checksum_match"])})
         return reconcile_lineage(self.dataset("mapped"), self.dataset("erp"), checks or None)
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -265,7 +267,8 @@ class ReconcileOperator(SyncStepOperator):
             summary = {"skipped": "dry run: the load was rolled back"}
         else:
             summary = steps.reconcile(self.crm_hook, self.erp_hook.get_target(), self.spec, staging,
-                                      upper_ms=self.extract_plan[0]["watermark_ms"])
+                                      upper_ms=self.extract_plan[0]["watermark_ms"],
+                                      full_read=self.extract_plan[0]["mode"] == "full")
         self.log.info("reconciled %s", summary)
         self.summary = summary
         if not self.keep_staging:

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from conduit.pipeline.cursor import ID_PROPERTY, Window, id_ranges, iter_changed, iter_id_range
 from conduit.pipeline.staging import PartWriter, RunStaging
 
 if TYPE_CHECKING:
+    import pandas as pd
     import pyarrow as pa
 
     from conduit.hooks.hubspot import HubSpotHook
     from conduit.specs.model import SyncSpec
-    from conduit.targets.base import ErpTarget
+    from conduit.targets.base import ErpTarget, KeyChecksum
 
 log = logging.getLogger(__name__)
 BATCH_ROWS = 10_000
@@ -193,7 +194,7 @@ def load(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str,
     return target.load(
         spec, batches(), run_id=run_id, deleted_keys=deleted,
         watermark=Watermark(watermark_ms, 0) if watermark_ms is not None else None,
-        full_refresh=full_refresh, dry_run=dry_run,
+        full_refresh=full_refresh, kept_keys=rejected, dry_run=dry_run,  # quarantined records still exist
     )
 
 
@@ -314,7 +315,7 @@ def _staged_mismatches(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -
     import pandas as pd
 
     key = spec.target.key
-    skip = rejected_keys(staging) | {k for f in staging.read_frames("mapped_archived", [key]) for k in f[key]}
+    skip = _skipped_keys(spec, staging)
     checked, bad = 0, []
     for frame in staging.read_frames("mapped", [key, "row_hash", "source_modified_at"]):
         frame = frame[~frame[key].isin(skip)].sort_values("source_modified_at").drop_duplicates(key, keep="last")
@@ -330,16 +331,81 @@ def _staged_mismatches(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -
     return checked, bad
 
 
+def newest_per_key(read: Callable[[], Iterable[pd.DataFrame]], key: str, order: str) -> Iterator[pd.DataFrame]:
+    """The frames ``read()`` yields, holding only the row with the greatest ``order`` of each key
+    across all of them. Reads twice; memory is 8 bytes per row (a hash of the key) plus the rows
+    whose key hash repeats, which are held back and yielded last, deduplicated."""
+    import numpy as np
+    import pandas as pd
+
+    hashes = [pd.util.hash_array(f[key].to_numpy(dtype=object)) for f in read()]
+    values, counts = np.unique(np.concatenate(hashes) if hashes else np.empty(0, np.uint64), return_counts=True)
+    repeated = values[counts > 1]
+    held = []
+    for frame, hashed in zip(read(), hashes, strict=True):
+        clash = np.isin(hashed, repeated)
+        held.append(frame[clash])
+        yield frame[~clash]
+    if repeated.size:
+        yield pd.concat(held).sort_values(order, kind="stable").drop_duplicates(key, keep="last")
+
+
+def staged_key_checksum(spec: SyncSpec, staging: RunStaging, skip: frozenset[str]) -> KeyChecksum:
+    """:class:`KeyChecksum` of the staged rows the load applied: one per key, the newest, minus
+    ``skip`` (rejected and archived keys)."""
+    from conduit.targets.base import KeyChecksum, frame_key_checksum
+
+    key, total = spec.target.key, KeyChecksum()
+    columns = [key, "row_hash", "source_modified_at"]
+    for frame in newest_per_key(lambda: staging.read_frames("mapped", columns), key, "source_modified_at"):
+        total += frame_key_checksum(frame[~frame[key].isin(skip)], key)
+    return total
+
+
+def _skipped_keys(spec: SyncSpec, staging: RunStaging) -> frozenset[str]:
+    """Staged keys the load did not upsert: rejected by the gate, or archived in the CRM."""
+    key = spec.target.key
+    return rejected_keys(staging) | {k for f in staging.read_frames("mapped_archived", [key]) for k in f[key]}
+
+
+def _key_checksums(target: ErpTarget, spec: SyncSpec, staging: RunStaging, skip: frozenset[str]):
+    """(staged, ERP) key checksums after a full read. ERP rows of skipped keys stay out: a
+    quarantined record keeps its last good version in the ERP."""
+    from conduit.targets.base import frame_key_checksum
+
+    left_alone = target.fetch_rows(spec, keys=sorted(skip)) if skip else None
+    erp = target.key_checksum(spec)
+    if left_alone is not None and len(left_alone):
+        erp -= frame_key_checksum(left_alone[left_alone["active"].astype(bool)], spec.target.key)
+    return staged_key_checksum(spec, staging, skip), erp
+
+
 def reconcile(hook: HubSpotHook, target: ErpTarget, spec: SyncSpec, staging: RunStaging, *,
-              upper_ms: int) -> dict[str, Any]:
+              upper_ms: int, full_read: bool = False) -> dict[str, Any]:
     """Staged rows vs the ERP, then CRM vs ERP counts as of the run's upper bound.
 
+    After a full read the ERP's active rows must be exactly the staged ones: their key checksums
+    (count and digest sum of key + row hash) are compared, and row by row only when they differ.
     Raises ``ReconciliationError`` when the ERP lacks rows it should have (a row deleted behind
-    the sync's back, a lost update); extra ERP rows (CRM deletes that left no archive trace) are
-    reported for the full reconcile to repair."""
+    the sync's back, a lost update) or, after a full read, holds active rows the CRM no longer
+    has; after an incremental read such extra rows are reported for the full read to repair."""
     from conduit.exceptions import ReconciliationError
 
-    checked, bad = _staged_mismatches(target, spec, staging)
+    checksums: dict[str, Any] = {}
+    if full_read:
+        skip = _skipped_keys(spec, staging)
+        staged_sum, erp_sum = _key_checksums(target, spec, staging, skip)
+        checksums = {"key_checksum_staged": str(staged_sum), "key_checksum_erp": str(erp_sum),
+                     "key_checksum_match": staged_sum == erp_sum}
+    if checksums.get("key_checksum_match"):
+        checked, bad = staged_sum.count, []  # equal sums: every row is there, as staged
+    else:
+        checked, bad = _staged_mismatches(target, spec, staging)
+    if full_read and not bad and erp_sum.count != staged_sum.count:
+        raise ReconciliationError(
+            f"after a full read the ERP holds {erp_sum.count} active customers outside quarantine but the run "
+            f"staged {staged_sum.count}: {erp_sum.count - staged_sum.count} written behind the sync's back or "
+            f"not deleted; trigger the DAG with full_refresh to repair. {checksums}")
     crm = hook.search(spec.source.object, {
         "filterGroups": [{"filters": [{"propertyName": "createdate", "operator": "LT", "value": str(upper_ms)}]}],
         "limit": 1, "properties": ["hs_object_id"],
@@ -350,7 +416,7 @@ def reconcile(hook: HubSpotHook, target: ErpTarget, spec: SyncSpec, staging: Run
     expected = crm - quarantined - late
     summary = {"staged_checked": checked, "staged_mismatched": len(bad), "crm_live": crm, "erp_active": erp,
                "quarantined_unloaded": quarantined, "modified_after_window": late,
-               "missing_in_erp": max(expected - erp, 0), "extra_in_erp": max(erp - expected, 0)}
+               "missing_in_erp": max(expected - erp, 0), "extra_in_erp": max(erp - expected, 0), **checksums}
     if bad:
         raise ReconciliationError(
             f"{len(bad)} of {checked} loaded rows differ in the ERP ({spec.target.key}: {', '.join(bad[:10])}): {summary}")

@@ -165,6 +165,46 @@ Source = Annotated[HubSpotSource, Field(discriminator="type")]
 # --- target -------------------------------------------------------------------------------------
 
 
+class ColumnCheck(_Model):
+    """Bounds on one ``SQLColumnCheckOperator`` check's result (its ``column_mapping`` entry)."""
+
+    equal_to: int | float | None = None
+    greater_than: int | float | None = None
+    geq_to: int | float | None = None
+    less_than: int | float | None = None
+    leq_to: int | float | None = None
+    tolerance: float | None = Field(default=None, ge=0)
+    partition_clause: str | None = Field(default=None, description="extra WHERE condition, e.g. `active`")
+
+    @model_validator(mode="after")
+    def _bounded_once(self) -> ColumnCheck:
+        bounds = [b for b in ("equal_to", "greater_than", "geq_to", "less_than", "leq_to") if getattr(self, b) is not None]
+        if not bounds:
+            raise ValueError("give at least one of equal_to, greater_than, geq_to, less_than, leq_to")
+        if "equal_to" in bounds and len(bounds) > 1:
+            raise ValueError("equal_to cannot be combined with greater_than, geq_to, less_than or leq_to")
+        for low, high in (("greater_than", "geq_to"), ("less_than", "leq_to")):
+            if low in bounds and high in bounds:
+                raise ValueError(f"give only one of {low} and {high}")
+        return self
+
+
+class TableCheck(_Model):
+    """One ``SQLTableCheckOperator`` check: a SQL condition that must hold."""
+
+    check_statement: str = Field(min_length=1, description="true when the check passes; aggregates "
+                                                           "(COUNT(*) FILTER (WHERE ...) = 0) also hold on an empty table")
+    partition_clause: str | None = None
+
+
+class TargetChecks(_Model):
+    """SQL checks on the ERP table after each load (PostgreSQL targets), beside Conduit's own."""
+
+    columns: dict[str, dict[Literal["null_check", "distinct_check", "unique_check", "min", "max"], ColumnCheck]] = (
+        Field(default_factory=dict))
+    table: dict[Annotated[str, Field(pattern=IDENTIFIER)], TableCheck] = Field(default_factory=dict)
+
+
 class SqlTarget(_Model):
     """A customer-master table in a SQL database (PostgreSQL in production, SQLite embedded)."""
 
@@ -175,6 +215,7 @@ class SqlTarget(_Model):
     key: str = Field(pattern=IDENTIFIER)
     delete_mode: Literal["soft", "hard"] = "soft"
     batch_size: int = Field(default=10_000, ge=100)
+    checks: TargetChecks = Field(default_factory=TargetChecks)
 
 
 Target = Annotated[SqlTarget, Field(discriminator="type")]
@@ -251,6 +292,13 @@ class SyncSpec(_Model):
                     f"mapping.{column}: reads {', '.join(map(repr, missing))}, "
                     "which source.properties does not list"
                 )
+        from conduit.targets.sql_render import BOOKKEEPING_COLUMNS
+
+        table_columns = {*self.mapping, *(c.name for c in BOOKKEEPING_COLUMNS)}
+        for column in self.target.checks.columns:
+            if column not in table_columns:
+                raise ValueError(f"target.checks.columns.{column}: the ERP table has no such column "
+                                 f"(it has {', '.join(sorted(table_columns))})")
         return self
 
     @property
@@ -275,6 +323,8 @@ def field_path(loc: tuple[Any, ...], union_tags: frozenset[str], union_fields: t
             parts.append(f"[{item}]")
         elif item in union_tags and i and (isinstance(loc[i - 1], int) or loc[i - 1] in union_fields):
             continue  # pydantic puts the discriminator's value in the path: noise to a reader
+        elif item == "[key]":
+            continue  # a bad dict key: the key before it already names the place
         else:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts) or "(top level)"

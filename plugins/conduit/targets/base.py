@@ -74,6 +74,7 @@ class ErpTarget(ABC):
         deleted_keys: Iterable[str | tuple[str, datetime | None]] = (),
         watermark: Watermark | None = None,
         full_refresh: bool = False,
+        kept_keys: Iterable[str] = (),
         dry_run: bool = False,
         replayed_quarantine_ids: Iterable[int] = (),
     ) -> LoadResult:
@@ -85,7 +86,8 @@ class ErpTarget(ABC):
           back with newer data is re-activated. Of several rows with one key, the newest wins.
         - ``deleted_keys`` are deleted per ``spec.target.delete_mode`` after the upsert; a key given
           as (key, archived version's timestamp) spares a stored row newer than that version.
-        - ``full_refresh`` also deletes every row this load did not bring.
+        - ``full_refresh`` also deletes every row this load did not bring, except ``kept_keys``
+          (records the source still has but this load leaves out, e.g. quarantined ones).
         - The stored watermark moves to ``watermark`` only if that is later.
         - ``dry_run`` does all of it, reports the counts and rolls back.
         """
@@ -94,7 +96,7 @@ class ErpTarget(ABC):
     def count(self, spec: SyncSpec, *, active_only: bool = True) -> int: ...
 
     @abstractmethod
-    def key_checksum(self, spec: SyncSpec) -> str:
+    def key_checksum(self, spec: SyncSpec) -> KeyChecksum:
         """Order-independent checksum of (key, row_hash) over active rows; equals
         :func:`frame_key_checksum` of a frame holding the same rows."""
 
@@ -133,23 +135,39 @@ class ErpTarget(ABC):
 _MODULUS = 1 << 64
 
 
-def format_key_checksum(count: int, digest_sum: int) -> str:
-    return f"{count}:{digest_sum % _MODULUS:016x}"
+@dataclass(frozen=True)
+class KeyChecksum:
+    """Count and sum (mod 2**64) of the first 64 bits of ``md5(f"{key}:{row_hash}")`` per row.
+
+    A sum, unlike a XOR, does not cancel out duplicated rows, and it adds up: the checksum of a
+    table is the sum of its parts', and a part can be taken out again. A database can compute it
+    in SQL (see ``sql_render.postgres_key_checksum``)."""
+
+    count: int = 0
+    digest_sum: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "digest_sum", self.digest_sum % _MODULUS)
+
+    def __add__(self, other: KeyChecksum) -> KeyChecksum:
+        return KeyChecksum(self.count + other.count, self.digest_sum + other.digest_sum)
+
+    def __sub__(self, other: KeyChecksum) -> KeyChecksum:
+        return KeyChecksum(self.count - other.count, self.digest_sum - other.digest_sum)
+
+    def __str__(self) -> str:
+        return f"{self.count}:{self.digest_sum:016x}"
 
 
-def key_checksum_of(pairs: Iterable[tuple[object, str]]) -> str:
-    """Count and sum (mod 2**64) of the first 64 bits of ``md5(f"{key}:{row_hash}")``.
-
-    A sum, unlike a XOR, does not cancel out duplicated rows; a database can compute the same
-    in SQL (see ``sql_render.postgres_key_checksum``).
-    """
+def key_checksum_of(pairs: Iterable[tuple[object, str]]) -> KeyChecksum:
+    """:class:`KeyChecksum` of (key, row_hash) pairs."""
     count = total = 0
     for key, row_hash in pairs:
         count += 1
         total += int.from_bytes(hashlib.md5(f"{key}:{row_hash}".encode()).digest()[:8], "big")
-    return format_key_checksum(count, total)
+    return KeyChecksum(count, total)
 
 
-def frame_key_checksum(frame: pd.DataFrame, key: str) -> str:
+def frame_key_checksum(frame: pd.DataFrame, key: str) -> KeyChecksum:
     """:meth:`ErpTarget.key_checksum` of the rows in ``frame`` (one row per key)."""
     return key_checksum_of(zip(frame[key].astype(str), frame[ROW_HASH], strict=True))

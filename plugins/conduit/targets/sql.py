@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from conduit.exceptions import TargetConfigError, TargetError
 from conduit.targets import sql_render as render
-from conduit.targets.base import ErpTarget, LoadResult, Watermark, format_key_checksum, key_checksum_of
+from conduit.targets.base import ErpTarget, KeyChecksum, LoadResult, Watermark, key_checksum_of
 from conduit.targets.sql_render import POSTGRES, SQLITE, Column, Dialect, TableLayout
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class SqlErpTarget(ErpTarget):
         """Run the upsert; return (inserted, updated)."""
 
     @abstractmethod
-    def _key_checksum(self, cur: Any, layout: TableLayout) -> str: ...
+    def _key_checksum(self, cur: Any, layout: TableLayout) -> KeyChecksum: ...
 
     def _timestamp_value(self, value: datetime) -> Any:
         return value
@@ -111,6 +111,7 @@ class SqlErpTarget(ErpTarget):
         deleted_keys: Iterable[str | tuple[str, datetime | None]] = (),
         watermark: Watermark | None = None,
         full_refresh: bool = False,
+        kept_keys: Iterable[str] = (),
         dry_run: bool = False,
         replayed_quarantine_ids: Iterable[int] = (),
     ) -> LoadResult:
@@ -125,7 +126,8 @@ class SqlErpTarget(ErpTarget):
             if inserted + updated < staged:  # duplicates, unchanged or stale rows: tell them apart
                 distinct, stale = cur.execute(render.count_incoming(d, layout)).fetchone()
                 unchanged = distinct - inserted - updated - stale
-            deleted = self._delete(cur, spec, layout, list(deleted_keys), full_refresh, params)
+            kept = self._list_value(_typed_keys(layout.key_column, kept_keys))
+            deleted = self._delete(cur, spec, layout, list(deleted_keys), full_refresh, {**params, "kept": kept})
             if watermark is not None:
                 cur.execute(
                     render.advance_watermark(d, layout.schema),
@@ -152,7 +154,7 @@ class SqlErpTarget(ErpTarget):
     def count(self, spec: SyncSpec, *, active_only: bool = True) -> int:
         return self._fetch_one(render.count_rows(self.dialect, TableLayout.of(spec), active_only=active_only))[0]
 
-    def key_checksum(self, spec: SyncSpec) -> str:
+    def key_checksum(self, spec: SyncSpec) -> KeyChecksum:
         with self._errors_as("computing the key checksum"), self._transaction(None, commit=False) as cur:
             return self._key_checksum(cur, TableLayout.of(spec))
 
@@ -284,10 +286,10 @@ class PostgresErpTarget(SqlErpTarget):
         cur.execute(render.upsert_counts(POSTGRES, layout), params)
         return cur.fetchone()
 
-    def _key_checksum(self, cur, layout: TableLayout) -> str:
+    def _key_checksum(self, cur, layout: TableLayout) -> KeyChecksum:
         cur.execute(render.postgres_key_checksum(layout))
         count, digest_sum = cur.fetchone()
-        return format_key_checksum(count, int(digest_sum))
+        return KeyChecksum(count, int(digest_sum))
 
     def _json_value(self, value: Any) -> Any:
         from psycopg.types.json import Jsonb
@@ -353,7 +355,7 @@ class SqliteErpTarget(SqlErpTarget):
             updated += not was_inserted and bool(changed)
         return inserted, updated
 
-    def _key_checksum(self, cur, layout: TableLayout) -> str:
+    def _key_checksum(self, cur, layout: TableLayout) -> KeyChecksum:
         return key_checksum_of(cur.execute(render.select_active_key_hashes(SQLITE, layout)))
 
     def _timestamp_value(self, value: datetime) -> str:

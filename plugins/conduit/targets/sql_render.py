@@ -303,10 +303,14 @@ def count_incoming(d: Dialect, layout: TableLayout) -> str:
 
 def delete_rows(d: Dialect, layout: TableLayout, *, mode: str, full_refresh: bool) -> str:
     """Delete the rows named in the deleted-keys table or, for a full refresh, the rows this load
-    did not bring. Soft: mark inactive (once). Parameters: ``now``, ``run_id`` (soft only)."""
+    did not bring except the ``kept`` keys (a list parameter: records the source still has, left
+    out of this load, e.g. quarantined). Soft: mark inactive (once). Parameters: ``now``,
+    ``run_id`` (soft only), ``kept`` (full refresh only)."""
     table, key = d.qualify(layout.schema, layout.table), quote_ident(layout.key)
     if full_refresh:
-        chosen = f"NOT EXISTS (SELECT 1 FROM {quote_ident(STAGING_TABLE)} AS s WHERE s.{key} = {table}.{key})"
+        kept = d.any_of.format(column=f"{table}.{key}", param=d.param("kept"))
+        chosen = (f"NOT EXISTS (SELECT 1 FROM {quote_ident(STAGING_TABLE)} AS s WHERE s.{key} = {table}.{key}) "
+                  f"AND NOT {kept}")
     else:
         # A delete is data too: an archived version older than the stored row (a rerun of an old
         # run, after the record was restored) must not delete it.

@@ -137,6 +137,19 @@ def test_full_refresh_deletes_what_the_load_did_not_bring(ready):
     assert {k: r["active"] for k, r in rows_by_key(ready).items()} == {"HS-C-1": True, "HS-C-2": False, "HS-C-3": True}
 
 
+def test_full_refresh_spares_kept_keys_the_load_left_out(ready):
+    """A record the source still has but this load leaves out (quarantined) is not a delete."""
+    target, spec = ready.target, ready.spec
+    target.load(spec, [batch((1, T1, "a@x.io"), (2, T1, "b@x.io"), (3, T1, "c@x.io"))], run_id="r1")
+
+    result = target.load(spec, [batch((1, T1, "a@x.io"))], run_id="r2", full_refresh=True, kept_keys=["HS-C-2"])
+
+    assert result.deleted == 1
+    rows = rows_by_key(ready)
+    assert {k: r["active"] for k, r in rows.items()} == {"HS-C-1": True, "HS-C-2": True, "HS-C-3": False}
+    assert rows["HS-C-2"]["email"] == "b@x.io" and rows["HS-C-2"]["last_run_id"] == "r1"
+
+
 def test_watermark_is_stored_with_the_load_and_never_moves_back(ready):
     target, spec = ready.target, ready.spec
     assert target.read_watermark(spec) is None

@@ -54,6 +54,16 @@ def test_flagship_loads():
         (lambda d: d.update(surprise=1), "surprise", "Extra inputs"),
         (lambda d: d["mapping"].update({"bad column": {"source": "email"}}), "mapping", "'bad column' is not a plain SQL identifier"),
         (lambda d: d["quality"].update(policy="ignore"), "quality.policy", "block"),
+        (lambda d: d["target"]["checks"]["columns"].update(emial={"null_check": {"equal_to": 0}}),
+         "target.checks.columns.emial", "no such column"),
+        (lambda d: d["target"]["checks"]["columns"].update(email={"null_chek": {"equal_to": 0}}),
+         "target.checks.columns.email.null_chek", "null_check"),
+        (lambda d: d["target"]["checks"]["columns"].update(email={"null_check": {"partition_clause": "active"}}),
+         "target.checks.columns.email.null_check", "at least one of equal_to"),
+        (lambda d: d["target"]["checks"]["columns"].update(email={"min": {"equal_to": 1, "leq_to": 2}}),
+         "target.checks.columns.email.min", "equal_to cannot be combined"),
+        (lambda d: d["target"]["checks"]["table"].update({"bad name": {"check_statement": "true"}}),
+         "target.checks.table.bad name", "pattern"),
     ],
 )
 def test_errors_name_field_and_problem(data, mutate, field, words):

@@ -6,7 +6,7 @@ import hashlib
 
 import pandas as pd
 
-from conduit.targets.base import Watermark, frame_key_checksum, key_checksum_of
+from conduit.targets.base import KeyChecksum, Watermark, frame_key_checksum, key_checksum_of
 
 
 def test_watermark_orders_by_timestamp_then_id():
@@ -21,12 +21,22 @@ def test_key_checksum_ignores_order_but_not_content_or_duplicates():
     assert key_checksum_of(pairs) != key_checksum_of([*pairs[:2], ("HS-C-3", "cd")])
     assert key_checksum_of(pairs) != key_checksum_of([*pairs, pairs[0]])
     assert key_checksum_of(pairs + [pairs[0], pairs[0]]) != key_checksum_of(pairs[1:])  # no XOR cancelling
-    assert key_checksum_of([]) == "0:0000000000000000"
+    assert str(key_checksum_of([])) == "0:0000000000000000"
 
 
 def test_key_checksum_is_count_and_md5_digest_sum():
     digest = int(hashlib.md5(b"HS-C-1:aa").hexdigest()[:16], 16)
-    assert key_checksum_of([("HS-C-1", "aa")]) == f"1:{digest:016x}"
+    assert str(key_checksum_of([("HS-C-1", "aa")])) == f"1:{digest:016x}"
+
+
+def test_key_checksums_add_up_and_parts_come_out_again():
+    pairs = [("HS-C-1", "aa"), ("HS-C-2", "bb"), ("HS-C-3", "cc")]
+    whole = key_checksum_of(pairs)
+    assert key_checksum_of(pairs[:1]) + key_checksum_of(pairs[1:]) == whole
+    assert whole - key_checksum_of(pairs[1:2]) == key_checksum_of([pairs[0], pairs[2]])
+    assert whole - whole == key_checksum_of([]) == KeyChecksum()
+    wrapped = KeyChecksum(1, -1)  # PostgreSQL sums signed digests: the same sum modulo 2**64
+    assert wrapped == KeyChecksum(1, (1 << 64) - 1) and str(wrapped) == "1:ffffffffffffffff"
 
 
 def test_frame_checksum_matches_pairs_and_renders_integer_keys_as_text():
