@@ -150,3 +150,116 @@ def test_records_named_by_webhooks_are_read_by_id_even_above_the_window(crm, hoo
     assert extract_item(hook, spec, staging, items[1])["rows"] == 1
     (frame,) = list(staging.read_frames("raw"))
     assert frame["id"].tolist() == [record_id] and frame["firstname"].tolist() == ["Fresh"]
+
+
+# --- column-wise pages (the extract's calls) ------------------------------------------------------
+
+
+def as_rows(records) -> list[tuple]:
+    return [(r["id"], *(r["properties"].get(p) for p in PROPS)) for r in records]
+
+
+def test_search_page_holds_what_search_returns(hook):
+    body = {"filterGroups": [{"filters": [{"propertyName": "hs_object_id", "operator": "GT", "value": "0"}]}],
+            "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}], "properties": PROPS, "limit": 200}
+    plain, page = hook.search("contacts", body), hook.search_page("contacts", body)
+    assert as_rows(page) == as_rows(plain["results"]) and len(page) == 200
+    assert page.total == plain["total"] == 1200 and page.after == plain["paging"]["next"]["after"]
+    assert hook.requests_sent == 2
+
+
+def test_list_record_pages_hold_what_list_pages_return(hook):
+    plain = [r for page in hook.iter_list_pages("contacts", PROPS, limit=100) for r in page]
+    pages = list(hook.iter_list_record_pages("contacts", PROPS, limit=100))
+    assert len(pages) == 12 and as_rows(r for page in pages for r in page) == as_rows(plain)
+    assert pages[-1].after is None and hook.requests_sent == 24
+
+
+def test_batch_read_page_leaves_out_ids_the_crm_does_not_have(hook):
+    ids = all_ids(hook.iter_list_pages("contacts", ["email"], limit=100))[:3]
+    page = hook.batch_read_page("contacts", [*ids, "999999999"], PROPS)  # a 207 with an error for the last id
+    assert page.ids == ids and as_rows(page) == as_rows(hook.batch_read("contacts", ids, PROPS))
+
+
+def test_429_on_search_pages_is_retried_honouring_retry_after(crm, hook):
+    crm.admin.faults(rate_limit={"burst": 2, "retry_after_s": 1})
+    started = time.monotonic()
+    got = [i for lo, hi in id_ranges(1, 10**7, 2)
+           for page in iter_id_range(lambda b: hook.search_page("contacts", b), lo, hi, properties=PROPS)
+           for i in page.ids]
+    assert len(got) == len(set(got)) == 1200 and hook.retries == 2
+    assert time.monotonic() - started >= 2 * 1.0
+
+
+def test_calls_skip_requests_per_call_work_unless_a_proxy_applies(crm, monkeypatch):
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    direct = make_hook(crm, monkeypatch)
+    assert direct.transport is not None and direct.session.trust_env is False
+    assert len(next(direct.iter_list_record_pages("contacts", PROPS))) == 100
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # the environment's proxy (nothing listens there)
+    proxied = make_hook(crm, monkeypatch, conn_id="hubspot_proxied")
+    proxied._max_retries, proxied._backoff_max = 1, 0.01
+    assert proxied.transport is None  # every call goes through the session, i.e. through the proxy
+    with pytest.raises(CrmRetryableError, match="still failing after 1 retries"):
+        proxied.search_page("contacts", {"properties": PROPS, "limit": 1})
+    assert proxied.requests_sent == 2
+
+
+def test_network_errors_are_retried_then_name_the_request(monkeypatch):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    conn = {"conn_type": "hubspot", "host": f"http://127.0.0.1:{port}", "password": "t",
+            "extra": {"api_version": "v3", "max_retries": 2, "backoff_max": 0.01}}
+    monkeypatch.setenv("AIRFLOW_CONN_HUBSPOT_DOWN", json.dumps(conn))
+    hook = HubSpotHook(hubspot_conn_id="hubspot_down")
+    with pytest.raises(CrmRetryableError, match=r"HubSpot POST crm/v3/objects/contacts/search still failing after 2"):
+        hook.search_page("contacts", {"properties": PROPS, "limit": 1})
+    assert hook.requests_sent == 3 and hook.retries == 2
+
+
+def test_a_body_off_the_contract_fails_naming_the_request(hook):
+    with pytest.raises(CrmRequestError, match=r"GET http://\S+/_admin/docs answered 200: unreadable response body"):
+        hook.request("GET", "_admin/docs", decode=hook_decoder())
+    assert hook.retries == 0
+
+
+def hook_decoder():
+    from conduit.pipeline.pages import page_decoder
+
+    return page_decoder(tuple(PROPS)).decode
+
+
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_extract_items_stage_exactly_the_crms_records(hook, tmp_path, parallelism):
+    from pathlib import Path
+
+    from conduit.pipeline.staging import RunStaging
+    from conduit.pipeline.steps import extract_item, plan_extract, raw_properties, records_to_table
+    from conduit.specs.model import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "include" / "syncs" / "crm_to_erp_customer_sync.yaml")
+    props = raw_properties(spec)
+    crm_table = records_to_table([r for page in hook.iter_list_pages("contacts", props, limit=100) for r in page],
+                                 props)
+    items = plan_extract(hook, spec, window=None, watermark_ms=0, parallelism=parallelism)
+    assert [i["kind"] for i in items] == ["all"] * (parallelism == 1) + ["range"] * (parallelism > 1) * 3 + ["archived"]
+    staging = RunStaging(tmp_path)
+    results = [extract_item(hook, spec, staging, item) for item in items]
+    assert sum(r["rows"] for r in results) == 1200
+    import pyarrow as pa
+
+    staged = pa.concat_tables([pa.Table.from_pandas(f, preserve_index=False) for f in staging.read_frames("raw")])
+    assert staged.schema.names == crm_table.schema.names
+    assert sorted(staged.to_pylist(), key=lambda r: int(r["id"])) == crm_table.to_pylist()
+
+
+def test_a_redirect_is_followed_by_the_session(hook):
+    # the stand-in answers a trailing slash with a 307 to the path without it
+    assert hook.transport is not None
+    body = hook.request("GET", hook.objects_path("contacts") + "/", params={"limit": 3, "properties": "email"})
+    assert len(body["results"]) == 3 and hook.requests_sent == 1

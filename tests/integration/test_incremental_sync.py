@@ -96,12 +96,12 @@ class ModifiesWhilePaging(HubSpotHook):
         self.pages = 0
         self.changed: dict[str, int] = {}
 
-    def search(self, object_type: str, body: dict) -> dict:
-        reply = super().search(object_type, body)
-        if reply["results"]:
+    def search_page(self, object_type: str, body: dict):  # the extract's search call (column-wise pages)
+        reply = super().search_page(object_type, body)
+        if reply:
             self.pages += 1
         if self.pages == 1 and not self.changed:
-            read_id = reply["results"][0]["id"]
+            read_id = reply.ids[0]
             for record_id in (read_id, self.unread_id):
                 changed = self.crm.admin.modify(record_id, {"firstname": "Paged"})
                 self.changed[record_id] = parse_ts_ms(changed["properties"]["lastmodifieddate"])

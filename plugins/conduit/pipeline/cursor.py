@@ -13,14 +13,22 @@ FRESH query from the cursor (never deep ``after`` paging), alternating two shape
 The upper bound is fixed for the whole run (run start minus a lag), so records modified while
 paging are picked up by the next run instead of chasing a moving target; the next run starts
 ``overlap`` before this run's upper bound to catch records the search index showed late.
+
+``search`` may answer with the JSON body (a dict, records as dicts) or with a
+:class:`~conduit.pipeline.pages.RecordPage` (the extract's column-wise pages); pages come out in
+the same form.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
+
+from conduit.pipeline.pages import RecordPage, results_of
+
+Page = Any  # a list of JSON records (dicts) or a RecordPage
 
 ID_PROPERTY = "hs_object_id"
 
@@ -86,30 +94,42 @@ def search_body(state: CursorState, *, cursor_property: str, upper_ms: int, prop
     }
 
 
+def _last_id(page: Page) -> int:
+    return int(page.ids[-1] if isinstance(page, RecordPage) else page[-1]["id"])
+
+
+def _values(page: Page, name: str) -> Sequence[str | None]:
+    if isinstance(page, RecordPage):
+        return page.column(name)
+    return [r["properties"].get(name) for r in page]
+
+
 def advance(
-    state: CursorState, page: list[dict], *, cursor_property: str, limit: int
-) -> tuple[list[dict], CursorState | None]:
+    state: CursorState, page: Page, *, cursor_property: str, limit: int
+) -> tuple[Page, CursorState | None]:
     """Records to emit from one page and the next cursor (None when the window is exhausted)."""
     if state.mode == "ties":
         if len(page) < limit:
             return page, CursorState(state.ts_ms, state.id, "range")
-        return page, CursorState(state.ts_ms, int(page[-1]["id"]), "ties")
+        return page, CursorState(state.ts_ms, _last_id(page), "ties")
     if len(page) < limit:
         return page, None
-    stamps = [parse_ts_ms(r["properties"].get(cursor_property)) for r in page]
+    stamps = [parse_ts_ms(value) for value in _values(page, cursor_property)]
     last = max(stamps)
-    emit = [r for r, ts in zip(page, stamps, strict=True) if ts < last]
-    return emit, CursorState(last, -1, "ties")
+    keep = [ts < last for ts in stamps]
+    if isinstance(page, RecordPage):
+        return page.where(keep), CursorState(last, -1, "ties")
+    return [r for r, kept in zip(page, keep, strict=True) if kept], CursorState(last, -1, "ties")
 
 
 def iter_changed(
-    search: Callable[[dict], dict],
+    search: Callable[[dict], Any],
     window: Window,
     *,
     cursor_property: str,
     properties: list[str],
     limit: int = 200,
-) -> Iterator[list[dict]]:
+) -> Iterator[Page]:
     """Pages of records with ``lower <= ts < upper``, each exactly once (per unchanged record)."""
     if window.lower_ms >= window.upper_ms:
         return
@@ -118,7 +138,7 @@ def iter_changed(
     while state is not None:
         body = search_body(state, cursor_property=cursor_property, upper_ms=window.upper_ms,
                            properties=fields, limit=limit)
-        emit, state = advance(state, search(body).get("results", []), cursor_property=cursor_property, limit=limit)
+        emit, state = advance(state, results_of(search(body)), cursor_property=cursor_property, limit=limit)
         if emit:
             yield emit
 
@@ -147,15 +167,15 @@ def id_range_body(after_id: int, hi: int, *, properties: list[str], limit: int) 
 
 
 def iter_id_range(
-    search: Callable[[dict], dict], lo: int, hi: int, *, properties: list[str], limit: int = 200
-) -> Iterator[list[dict]]:
+    search: Callable[[dict], Any], lo: int, hi: int, *, properties: list[str], limit: int = 200
+) -> Iterator[Page]:
     """Every live record with lo <= id < hi: a fresh id-cursor query per page, so no 10k cap."""
     fields = list(dict.fromkeys([*properties, ID_PROPERTY]))
     after = lo - 1
     while True:
-        page = search(id_range_body(after, hi, properties=fields, limit=limit)).get("results", [])
+        page = results_of(search(id_range_body(after, hi, properties=fields, limit=limit)))
         if page:
             yield page
         if len(page) < limit:
             return
-        after = int(page[-1]["id"])
+        after = _last_id(page)

@@ -28,12 +28,10 @@ def raw_properties(spec: SyncSpec) -> list[str]:
 
 
 def records_to_table(records: list[dict], properties: list[str]) -> pa.Table:
-    import pyarrow as pa
+    """JSON records (``{"id", "properties"}`` dicts) as a table: ``id`` and every property, all strings."""
+    from conduit.pipeline.pages import RecordPage, pages_to_table
 
-    columns = {"id": pa.array([r["id"] for r in records], pa.string())}
-    for prop in properties:
-        columns[prop] = pa.array([r["properties"].get(prop) for r in records], pa.string())
-    return pa.table(columns)
+    return pages_to_table([RecordPage.from_records(records, properties)], properties)
 
 
 class Progress:
@@ -62,18 +60,37 @@ class Progress:
         return text
 
 
-def write_pages(pages: Iterable[list[dict]], writer: PartWriter, properties: list[str], progress: Progress,
+def write_pages(pages: Iterable[Any], writer: PartWriter, properties: list[str], progress: Progress,
                 batch_rows: int = BATCH_ROWS) -> int:
-    """Stream API pages into Parquet parts of about ``batch_rows`` rows: memory stays flat."""
-    buffer: list[dict] = []
+    """Stream API pages (``RecordPage`` s, or lists of JSON records) into Parquet parts of about
+    ``batch_rows`` rows: memory stays flat. Pages are buffered column-wise, never as dicts, and
+    turned into Arrow every ~2,000 rows (compact, and their Python strings are freed early)."""
+    import pyarrow as pa
+
+    from conduit.pipeline.pages import as_record_page, pages_to_table
+
+    chunk_rows = max(1, min(batch_rows, 2_000))
+    buffer: list = []  # pages not yet in Arrow
+    buffered = 0
+    chunks: list[pa.Table] = []  # the part being built
+    chunked = 0
     for page in pages:
-        buffer.extend(page)
+        page = as_record_page(page, properties)
         progress.update(len(page))
-        if len(buffer) >= batch_rows:
-            writer.write(records_to_table(buffer, properties))
-            buffer = []
+        if page:
+            buffer.append(page)
+            buffered += len(page)
+        if buffered >= chunk_rows:
+            chunks.append(pages_to_table(buffer, properties))
+            chunked += buffered
+            buffer, buffered = [], 0
+            if chunked >= batch_rows:
+                writer.write(pa.concat_tables(chunks))
+                chunks, chunked = [], 0
     if buffer:
-        writer.write(records_to_table(buffer, properties))
+        chunks.append(pages_to_table(buffer, properties))
+    if chunks:
+        writer.write(pa.concat_tables(chunks))
     return writer.rows
 
 
@@ -116,18 +133,20 @@ def extract_item(hook: HubSpotHook, spec: SyncSpec, staging: RunStaging, item: d
     props = raw_properties(spec)
     kind = item["kind"]
     requests_before, retries_before = hook.requests_sent, hook.retries  # one hook may serve many items
+    # Column-wise pages (RecordPage): decoded from the response bytes straight into columns.
     if kind == "changed":
-        pages: Iterator[list[dict]] = iter_changed(
-            lambda body: hook.search(source.object, body), Window(*item["window"]),
+        pages: Iterator[Any] = iter_changed(
+            lambda body: hook.search_page(source.object, body), Window(*item["window"]),
             cursor_property=source.cursor.property, properties=props, limit=source.search_page_size)
     elif kind == "range":
-        pages = iter_id_range(lambda body: hook.search(source.object, body), item["lo"], item["hi"],
+        pages = iter_id_range(lambda body: hook.search_page(source.object, body), item["lo"], item["hi"],
                               properties=props, limit=source.search_page_size)
     elif kind == "ids":
-        pages = (hook.batch_read(source.object, item["ids"][i:i + 100], props)
+        pages = (hook.batch_read_page(source.object, item["ids"][i:i + 100], props)
                  for i in range(0, len(item["ids"]), 100))
     else:
-        pages = hook.iter_list_pages(source.object, props, archived=kind == "archived", limit=source.page_size)
+        pages = hook.iter_list_record_pages(source.object, props, archived=kind == "archived",
+                                            limit=source.page_size)
     name = f"{kind}-{item['lo']}" if kind == "range" else kind  # each item writes its own subfolder
     progress = Progress(f"extract {source.object} {name}", logger)
     rows = write_pages(pages, staging.writer("archived" if kind == "archived" else "raw", name), props, progress)

@@ -10,6 +10,7 @@ left to check, ``total`` is counted and the page sliced without touching other r
 from __future__ import annotations
 
 import fnmatch
+import heapq
 import json
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +25,7 @@ from conduit.standin.store import (
     TEXT_SEARCH_PROPERTIES,
     ObjectStore,
     key_position,
+    positions_of,
     sort_key,
 )
 
@@ -284,6 +286,7 @@ class _Plan:
     hi: int = 0
     positions: list[int] = field(default_factory=list)
     residual: list[Callable[[int], bool]] = field(default_factory=list)
+    window: tuple[int, int] | None = None  # "modified": only positions in [a, b) (the group's id range)
 
     @property
     def size(self) -> int:
@@ -309,6 +312,10 @@ def _plan(store: ObjectStore, filters: tuple[Filter, ...], sort: Sort | None) ->
         options.append((_Plan("ids", 0, len(store)), []))
     sorted_by = "modified" if sort and sort.property in MODIFIED_ALIASES else "ids"
     plan, used = min(options, key=lambda option: (option[0].size, option[0].kind != sorted_by))
+    if plan.kind == "modified" and by_id:  # e.g. draining a tie by id: the id range is a position range
+        lo, hi, id_filters = by_id
+        plan.window = (bisect_left(store.ids, lo), bisect_right(store.ids, hi))
+        used = [*used, *id_filters]
     plan.residual = [compile_filter(store, f) for f in filters if f not in used]
     return plan
 
@@ -332,10 +339,11 @@ def _candidates(store: ObjectStore, plan: _Plan, descending: bool) -> Iterator[i
     return (pos for pos in span if state[pos] == LIVE)
 
 
-def _sort_key(store: ObjectStore, sort: Sort | None) -> Callable[[int], object]:
+def _sort_key(store: ObjectStore, sort: Sort | None) -> Callable[[int], object] | None:
+    """The key that orders positions by the sort (None: positions are in id order already)."""
     table = store.table
     if sort is None or sort.property == "hs_object_id":
-        return lambda pos: pos
+        return None
     if sort.property in MODIFIED_ALIASES:
         return lambda pos: sort_key(table.modified_ms[pos], pos)
     if sort.property == "createdate":
@@ -360,20 +368,49 @@ def execute(store: ObjectStore, request: SearchRequest, hidden: frozenset[int] =
         plan = plans[0]
         in_index_order = (sort.property in MODIFIED_ALIASES if sort and plan.kind == "modified"
                           else plan.kind != "modified" and (sort is None or sort.property == "hs_object_id"))
-        if in_index_order and not plan.residual:
+        if in_index_order and not plan.residual and plan.window is None:
             visible = (p for p in _candidates(store, plan, descending) if p not in hidden)
             return _count(store, plan, hidden), list(islice(visible, request.after, end))
         if in_index_order:
-            matched = [p for p in _candidates(store, plan, descending)
-                       if p not in hidden and all(check(p) for check in plan.residual)]
+            matched = _matching(store, plan, hidden, descending)
             return len(matched), matched[request.after:end]
 
-    matched_set: set[int] = set()
-    for plan in plans:
-        matched_set.update(p for p in _candidates(store, plan, False)
-                           if p not in hidden and all(check(p) for check in plan.residual))
-    ordered = sorted(matched_set, key=_sort_key(store, sort), reverse=descending)
-    return len(ordered), ordered[request.after:end]
+    if len(plans) == 1:  # one index range: every candidate once
+        matched: list[int] | set[int] = _matching(store, plans[0], hidden)
+    else:
+        matched = set()
+        for plan in plans:
+            matched.update(_matching(store, plan, hidden))
+    key = _sort_key(store, sort)
+    # Sort keys are unique (they end in the position), so the first ``end`` of a partial selection
+    # are exactly those of a full sort; paging deep into ties re-runs this for every page.
+    if end < len(matched) // 8:
+        ordered = (heapq.nlargest if descending else heapq.nsmallest)(end, matched, key=key)
+    else:
+        ordered = sorted(matched, key=key, reverse=descending)
+    return len(matched), ordered[request.after:end]
+
+
+def _matching(store: ObjectStore, plan: _Plan, hidden: frozenset[int], descending: bool = False) -> list[int]:
+    """Positions of the plan's candidates (in index order) that pass its filters and are visible."""
+    if plan.kind == "modified":  # all of the range is needed: decode the keys in one go
+        keys = store.modified_index[plan.lo:plan.hi]
+        if descending:
+            keys.reverse()
+        candidates = positions_of(keys)
+        if plan.window is not None:
+            first, stop = plan.window
+            candidates = [p for p in candidates if first <= p < stop]
+    else:
+        candidates = _candidates(store, plan, descending)
+    residual = plan.residual
+    if hidden:
+        candidates = (p for p in candidates if p not in hidden)
+    if not residual:
+        return list(candidates)
+    if len(residual) == 1:
+        return list(filter(residual[0], candidates))
+    return [p for p in candidates if all(check(p) for check in residual)]
 
 
 def _count(store: ObjectStore, plan: _Plan, hidden: frozenset[int]) -> int:

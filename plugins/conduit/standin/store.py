@@ -47,6 +47,11 @@ def key_position(key: int) -> int:
     return ((key & _MASK) * _UNMIX) & _MASK
 
 
+def positions_of(keys: list[int]) -> list[int]:
+    """:func:`key_position` of many keys."""
+    return [((key & _MASK) * _UNMIX) & _MASK for key in keys]
+
+
 def encode_cursor(record_id: int) -> str:
     """List cursors are opaque, like HubSpot's (base64 of the next id and a newline)."""
     return base64.b64encode(f"{record_id}\n".encode()).decode()

@@ -130,3 +130,18 @@ def test_iso_timestamps_have_milliseconds_and_z(contacts):
 def test_generate_rejects_impossible_sizes():
     with pytest.raises(ValueError, match="bad_emails"):
         generate(seed=1, contacts=3, companies=1, bad_emails=4)
+
+
+def test_iso_ms_prints_every_millisecond_as_strftime_does():
+    import random
+    import time
+
+    from conduit.standin.data import iso_ms
+
+    rng = random.Random(5)
+    stamps = [rng.randrange(-10**13, 4 * 10**12) for _ in range(20_000)]
+    stamps += [0, -1, 1, 999, 1000, 86_399_999, 86_400_000, -86_400_000, DEFAULT_ANCHOR_MS, DEFAULT_ANCHOR_MS - 1,
+               253_402_300_799_999]
+    for ms in stamps:
+        assert iso_ms(ms) == time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+    assert iso_ms(1_704_164_645_678) == "2024-01-02T03:04:05.678Z"

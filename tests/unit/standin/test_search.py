@@ -261,3 +261,19 @@ def test_text_query_searches_names_and_emails(store):
         name.lower() in (store.table.columns[c][pos] or "").lower()
         for c in ("firstname", "lastname", "email", "phone", "company")))
     assert total == expected > 0
+
+
+@pytest.mark.parametrize("sort", SORTS)
+def test_modified_range_with_an_id_range_matches_the_oracle(store, sort):
+    """The planner reads the modified index and keeps the id range as a position window."""
+    from conduit.standin.search import _plan
+
+    lo, hi = store.table.ids[60], store.table.ids[2990]
+    for id_filters in ((Filter("hs_object_id", "GT", str(lo)),),
+                       (Filter("hs_object_id", "GTE", str(lo)), Filter("hs_object_id", "LT", str(hi))),
+                       (Filter("hs_object_id", "BETWEEN", str(lo), str(hi)),
+                        Filter("country", "NEQ", "de"))):
+        groups = ((*_modified_window(store), *id_filters),)
+        _check_against_oracle(store, groups, sort)
+        _check_against_oracle(store, groups, sort, hidden=frozenset(range(0, len(store), 5)))
+        assert _plan(store, groups[0], sort).window is not None  # the modified index was chosen
