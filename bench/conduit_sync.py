@@ -123,11 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         if not decision.load:
             raise SystemExit(f"quality gate failed: {decision.reason}")
         # --- load (ErpUpsertOperator.execute) ---
-        result = steps.load(target, spec, staging, run_id=args.run_id, watermark_ms=extracted["watermark_ms"])
+        full = extracted["mode"] == "full"  # as the DAG: a full read also deletes ids that vanished
+        result = steps.load(target, spec, staging, run_id=args.run_id, watermark_ms=extracted["watermark_ms"],
+                            full_refresh=full)
         t = mark("load", t)
         reconciled = None
         if args.reconcile:
-            reconciled = steps.reconcile(hook, target, spec, staging, upper_ms=extracted["watermark_ms"])
+            reconciled = steps.reconcile(hook, target, spec, staging, upper_ms=extracted["watermark_ms"],
+                                         full_read=full)
             t = mark("reconcile", t)
     finally:
         shutil.rmtree(staging_dir, ignore_errors=True)
