@@ -1,4 +1,4 @@
-"""CRM record pages decoded straight from response bytes into columns.
+"""CRM record pages decoded straight from response bytes, without building a dict per record.
 
 HubSpot answers list, search and batch-read calls with ``{"results": [{"id", "properties": {...},
 ...}], "paging": ..., "total": ...}``. The extract only needs each record's ``id`` and the requested
@@ -11,7 +11,7 @@ API contract says; any other JSON type fails the decode (the hook turns that int
 naming the request).
 
 A :class:`RecordPage` still reads as a sequence of ``{"id", "properties"}`` dicts (built on
-access), so code written for plain JSON pages keeps working; the cursor uses its columns.
+access), so code written for plain JSON pages keeps working; the cursor reads its ids and columns.
 """
 
 from __future__ import annotations

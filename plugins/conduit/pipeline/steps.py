@@ -63,8 +63,9 @@ class Progress:
 def write_pages(pages: Iterable[Any], writer: PartWriter, properties: list[str], progress: Progress,
                 batch_rows: int = BATCH_ROWS) -> int:
     """Stream API pages (``RecordPage`` s, or lists of JSON records) into Parquet parts of about
-    ``batch_rows`` rows: memory stays flat. Pages are buffered column-wise, never as dicts, and
-    turned into Arrow every ~2,000 rows (compact, and their Python strings are freed early)."""
+    ``batch_rows`` rows: memory stays flat. Pages are buffered as decoded (a tuple of values per
+    record, never a dict) and turned into Arrow every ~2,000 rows (compact, and their Python
+    strings are freed early)."""
     import pyarrow as pa
 
     from conduit.pipeline.pages import as_record_page, pages_to_table
