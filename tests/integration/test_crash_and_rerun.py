@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pandas as pd
 import pytest
@@ -71,18 +70,6 @@ FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
   AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext(%(lock)s)::bigint
 """
-
-
-@pytest.fixture
-def clean_schema(pg_server_dsn):
-    import psycopg
-
-    schema = f"t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield schema
-    with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def in_schema(spec, schema: str):
@@ -152,7 +139,7 @@ def comparable(target, spec) -> pd.DataFrame:
 
 
 def test_kill_9_mid_copy_and_mid_transaction_then_the_retry_equals_a_clean_run(
-        sync_env, clean_schema, pg_server_dsn, tmp_path):
+        sync_env, pg_schema, pg_server_dsn, tmp_path):
     import psycopg
 
     spec, target, crm, hook = sync_env.spec(), sync_env.target(), sync_env.crm, crm_hook()
@@ -208,7 +195,7 @@ def test_kill_9_mid_copy_and_mid_transaction_then_the_retry_equals_a_clean_run(
     # 3. the retry (waits for the killed sessions' lock to go), against one clean run elsewhere
     retried = load(target, spec, second, s2, run_id="second")
     assert (retried.inserted, retried.updated, retried.deleted, retried.stale_skipped) == (20, 300, 5, 0)
-    clean_spec = in_schema(spec, clean_schema)
+    clean_spec = in_schema(spec, pg_schema)  # a clean run's own fresh schema
     target.ensure_ready(clean_spec)
     load(target, clean_spec, first, s1, run_id="first")
     clean = load(target, clean_spec, second, s2, run_id="second")
