@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import msgspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -141,3 +142,11 @@ def test_write_pages_streams_mixed_pages_into_parts_of_about_batch_rows(tmp_path
     assert written.names == ["id", *PROPS] and all(str(t) == "string" for t in written.types)
     got = [r for p in parts for r in pq.read_table(p).to_pylist()]
     assert got == records_to_table(records, PROPS).to_pylist()
+    # read back joined into batches of at least min_rows, in order, nothing lost
+    frames = list(staging.read_frames("raw", min_rows=1_500))
+    assert [len(f) for f in frames] == [2_000, 500]
+    assert [len(f) for f in staging.read_frames("raw")] == [1_000, 1_000, 500]
+    assert [r for f in frames for r in f["id"]] == [r["id"] for r in got]
+    assert frames[0].equals(records_to_table(records[:2_000], PROPS).to_pandas())
+    # joined parts read like one part: one chunk per column (the mapping needs plain arrays)
+    assert all(isinstance(pa.array(frames[0][c]), pa.Array) for c in frames[0].columns)
