@@ -14,7 +14,12 @@ pattern matches, not of the order the regex engine tries alternatives, so the DF
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -210,11 +215,20 @@ class DigitAutomaton:
         index = {dead: 0, nfa.closure([start]): 1}
         order = [dead, nfa.closure([start])]
         rows: list[list[int]] = []
+        closures: dict[frozenset[int], frozenset[int]] = {}  # many subsets step to the same states
         for current in order:  # grows while new subsets are found
             row = []
+            by_digit: list[set[int]] = [set() for _ in range(10)]
+            for s in current:
+                for digits, t in nfa.moves[s]:
+                    for digit in digits:
+                        by_digit[digit].add(t)
             for digit in range(10):
-                targets = [t for s in current for digits, t in nfa.moves[s] if digit in digits]
-                subset = nfa.closure(targets) if targets else dead
+                targets = frozenset(by_digit[digit])
+                if not targets:
+                    subset = dead
+                elif (subset := closures.get(targets)) is None:
+                    subset = closures[targets] = nfa.closure(targets)
                 if subset not in index:
                     index[subset] = len(order)
                     order.append(subset)
@@ -224,6 +238,47 @@ class DigitAutomaton:
         self.accepts = np.array(
             [sum(bits for s, bits in finals.items() if s in subset) for subset in order], dtype=np.int64
         )
+
+    @classmethod
+    def from_tables(cls, transitions: np.ndarray, accepts: np.ndarray) -> DigitAutomaton:
+        automaton = cls.__new__(cls)
+        automaton.transitions, automaton.accepts = transitions, accepts
+        return automaton
+
+
+_CACHE_FORMAT = 1  # part of every cache key: bump it when the construction changes
+
+
+def cache_dir() -> Path:
+    """Where built automata are kept: ``CONDUIT_CACHE_DIR``, else the user's cache directory."""
+    configured = os.environ.get("CONDUIT_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "conduit"
+
+
+def cached_automaton(patterns: dict[int, str], directory: Path | None = None) -> DigitAutomaton:
+    """``DigitAutomaton(patterns)``, built once per machine: a region's automaton takes ~10 ms to
+    build and a batch meets dozens of regions, which would be most of a small batch's transform.
+    Kept as ``.npy`` tables named by a hash of the patterns; a file that cannot be read is built
+    again, and a directory that cannot be written only costs the build."""
+    key = json.dumps([_CACHE_FORMAT, sorted(patterns.items())])
+    path = (directory or cache_dir()) / "digit-automata" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npy"
+    try:
+        tables = np.load(path, allow_pickle=False)
+        if tables.ndim == 2 and tables.shape[1] == 11:
+            return DigitAutomaton.from_tables(tables[:, :10].astype(np.int32), tables[:, 10])
+    except (OSError, ValueError):
+        pass
+    automaton = DigitAutomaton(patterns)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            np.save(tmp, np.hstack([automaton.transitions.astype(np.int64), automaton.accepts[:, None]]))
+        os.replace(tmp.name, path)  # readers see a whole file or none
+    except OSError:
+        pass
+    return automaton
 
 
 class AutomatonSet:

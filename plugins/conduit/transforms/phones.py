@@ -25,8 +25,8 @@ from phonenumbers import PhoneMetadata
 
 from conduit.transforms.digit_automata import (
     AutomatonSet,
-    DigitAutomaton,
     UnsupportedPattern,
+    cached_automaton,
     digit_matrix,
     digit_strings,
     drop_leading,
@@ -84,7 +84,7 @@ class _Region:
         if metadata.leading_digits:
             patterns[_LEADING_DIGITS_BIT] = rf"(?:{metadata.leading_digits})\d*"
         self.has_leading_digits = bool(metadata.leading_digits)
-        self.automaton = DigitAutomaton(patterns)
+        self.automaton = cached_automaton(patterns)
         self.types_by_length = np.zeros(_LONGEST + 1, dtype=np.int64)  # bits of the types allowing a length
         for bit, desc in enumerate(types, start=1):
             for length in range(_LONGEST + 1):

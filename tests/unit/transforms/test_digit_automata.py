@@ -9,6 +9,7 @@ from conduit.transforms.digit_automata import (
     AutomatonSet,
     DigitAutomaton,
     UnsupportedPattern,
+    cached_automaton,
     digit_matrix,
     digit_strings,
     drop_leading,
@@ -60,3 +61,34 @@ def test_digit_matrix_round_trip_and_drop_leading():
     assert digit_strings(digits, lengths).to_pylist() == ["493012", "", "", "01"]
     dropped, dropped_lengths = drop_leading(digits, lengths, lengths * 0 + 2)
     assert digit_strings(dropped, dropped_lengths).to_pylist() == ["3012", "", "", ""]
+
+
+def test_cached_automata_are_built_once_and_read_back_equal(tmp_path):
+    patterns = {0: r"[2-9]\d{2}", 3: r"0(?:30|40)\d{1,3}", 62: r"(?:1|55)\d*"}
+    built = cached_automaton(patterns, tmp_path)
+    files = list((tmp_path / "digit-automata").glob("*.npy"))
+    assert len(files) == 1
+    read = cached_automaton(patterns, tmp_path)
+    assert read is not built and read.transitions.dtype == built.transitions.dtype
+    assert read.transitions.tolist() == DigitAutomaton(patterns).transitions.tolist()
+    assert read.accepts.tolist() == DigitAutomaton(patterns).accepts.tolist()
+    assert read.accepts.max() >> 62 == 1  # the high bit survives the file
+    # other patterns, another file; a damaged file is built again and replaced
+    cached_automaton({0: "1+"}, tmp_path)
+    assert len(list((tmp_path / "digit-automata").glob("*.npy"))) == 2
+    files[0].write_bytes(b"not an array")
+    again = cached_automaton(patterns, tmp_path)
+    assert again.transitions.tolist() == built.transitions.tolist()
+    assert cached_automaton(patterns, tmp_path).accepts.tolist() == built.accepts.tolist()
+
+
+def test_cached_automaton_works_where_the_cache_cannot_be_written(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache directory would go")
+    automaton = cached_automaton({0: "12"}, blocked)
+    assert _match(automaton, ["12", "13"]) == [1, 0]
+
+
+def _match(automaton, numbers):
+    digits, lengths = digit_matrix(pa.array(numbers))
+    return AutomatonSet([automaton]).match(digits, lengths, [0] * len(numbers)).tolist()
