@@ -121,13 +121,22 @@ class SqlErpTarget(ErpTarget):
         with self._errors_as(f"loading {layout.table} (rolled back)"), self._transaction(lock, commit=not dry_run) as cur:
             cur.execute(render.create_staging_table(d, layout))
             staged = self._stage(cur, layout, batches)
-            inserted, updated = self._upsert(cur, layout, params)
+            # A first load (an empty table) has nothing to merge with and nothing a full refresh
+            # could delete: a plain insert, ~2x faster than the merge at a million rows. (A row
+            # another writer commits meanwhile is left to the next full read and to reconcile.)
+            empty = not cur.execute(render.has_rows(d, layout)).fetchone()[0]
+            if empty:
+                cur.execute(render.insert_new(d, layout), params)
+                inserted, updated = cur.rowcount, 0
+            else:
+                inserted, updated = self._upsert(cur, layout, params)
             unchanged = stale = 0
-            if inserted + updated < staged:  # duplicates, unchanged or stale rows: tell them apart
+            if inserted + updated < staged and not empty:  # duplicates, unchanged or stale rows
                 distinct, stale = cur.execute(render.count_incoming(d, layout)).fetchone()
                 unchanged = distinct - inserted - updated - stale
             kept = self._list_value(_typed_keys(layout.key_column, kept_keys))
-            deleted = self._delete(cur, spec, layout, list(deleted_keys), full_refresh, {**params, "kept": kept})
+            deleted = self._delete(cur, spec, layout, list(deleted_keys), full_refresh and not empty,
+                                   {**params, "kept": kept})
             if watermark is not None:
                 cur.execute(
                     render.advance_watermark(d, layout.schema),

@@ -282,6 +282,24 @@ def upsert(d: Dialect, layout: TableLayout) -> str:
     )
 
 
+def has_rows(d: Dialect, layout: TableLayout) -> str:
+    """One row, one boolean: whether the table holds any row (soft-deleted ones too)."""
+    return f"SELECT EXISTS (SELECT 1 FROM {d.qualify(layout.schema, layout.table)})"
+
+
+def insert_new(d: Dialect, layout: TableLayout) -> str:
+    """Into an EMPTY table: the newest staged row per key, inserted without the merge machinery
+    (no conflict arbitration, no ``RETURNING``); the row count is the number inserted.
+    Parameters: ``now``, ``run_id``."""
+    now, run_id = d.param("now"), d.param("run_id")
+    return (
+        f"INSERT INTO {d.qualify(layout.schema, layout.table)} "
+        f"({_column_list(layout.staged_names)}, active, deleted_at, created_at, updated_at, last_run_id)\n"
+        f"SELECT {_column_list(layout.staged_names)}, true, NULL, {now}, {now}, {run_id}\n"
+        f"FROM ({_newest_staged_rows(d, layout)}) AS incoming"
+    )
+
+
 def upsert_counts(d: Dialect, layout: TableLayout) -> str:
     """The upsert, answering one row ``(inserted, updated)`` instead of a row per written row."""
     return (

@@ -7,10 +7,10 @@ import threading
 
 import pandas as pd
 import pytest
-from erp_target_helpers import batch
+from erp_target_helpers import batch, make_spec
 
 from conduit.exceptions import TargetConfigError, TargetError
-from conduit.targets import Watermark, frame_key_checksum
+from conduit.targets import PostgresErpTarget, SqliteErpTarget, Watermark, frame_key_checksum
 
 T1, T2, T3 = "2024-03-01T10:00:00.000Z", "2024-03-02T10:00:00.000Z", "2024-03-03T10:00:00.000Z"
 
@@ -96,6 +96,53 @@ def test_duplicates_within_a_load_keep_the_newest(ready):
     )
     assert (result.inserted, result.updated, result.unchanged) == (2, 0, 0)
     assert rows_by_key(ready)["HS-C-1"]["email"] == "newest@x.io"
+
+
+def _twin(erp, tmp_path):
+    """A second, empty target of the same kind (its own SQLite file or PostgreSQL schema)."""
+    if erp.kind == "sqlite":
+        twin = SqliteErpTarget(str(tmp_path / "twin.db"))
+        spec = erp.spec
+    else:
+        import psycopg
+
+        schema = f"{erp.spec.target.db_schema}_twin"
+        with psycopg.connect(erp.location, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE; CREATE SCHEMA "{schema}"')
+        twin, spec = PostgresErpTarget(erp.location), make_spec(schema)
+    twin.ensure_ready(spec)
+    return twin, spec
+
+
+def _content(rows: dict[str, dict]) -> dict[str, tuple]:
+    """What a load decides per row; the load's own timestamps compared separately."""
+    return {k: tuple(v for c, v in r.items() if c not in ("created_at", "updated_at", "deleted_at"))
+            for k, r in rows.items()}
+
+
+def test_a_first_load_inserts_directly_and_writes_what_the_merge_writes(ready, tmp_path):
+    """An empty table takes a plain insert (no merge, no full-refresh delete); a table holding rows
+    takes the merge. The same load writes the same rows either way."""
+    batches = [batch((1, T2, "newest@x.io"), (2, T1, "b@x.io")), batch((1, T1, "older@x.io"), (3, T1, "c@x.io"))]
+    archived = [("HS-C-3", None)]
+
+    direct = ready.target.load(ready.spec, batches, run_id="r1", full_refresh=True, deleted_keys=archived,
+                               watermark=Watermark(5, 0))
+
+    assert (direct.inserted, direct.updated, direct.unchanged, direct.stale_skipped, direct.deleted) == (3, 0, 0, 0, 1)
+    assert ready.target.read_watermark(ready.spec) == Watermark(5, 0)
+    rows = rows_by_key(ready)
+    assert rows["HS-C-1"]["email"] == "newest@x.io" and rows["HS-C-1"]["last_run_id"] == "r1"
+    assert rows["HS-C-1"]["created_at"] == rows["HS-C-1"]["updated_at"] and rows["HS-C-1"]["active"]
+    assert not rows["HS-C-3"]["active"]  # archived in the same run: inserted, then soft-deleted
+
+    twin, spec = _twin(ready, tmp_path)
+    twin.load(spec, [batch((9, T1, "other@x.io"))], run_id="r0")  # not empty: the merge runs
+    merged = twin.load(spec, batches, run_id="r1", full_refresh=True, deleted_keys=archived, kept_keys=["HS-C-9"])
+    assert (merged.inserted, merged.updated, merged.unchanged, merged.deleted) == (3, 0, 0, 1)
+    twin_rows = {r["customer_number"]: r for r in twin.fetch_rows(spec).to_dict("records")}
+    del twin_rows["HS-C-9"]
+    assert _content(twin_rows) == _content(rows)
 
 
 def test_soft_delete_marks_once_and_newer_data_reactivates(ready):
