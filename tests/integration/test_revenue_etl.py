@@ -105,6 +105,9 @@ def scheduler_creates_and_starts_runs() -> None:
     runner = SchedulerJobRunner(job=Job(), executors=[LocalExecutor()])  # not started: nothing is sent to it
     with create_session() as session, prohibit_commit(session) as guard:
         runner._create_dagruns_for_dags(guard, session)
+    # Queued runs start once ``run_after <= now()``, and SQLite's now() has whole seconds: a run
+    # created in this second would wait for the scheduler's next loop, so step to the next second.
+    time.sleep(1.05 - time.time() % 1)
     with create_session() as session:
         runner._start_queued_dagruns(session)
 
