@@ -271,13 +271,16 @@ def cached_automaton(patterns: dict[int, str], directory: Path | None = None) ->
     except (OSError, ValueError):
         pass
     automaton = DigitAutomaton(patterns)
+    written = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            written = Path(tmp.name)
             np.save(tmp, np.hstack([automaton.transitions.astype(np.int64), automaton.accepts[:, None]]))
-        os.replace(tmp.name, path)  # readers see a whole file or none
+        os.replace(written, path)  # readers see a whole file or none
     except OSError:
-        pass
+        if written is not None:
+            written.unlink(missing_ok=True)  # e.g. a full disk: leave no partial file behind
     return automaton
 
 

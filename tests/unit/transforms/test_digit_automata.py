@@ -92,3 +92,14 @@ def test_cached_automaton_works_where_the_cache_cannot_be_written(tmp_path):
 def _match(automaton, numbers):
     digits, lengths = digit_matrix(pa.array(numbers))
     return AutomatonSet([automaton]).match(digits, lengths, [0] * len(numbers)).tolist()
+
+
+def test_a_failed_cache_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    def disk_full(file, array):
+        file.write(b"\x93NUMPY half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("conduit.transforms.digit_automata.np.save", disk_full)
+    automaton = cached_automaton({0: "12"}, tmp_path)
+    assert _match(automaton, ["12", "13"]) == [1, 0]
+    assert list((tmp_path / "digit-automata").iterdir()) == []
