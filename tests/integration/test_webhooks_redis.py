@@ -207,3 +207,25 @@ def test_an_unreachable_redis_is_waited_out_not_crashed_on():
         await assert_quiet(watcher("any_sync", "redis://127.0.0.1:1/0").run())  # nothing listens on port 1
 
     asyncio.run(scenario())
+
+
+def test_a_redis_that_never_answers_is_reconnected_not_waited_on_forever():
+    """A server that accepts and then stays silent (a half-open socket, a stuck proxy): every read
+    times out after poll_interval + read_timeout and the watcher connects again."""
+    connections = []
+
+    async def scenario():
+        async def silent(reader, writer):
+            connections.append(writer)
+            await reader.read()  # never answers; returns when the client gives up
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            events = watcher("any_sync", f"redis://127.0.0.1:{port}/0", read_timeout=0.3).run()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(anext(events), 3.0)
+            await events.aclose()
+
+    asyncio.run(scenario())
+    assert len(connections) >= 2  # timed out (0.5 s), backed off (0.2 s), connected again

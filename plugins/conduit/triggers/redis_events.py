@@ -65,6 +65,9 @@ class RedisStreamEventTrigger(BaseEventTrigger):
     :param burst_window: seconds to keep collecting after the first entry of a burst, so a burst
         that trickles in over a few seconds still makes one sync run
     :param max_batch: entries per read and per acknowledgement
+    :param read_timeout: seconds a reply may be late (beyond a blocking read's own wait) before the
+        connection counts as dead and is made again: a half-open socket or a server that never
+        answers must not stall the watcher forever
     """
 
     def __init__(
@@ -75,14 +78,15 @@ class RedisStreamEventTrigger(BaseEventTrigger):
         poll_interval: float = 5.0,
         burst_window: float = 2.0,
         max_batch: int = 500,
+        read_timeout: float = 10.0,
     ):
         super().__init__()
         if not stream_key or not consumer_group:
             raise ValueError("stream_key and consumer_group must not be empty")
-        if poll_interval <= 0 or burst_window < 0 or max_batch < 1:
+        if poll_interval <= 0 or burst_window < 0 or max_batch < 1 or read_timeout <= 0:
             raise ValueError(
-                f"need poll_interval > 0, burst_window >= 0, max_batch >= 1; got {poll_interval}, "
-                f"{burst_window}, {max_batch}"
+                f"need poll_interval > 0, burst_window >= 0, max_batch >= 1, read_timeout > 0; got "
+                f"{poll_interval}, {burst_window}, {max_batch}, {read_timeout}"
             )
         self.stream_key = stream_key
         self.redis_url = redis_url
@@ -90,6 +94,7 @@ class RedisStreamEventTrigger(BaseEventTrigger):
         self.poll_interval = poll_interval
         self.burst_window = burst_window
         self.max_batch = max_batch
+        self.read_timeout = read_timeout
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -101,6 +106,7 @@ class RedisStreamEventTrigger(BaseEventTrigger):
                 "poll_interval": self.poll_interval,
                 "burst_window": self.burst_window,
                 "max_batch": self.max_batch,
+                "read_timeout": self.read_timeout,
             },
         )
 
@@ -116,6 +122,7 @@ class RedisStreamEventTrigger(BaseEventTrigger):
             decode_responses=True,
             protocol=2,  # the reply shapes parsed in _read are RESP2's
             socket_connect_timeout=10,
+            socket_timeout=self.poll_interval + self.read_timeout,  # a late reply raises, and we reconnect
         )
         group_ready = False
         backlog = True  # first read what an earlier run of this watcher read but never acked
