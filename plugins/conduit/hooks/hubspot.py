@@ -299,11 +299,18 @@ class HubSpotHook(HttpHook):
         self, object_type: str, properties: list[str], *, archived: bool = False, limit: int = 100
     ) -> Iterator[list[dict]]:
         """Every record of an object type, page by page (the list endpoint has no 10k cap)."""
+        for body in self._list_bodies(object_type, properties, archived, limit, decode=None):
+            yield body.get("results", [])
+
+    def _list_bodies(self, object_type: str, properties: list[str], archived: bool, limit: int,
+                     decode: Callable[[bytes], Any] | None) -> Iterator[Any]:
+        """The list endpoint's response bodies, following ``paging.next.after``."""
         params: dict[str, Any] = {"limit": limit, "properties": ",".join(properties), "archived": str(archived).lower()}
         while True:
-            body = self.request("GET", self.objects_path(object_type), params=params)
-            yield body.get("results", [])
-            after = ((body.get("paging") or {}).get("next") or {}).get("after")
+            body = self.request("GET", self.objects_path(object_type), params=params, decode=decode)
+            yield body
+            after = (body.after if isinstance(body, RecordPage)
+                     else ((body.get("paging") or {}).get("next") or {}).get("after"))
             if not after:
                 return
             params["after"] = after
@@ -327,14 +334,7 @@ class HubSpotHook(HttpHook):
         self, object_type: str, properties: list[str], *, archived: bool = False, limit: int = 100
     ) -> Iterator[RecordPage]:
         """:meth:`iter_list_pages` as :class:`RecordPage` s."""
-        decoder = page_decoder(tuple(properties))
-        params: dict[str, Any] = {"limit": limit, "properties": ",".join(properties), "archived": str(archived).lower()}
-        while True:
-            page = self.request("GET", self.objects_path(object_type), params=params, decode=decoder.decode)
-            yield page
-            if not page.after:
-                return
-            params["after"] = page.after
+        yield from self._list_bodies(object_type, properties, archived, limit, decode=page_decoder(tuple(properties)).decode)
 
     def batch_read_page(self, object_type: str, ids: list[str], properties: list[str]) -> RecordPage:
         """:meth:`batch_read` as a :class:`RecordPage` (ids the CRM does not have are left out)."""

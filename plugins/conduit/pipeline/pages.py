@@ -99,7 +99,7 @@ class RecordPage(Sequence):
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return self.take(range(len(self.ids))[index])
+            return RecordPage(self.ids[index], self.properties, self.rows[index])
         return {"id": self.ids[index], "properties": dict(zip(self.properties, self.rows[index], strict=True))}
 
     def __iter__(self) -> Iterator[dict]:
@@ -123,16 +123,9 @@ class RecordPage(Sequence):
         i = self._index.get(name)
         return self.columns[i] if i is not None else [None] * len(self.ids)
 
-    def take(self, positions: Iterable[int]) -> RecordPage:
-        positions = list(positions)
-        return RecordPage([self.ids[i] for i in positions], self.properties, [self.rows[i] for i in positions])
-
     def where(self, keep: Sequence[bool]) -> RecordPage:
         """The records whose ``keep`` flag is true, in order."""
         return RecordPage(list(compress(self.ids, keep)), self.properties, list(compress(self.rows, keep)))
-
-    def to_table(self, properties: Sequence[str]) -> pa.Table:
-        return pages_to_table([self], properties)
 
 
 def as_record_page(page: Any, properties: Sequence[str]) -> RecordPage:

@@ -66,37 +66,25 @@ class Progress:
 
 
 def write_pages(pages: Iterable[Any], writer: PartWriter, properties: list[str], progress: Progress,
-                batch_rows: int = BATCH_ROWS) -> int:
+                batch_rows: int = RAW_PART_ROWS) -> int:
     """Stream API pages (``RecordPage`` s, or lists of JSON records) into Parquet parts of about
     ``batch_rows`` rows: memory stays flat. Pages are buffered as decoded (a tuple of values per
-    record, never a dict) and turned into Arrow every ~2,000 rows (compact, and their Python
-    strings are freed early)."""
-    import pyarrow as pa
-
+    record, never a dict) and turned into Arrow once per part."""
     from conduit.pipeline.pages import as_record_page, pages_to_table
 
-    chunk_rows = max(1, min(batch_rows, 2_000))
-    buffer: list = []  # pages not yet in Arrow
+    buffer: list = []
     buffered = 0
-    chunks: list[pa.Table] = []  # the part being built
-    chunked = 0
     for page in pages:
         page = as_record_page(page, properties)
         progress.update(len(page))
         if page:
             buffer.append(page)
             buffered += len(page)
-        if buffered >= chunk_rows:
-            chunks.append(pages_to_table(buffer, properties))
-            chunked += buffered
+        if buffered >= batch_rows:
+            writer.write(pages_to_table(buffer, properties))
             buffer, buffered = [], 0
-            if chunked >= batch_rows:
-                writer.write(pa.concat_tables(chunks))
-                chunks, chunked = [], 0
     if buffer:
-        chunks.append(pages_to_table(buffer, properties))
-    if chunks:
-        writer.write(pa.concat_tables(chunks))
+        writer.write(pages_to_table(buffer, properties))
     return writer.rows
 
 
@@ -155,8 +143,7 @@ def extract_item(hook: HubSpotHook, spec: SyncSpec, staging: RunStaging, item: d
                                             limit=source.page_size)
     name = f"{kind}-{item['lo']}" if kind == "range" else kind  # each item writes its own subfolder
     progress = Progress(f"extract {source.object} {name}", logger)
-    rows = write_pages(pages, staging.writer("archived" if kind == "archived" else "raw", name), props, progress,
-                       batch_rows=RAW_PART_ROWS)
+    rows = write_pages(pages, staging.writer("archived" if kind == "archived" else "raw", name), props, progress)
     logger.info("%s", progress.line())
     return {"kind": kind, "mode": item["mode"], "watermark_ms": item["watermark_ms"], "rows": rows,
             "pages": progress.pages, "requests": hook.requests_sent - requests_before,
