@@ -71,8 +71,8 @@ def test_a_record_that_appears_twice_in_one_full_read_counts_once(sync_env, tmp_
     first = crm_ids(spec)[0]
     webhook = {"kind": "ids", "ids": [first], "mode": "full", "watermark_ms": summary["watermark_ms"]}
     steps.extract_item(hook, spec, staging, webhook)
-    steps.transform(spec, staging)
-    assert staging.count("mapped") == 601
+    assert steps.transform(spec, staging)["superseded_reads"] == 1  # staged once (issue 16)
+    assert staging.count("mapped") == 600
 
     result = steps.reconcile(hook, target, spec, staging, upper_ms=summary["watermark_ms"], full_read=True)
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     import pyarrow as pa
 
@@ -65,16 +66,17 @@ class RunStaging:
     def writer(self, kind: str, partition: str | None = None) -> PartWriter:
         return PartWriter(self.reset(kind, partition))
 
-    def read_frames(self, kind: str, columns: list[str] | None = None, *,
-                    min_rows: int = 0) -> Iterator[pd.DataFrame]:
+    def read_frames(self, kind: str, columns: list[str] | None = None, *, min_rows: int = 0,
+                    drop: Mapping[Path, np.ndarray] | None = None) -> Iterator[pd.DataFrame]:
         """The parts in order, one frame each; with ``min_rows``, consecutive parts are joined
-        until a frame holds at least that many rows (small parts, fewer and larger batches)."""
+        until a frame holds at least that many rows (small parts, fewer and larger batches).
+        ``drop`` names rows to leave out: row numbers per part path."""
         import pyarrow.parquet as pq
 
         pending: list[pa.Table] = []
         rows = 0
         for path in self.parts(kind):
-            pending.append(pq.read_table(path, columns=columns))
+            pending.append(_without_rows(pq.read_table(path, columns=columns), (drop or {}).get(path)))
             rows += pending[-1].num_rows
             if rows >= min_rows:
                 yield _joined(pending)
@@ -89,6 +91,16 @@ class RunStaging:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _without_rows(table: pa.Table, rows: np.ndarray | None) -> pa.Table:
+    if rows is None or not len(rows):
+        return table
+    import numpy as np
+
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[rows] = False
+    return table.filter(keep)
 
 
 def _joined(tables: list[pa.Table]) -> pd.DataFrame:

@@ -174,15 +174,19 @@ def summarize_extract(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def transform(spec: SyncSpec, staging: RunStaging) -> dict[str, int]:
-    """raw/ -> mapped/ and archived/ -> mapped_archived/, part by part (Arrow end to end)."""
+    """raw/ -> mapped/ and archived/ -> mapped_archived/, part by part (Arrow end to end). A
+    record that more than one work item read is mapped once, in its newest version (``dedup``)."""
+    from conduit.pipeline.dedup import superseded_reads
     from conduit.transforms.mapping import map_table
 
+    superseded = superseded_reads(staging, spec.source.cursor.property)
     counts = {}
     for source_kind, mapped_kind in (("raw", "mapped"), ("archived", "mapped_archived")):
         writer = staging.writer(mapped_kind)
-        for frame in staging.read_frames(source_kind, min_rows=BATCH_ROWS):
+        for frame in staging.read_frames(source_kind, min_rows=BATCH_ROWS, drop=superseded):
             writer.write(map_table(frame, spec))
         counts[mapped_kind] = writer.rows
+    counts["superseded_reads"] = sum(len(rows) for rows in superseded.values())
     return counts
 
 
@@ -211,10 +215,13 @@ def load(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str,
     )
 
 
-def _raw_records(staging: RunStaging, crm_ids: set[str]) -> dict[str, dict]:
-    """The raw CRM records of a few ids (for quarantine), read part by part."""
+def _raw_records(spec: SyncSpec, staging: RunStaging, crm_ids: set[str]) -> dict[str, dict]:
+    """The raw CRM records of a few ids (for quarantine), read part by part: the versions the
+    transform mapped."""
+    from conduit.pipeline.dedup import superseded_reads
+
     found: dict[str, dict] = {}
-    for frame in staging.read_frames("raw"):
+    for frame in staging.read_frames("raw", drop=superseded_reads(staging, spec.source.cursor.property)):
         hits = frame[frame["id"].isin(crm_ids)]
         hits = hits.astype(object).where(hits.notna(), None)  # JSON has no NaN: empty properties are null
         found.update({row["id"]: row for row in hits.to_dict("records")})
@@ -252,7 +259,7 @@ def gate(target: ErpTarget, spec: SyncSpec, staging: RunStaging, suite_path, *, 
         writer.write(pa.table({"key": rejected["key"].astype(str).tolist(),
                                "crm_id": rejected["crm_id"].astype(str).tolist(),
                                "reasons": rejected["reasons"].tolist()}))
-        raw = _raw_records(staging, {str(c) for c in rejected["crm_id"]})
+        raw = _raw_records(spec, staging, {str(c) for c in rejected["crm_id"]})
         rows = [{"record_key": str(f.key), "crm_id": None if _missing(f.crm_id) else str(f.crm_id),
                  "expectation": f.expectation,
                  "column_name": f.column, "reason": f.reason, "raw_record": raw.get(str(f.crm_id))}
@@ -351,9 +358,10 @@ def newest_per_key(read: Callable[[], Iterable[pd.DataFrame]], key: str, order: 
     import numpy as np
     import pandas as pd
 
-    hashes = [pd.util.hash_array(f[key].to_numpy(dtype=object)) for f in read()]
-    values, counts = np.unique(np.concatenate(hashes) if hashes else np.empty(0, np.uint64), return_counts=True)
-    repeated = values[counts > 1]
+    from conduit.pipeline.dedup import hash_values, repeated_hashes
+
+    hashes = [hash_values(f[key]) for f in read()]
+    repeated = repeated_hashes(hashes)
     held = []
     for frame, hashed in zip(read(), hashes, strict=True):
         clash = np.isin(hashed, repeated)

@@ -1,0 +1,92 @@
+"""A CRM record read by more than one work item of a run is staged once: its newest version.
+
+A run's work items overlap by design: the incremental window and the records webhooks named by
+id (a change older than the lag is in both), or the archived listing and a read of a record that
+was archived and restored in between. The transform maps each CRM record once, so the quality
+gate's key uniqueness keeps meaning "two different CRM records map to one ERP key", and the run's
+counts count a record once.
+
+Which read wins: the greatest modification time (the cursor property; unparseable or missing
+counts as oldest), then the work item that comes later in :data:`ITEM_PRECEDENCE`, then the later
+staged row. A read by id ran after the window's search (its records may be newer than the window's
+upper bound); the archived listing comes last because archiving does not always move the
+modification time, so an equal time means the record was archived after it was read live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from conduit.pipeline.staging import RunStaging
+
+ITEM_PRECEDENCE = ("all", "range", "changed", "ids", "archived")
+READ_COLUMNS = ("id", "modified", "precedence", "part", "row")
+
+
+def item_precedence(partition: str) -> int:
+    """The rank of a work item's staged partition (``changed``, ``ids``, ``range-<lo>``, ...)."""
+    kind = partition.split("-", 1)[0]
+    if kind not in ITEM_PRECEDENCE:
+        raise ValueError(f"unknown extract work item {partition!r}")
+    return ITEM_PRECEDENCE.index(kind)
+
+
+def superseded(reads: pd.DataFrame) -> pd.DataFrame:
+    """The reads that lose to another read of the same record id. ``reads`` has one row per staged
+    read with :data:`READ_COLUMNS` (``modified`` a UTC timestamp, NaT when unknown); the answer
+    holds the losers' ``part`` and ``row``."""
+    ordered = reads.sort_values(["modified", "precedence", "part", "row"], kind="stable", na_position="first")
+    return ordered.loc[ordered.duplicated("id", keep="last"), ["part", "row"]]
+
+
+def repeated_hashes(hashes: Iterable[np.ndarray]) -> np.ndarray:
+    """The hash values that occur more than once across all the arrays."""
+    import numpy as np
+
+    hashes = list(hashes)
+    values, counts = np.unique(np.concatenate(hashes) if hashes else np.empty(0, np.uint64), return_counts=True)
+    return values[counts > 1]
+
+
+def hash_values(values: pd.Series) -> np.ndarray:
+    import pandas as pd
+
+    return pd.util.hash_array(values.to_numpy(dtype=object))
+
+
+def superseded_reads(staging: RunStaging, modified_property: str) -> dict[Path, np.ndarray]:
+    """Per staged raw or archived part, the row numbers :func:`superseded` says to leave out (an
+    empty dict when no record was read twice, the usual case). Reads the ``id`` column of every
+    part (8 bytes per row are kept), then the modification time of the repeated ids only."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from conduit.transforms.columns import parse_timestamps
+
+    parts = staging.parts("raw") + staging.parts("archived")
+    hashes = [hash_values(pq.read_table(p, columns=["id"]).column("id").to_pandas()) for p in parts]
+    repeated = repeated_hashes(hashes)
+    if not repeated.size:
+        return {}
+    reads = []
+    for number, (path, hashed) in enumerate(zip(parts, hashes, strict=True)):
+        rows = np.flatnonzero(np.isin(hashed, repeated))
+        if not rows.size:
+            continue
+        schema = pq.read_schema(path)
+        columns = ["id", modified_property] if modified_property in schema.names else ["id"]
+        table = pq.read_table(path, columns=columns).take(pa.array(rows))
+        modified = (parse_timestamps(table.column(modified_property).combine_chunks()) if len(columns) == 2
+                    else pa.nulls(len(rows), pa.timestamp("us", "UTC")))
+        reads.append(pd.DataFrame({"id": table.column("id").to_pandas(), "modified": modified.to_pandas(),
+                                   "precedence": item_precedence(path.parent.name), "part": number, "row": rows}))
+    losers = superseded(pd.concat(reads, ignore_index=True))
+    return {parts[number]: np.sort(group["row"].to_numpy()) for number, group in losers.groupby("part")}
