@@ -82,3 +82,38 @@ class RevenueDataError(AirflowFailException):
 
 class ReconciliationError(AirflowFailException):
     """Source and target disagree after a load (counts or key checksum)."""
+
+
+# --- Saga ---------------------------------------------------------------------------------------
+
+
+class SagaNotRunning(AirflowFailException):
+    """A forward step of a saga that is no longer running (compensated, committed) was asked to run
+    again, e.g. a cleared task: repeating it would reserve or charge after the undo."""
+
+
+class SagaConflict(AirflowFailException):
+    """A second DAG run tried to act on a saga another run owns (the same order triggered twice)."""
+
+
+class SagaAborted(AirflowFailException):
+    """The saga did not commit (a step failed, a rule or a person rejected it, a wait timed out);
+    its compensations have run. The message carries the original cause."""
+
+
+class SagaCompensationFailed(AirflowFailException):
+    """A compensation ran out of retries: the saga is left ``compensation_failed`` for a person;
+    clearing the failed compensation task resumes it."""
+
+
+class BusinessRejection(AirflowFailException):
+    """A service refused for a business reason (out of stock, payment declined, undeliverable):
+    retrying the same request cannot help, so the saga compensates at once."""
+
+
+class ServiceRequestError(AirflowFailException):
+    """A service rejected the request itself (4xx other than 429): fix the request, not retry it."""
+
+
+class ServiceRetryableError(AirflowException):
+    """A service kept answering 429/5xx or timing out after the hook's retries; the task retries."""

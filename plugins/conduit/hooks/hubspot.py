@@ -12,8 +12,6 @@ straight into columns (:mod:`conduit.pipeline.pages`); ``search``, ``iter_list_p
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Iterator
 from functools import cached_property
 from typing import Any
@@ -21,7 +19,6 @@ from urllib.parse import urlencode, urlsplit
 
 import msgspec
 import requests
-import tenacity
 import urllib3
 from airflow.providers.http.hooks.http import HttpHook
 from requests.adapters import HTTPAdapter
@@ -30,18 +27,19 @@ from requests.utils import get_encoding_from_headers, select_proxy
 
 from conduit.exceptions import CrmAuthError, CrmRequestError, CrmRetryableError
 from conduit.pipeline.pages import RecordPage, page_decoder
+from conduit.retries import (
+    RETRYABLE_STATUS,
+    Backoff,
+    RetryableResponse,
+    call_with_retries,
+    retry_after_seconds,
+)
 
 # Connection extras that configure this hook; HttpHook would otherwise send them as HTTP headers.
 _HOOK_EXTRAS = ("api_version", "max_retries", "backoff_max")
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _JSON_BODY = {"Content-Type": "application/json"}
-
-
-class _RetryableResponse(Exception):
-    def __init__(self, status: int, message: str, retry_after: float | None):
-        self.status = status
-        self.retry_after = retry_after
-        super().__init__(f"{status}: {message}")
+# What a request retries: 429/5xx answers and network failures (refused, reset, timed out).
+_RETRY_ON = (RetryableResponse, requests.ConnectionError, requests.Timeout)
 
 
 def objects_path(api_version: str, object_type: str) -> str:
@@ -50,16 +48,6 @@ def objects_path(api_version: str, object_type: str) -> str:
     if version.startswith("v"):
         return f"crm/{version}/objects/{object_type}"
     return f"crm/objects/{version}/{object_type}"
-
-
-def retry_after_seconds(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 def error_message(response: requests.Response) -> tuple[str, str | None]:
@@ -216,6 +204,11 @@ class HubSpotHook(HttpHook):
         return session
 
     @cached_property
+    def backoff(self) -> Backoff:
+        """Waits between the retries of one request (full jitter, Retry-After as the floor)."""
+        return Backoff(max_retries=self.settings["max_retries"], cap=self.settings["backoff_max"])
+
+    @cached_property
     def transport(self) -> _DirectTransport | None:
         """The direct path for calls to the base URL, or None when the session must send them."""
         return _DirectTransport.for_session(self.session, self.url_from_endpoint(""))
@@ -227,15 +220,6 @@ class HubSpotHook(HttpHook):
         return objects_path(self.settings["api_version"], object_type)
 
     # --- requests ------------------------------------------------------------------------------
-
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        """Exponential backoff with full jitter, but never shorter than the server's Retry-After."""
-        backoff = min(self.settings["backoff_max"], 0.25 * 2 ** (state.attempt_number - 1))
-        wait = random.uniform(0, backoff)
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _RetryableResponse) and exc.retry_after is not None:
-            wait = max(wait, exc.retry_after)
-        return wait
 
     def _send(self, method: str, path: str, params: Any, json: Any, decode: Callable[[bytes], Any] | None) -> Any:
         url = self.url_from_endpoint(path)
@@ -259,7 +243,8 @@ class HubSpotHook(HttpHook):
                 raise CrmRequestError(response.status_code, method, url, f"unreadable response body: {exc}") from None
         message, category = error_message(response)
         if response.status_code in RETRYABLE_STATUS:
-            raise _RetryableResponse(response.status_code, message, retry_after_seconds(response))
+            raise RetryableResponse(response.status_code, message,
+                                    retry_after_seconds(response.headers.get("Retry-After")))
         error = CrmAuthError if response.status_code in (401, 403) else CrmRequestError
         raise error(response.status_code, method, url, message, category)
 
@@ -268,29 +253,17 @@ class HubSpotHook(HttpHook):
         """One API call. 429/5xx/network errors are retried; other 4xx fail at once. The body of a
         success is parsed JSON, or ``decode(body bytes)``; an unreadable body is a ``CrmRequestError``."""
 
-        def before_sleep(state: tenacity.RetryCallState) -> None:
+        def log_retry(attempt: int, exc: BaseException, wait: float) -> None:
             self.retries += 1
-            self.log.warning(
-                "HubSpot %s %s failed (%s); retry %d/%d in %.1fs",
-                method, path, state.outcome.exception(), state.attempt_number, self.settings["max_retries"],
-                state.next_action.sleep if state.next_action else 0,
-            )
+            self.log.warning("HubSpot %s %s failed (%s); retry %d/%d in %.1fs",
+                             method, path, exc, attempt, self.backoff.max_retries, wait)
 
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(
-                (_RetryableResponse, requests.ConnectionError, requests.Timeout)
-            ),
-            stop=tenacity.stop_after_attempt(self.settings["max_retries"] + 1),
-            wait=self._wait,
-            before_sleep=before_sleep,
-            reraise=True,
-            sleep=time.sleep,
-        )
         try:
-            return retrying(self._send, method, path, params, json, decode)
-        except (_RetryableResponse, requests.ConnectionError, requests.Timeout) as exc:
+            return call_with_retries(lambda: self._send(method, path, params, json, decode),
+                                     backoff=self.backoff, retry_on=_RETRY_ON, on_retry=log_retry)
+        except _RETRY_ON as exc:
             raise CrmRetryableError(
-                f"HubSpot {method} {path} still failing after {self.settings['max_retries']} retries: {exc}"
+                f"HubSpot {method} {path} still failing after {self.backoff.max_retries} retries: {exc}"
             ) from exc
 
     # --- API -----------------------------------------------------------------------------------

@@ -1,0 +1,68 @@
+"""The saga log behind an ordinary Airflow connection: ``postgres`` (production) or ``sqlite``
+(embedded), like the ERP connection. For example::
+
+    AIRFLOW_CONN_CONDUIT_SAGA_DEFAULT='postgresql://saga:secret@db:5432/conduit'
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+from conduit.exceptions import TargetConfigError
+
+if TYPE_CHECKING:
+    from conduit.saga.log import SagaLog
+
+
+class SagaLogHook(BaseHook):
+    """Gives the :class:`~conduit.saga.log.SagaLog` of a connection, its tables created on first
+    use (``__init__`` does no I/O)."""
+
+    conn_name_attr = "saga_conn_id"
+    default_conn_name = "conduit_saga_default"
+    conn_type = "postgres"
+    hook_name = "Conduit saga log"
+
+    def __init__(self, saga_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.saga_conn_id = saga_conn_id
+
+    def get_conn(self) -> SagaLog:
+        return self.log_store
+
+    @cached_property
+    def log_store(self) -> SagaLog:
+        from conduit.saga.log import SagaLog
+
+        log = SagaLog(self.engine)
+        log.ensure_schema()
+        return log
+
+    @cached_property
+    def engine(self):
+        import sqlalchemy
+
+        from conduit.hooks.erp import postgres_dsn, sqlite_path
+
+        conn = self.get_connection(self.saga_conn_id)
+        if conn.conn_type in ("postgres", "postgresql"):
+            import psycopg
+
+            dsn = postgres_dsn(conn)
+            return sqlalchemy.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn),
+                                            pool_pre_ping=True)
+        if conn.conn_type == "sqlite":
+            return sqlalchemy.create_engine(f"sqlite:///{sqlite_path(conn)}", connect_args={"timeout": 30})
+        raise TargetConfigError(f"connection {self.saga_conn_id!r} has type {conn.conn_type!r}; "
+                                "the saga log needs a postgres or sqlite connection")
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 - the UI shows the reason
+            return False, str(exc)
+        return True, "saga log database reachable"

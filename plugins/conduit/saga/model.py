@@ -1,0 +1,86 @@
+"""The saga's bookkeeping as pure functions over plain values (no Airflow, no database).
+
+A saga is a run of ordered steps; each step has an action and, if it changes something that can
+be undone, a compensation. Airflow runs tasks at least once (retries, clears, a killed task
+retried), so "exactly once" is an exactly-once *effect*: every call carries an idempotency key
+derived from the saga and the step (never from a try or a task-instance id), the services answer
+a repeated key with the first answer, and the saga log decides whether a compensation is still
+owed. These functions are those decisions.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SagaStatus(StrEnum):
+    RUNNING = "running"
+    COMMITTED = "committed"  # every forward step succeeded: nothing will be compensated
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"  # a compensation ran out of retries: a person must act
+
+
+class ActionStatus(StrEnum):
+    PENDING = "pending"  # the step began (its compensation is registered); the action has not started
+    RUNNING = "running"  # the action started: its effect may or may not have happened
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the action raised; an effect may still have happened (a lost response)
+
+
+class CompensationStatus(StrEnum):
+    NONE = "none"
+    RUNNING = "running"
+    DONE = "done"
+    NOT_NEEDED = "not_needed"
+    FAILED = "failed"
+
+
+class CompensationDecision(StrEnum):
+    COMPENSATE = "compensate"
+    SAGA_COMMITTED = "saga_committed"  # teardowns run on success too: nothing to undo
+    ALREADY_DONE = "already_done"  # a rerun or a cleared task: the effect was undone before
+    NEVER_STARTED = "never_started"  # the action never started: there is nothing to undo
+    NO_COMPENSATION = "no_compensation"  # a read-only step
+
+
+def idempotency_key(saga_id: str, step: str, purpose: str | None = None) -> str:
+    """The key every call of a step sends: stable across retries, clears and reruns of the run."""
+    return f"{saga_id}:{step}" + (f":{purpose}" if purpose else "")
+
+
+def compensation_decision(saga: SagaStatus, action: ActionStatus, compensation: CompensationStatus,
+                          compensable: bool) -> CompensationDecision:
+    """Whether a step's compensation must run now. A FAILED or RUNNING action is compensated: the
+    call may have taken effect before the response was lost, and the compensation resolves that
+    by looking the action up by its idempotency key."""
+    if not compensable:
+        return CompensationDecision.NO_COMPENSATION
+    if saga == SagaStatus.COMMITTED:
+        return CompensationDecision.SAGA_COMMITTED
+    if compensation in (CompensationStatus.DONE, CompensationStatus.NOT_NEEDED):
+        return CompensationDecision.ALREADY_DONE
+    if action == ActionStatus.PENDING:
+        return CompensationDecision.NEVER_STARTED
+    return CompensationDecision.COMPENSATE
+
+
+def may_run_forward(saga: SagaStatus) -> bool:
+    """Forward steps only run while the saga runs: a cleared and rerun step of a compensated saga
+    must not reserve or charge again (start a new saga instead)."""
+    return saga == SagaStatus.RUNNING
+
+
+def status_after_compensations(compensations: list[CompensationStatus]) -> SagaStatus:
+    """The saga's state once its compensations have run (statuses of the compensable steps)."""
+    if any(c == CompensationStatus.FAILED for c in compensations):
+        return SagaStatus.COMPENSATION_FAILED
+    if all(c in (CompensationStatus.DONE, CompensationStatus.NOT_NEEDED) for c in compensations):
+        return SagaStatus.COMPENSATED
+    return SagaStatus.COMPENSATING
+
+
+def compensation_order(steps: list[tuple[str, int]]) -> list[str]:
+    """Compensable steps (name, sequence) in the order their compensations run: the reverse of
+    the order the steps were declared in."""
+    return [name for name, _ in sorted(steps, key=lambda s: s[1], reverse=True)]

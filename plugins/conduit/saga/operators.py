@@ -1,0 +1,215 @@
+"""The tasks a saga is made of. :class:`conduit.saga.Saga` wires them; they only talk to the saga
+log and call the step's action or compensation (plain functions over a :class:`StepContext`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from conduit.saga.log import SagaLog
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What an action or a compensation gets: the saga's business data, its step's idempotency
+    key, the results of the steps before it (from the saga log, not XCom) and, for a
+    compensation, its own action's result (None when the action's answer was lost)."""
+
+    saga_id: str
+    step: str
+    idempotency_key: str
+    payload: dict[str, Any]
+    results: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    context: Any = None
+
+    def key(self, purpose: str | None = None) -> str:
+        return f"{self.idempotency_key}:{purpose}" if purpose else self.idempotency_key
+
+
+class SagaTaskOperator(BaseOperator):
+    template_fields: Sequence[str] = ("saga_id",)
+
+    def __init__(self, *, saga_id: str, log_conn_id: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.saga_id = saga_id
+        self.log_conn_id = log_conn_id
+
+    @cached_property
+    def saga_log(self) -> SagaLog:
+        from conduit.hooks.saga_log import SagaLogHook
+
+        return SagaLogHook(saga_conn_id=self.log_conn_id).get_conn()
+
+    def step_context(self, step: str, key: str, context: Context, result: Any = None) -> StepContext:
+        saga = self.saga_log.saga(self.saga_id)
+        results = {s["step"]: s["result"] for s in self.saga_log.steps(self.saga_id) if s["result"] is not None}
+        return StepContext(self.saga_id, step, key, saga["payload"] or {}, results, result, context)
+
+    def is_final_try(self, context: Context, exc: BaseException) -> bool:
+        return isinstance(exc, AirflowFailException) or context["ti"].try_number > self.retries
+
+
+class SagaStartOperator(SagaTaskOperator):
+    """Opens the saga for this run with its business data (a setup: ``finalize`` is its teardown)."""
+
+    template_fields: Sequence[str] = ("saga_id", "payload")
+    ui_color = "#e7f5ff"
+
+    def __init__(self, *, payload: Any = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.payload = payload
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        saga = self.saga_log.start(self.saga_id, dag_id=self.dag_id, run_id=context["run_id"],
+                                   payload=self.payload)
+        return {"saga_id": self.saga_id, "status": saga["status"]}
+
+
+class SagaBeginOperator(SagaTaskOperator):
+    """Registers a compensable step before its action runs (a setup: the compensation is its
+    teardown), so an action that dies half-way is still compensated."""
+
+    ui_color = "#e7f5ff"
+
+    def __init__(self, *, step: str, seq: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.step, self.seq = step, seq
+
+    def execute(self, context: Context) -> str:
+        return self.saga_log.begin_step(self.saga_id, self.step, seq=self.seq, compensable=True)
+
+
+class SagaActionOperator(SagaTaskOperator):
+    """Runs a step's action once in effect: a step that already succeeded (a cleared task) returns
+    its logged result; a saga no longer running refuses; the outcome is logged either way."""
+
+    ui_color = "#d3f9d8"
+
+    def __init__(self, *, step: str, seq: int, action: Callable[[StepContext], Any], compensable: bool,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.step, self.seq, self.action, self.compensable = step, seq, action, compensable
+
+    def execute(self, context: Context) -> Any:
+        from airflow.sdk.exceptions import AirflowTaskTimeout
+
+        log = self.saga_log
+        if not self.compensable:  # read-only steps have no begin task of their own
+            log.begin_step(self.saga_id, self.step, seq=self.seq, compensable=False)
+        row = log.action_started(self.saga_id, self.step)
+        if row["action_status"] == "succeeded":
+            self.log.info("step %s already succeeded in saga %s: %s", self.step, self.saga_id, row["result"])
+            return row["result"]
+        try:
+            result = self.action(self.step_context(self.step, row["idempotency_key"], context))
+        except (Exception, AirflowTaskTimeout) as exc:
+            log.action_failed(self.saga_id, self.step, f"{type(exc).__name__}: {exc}",
+                              final=self.is_final_try(context, exc))
+            raise
+        log.action_succeeded(self.saga_id, self.step, result)
+        return result
+
+
+class SagaCompensationOperator(SagaTaskOperator):
+    """Undoes a step's effect when the saga did not commit (a teardown of the step's begin task:
+    it runs after a failure, a timeout, or a run marked failed). Skipped when there is nothing to
+    undo; each attempt is logged; after its last retry the saga is left ``compensation_failed``."""
+
+    ui_color = "#ffe3e3"
+
+    def __init__(self, *, step: str, compensation: Callable[[StepContext], Any], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.step, self.compensation = step, compensation
+
+    def execute(self, context: Context) -> Any:
+        log = self.saga_log
+        decision, row = log.claim_compensation(self.saga_id, self.step)
+        if decision != "compensate":
+            raise AirflowSkipException(f"no compensation for {self.step}: {decision.value}")
+        try:
+            result = self.compensation(self.step_context(self.step, row["idempotency_key"], context, row["result"]))
+        except Exception as exc:
+            final = self.is_final_try(context, exc)
+            log.compensation_failed(self.saga_id, self.step, f"{type(exc).__name__}: {exc}", final=final)
+            if final:
+                self.log.error("COMPENSATION FAILED for step %s of saga %s after %d tries: %s. The saga is left "
+                               "compensation_failed; fix the cause and clear this task to resume.",
+                               self.step, self.saga_id, context["ti"].try_number, exc)
+            raise
+        log.compensation_done(self.saga_id, self.step, result)
+        return result
+
+
+class SagaCommitOperator(SagaTaskOperator):
+    """Every forward step succeeded: from here on nothing is compensated."""
+
+    ui_color = "#b2f2bb"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        return {"saga_id": self.saga_id, "status": self.saga_log.commit(self.saga_id)["status"]}
+
+
+class SagaFinalizeOperator(SagaTaskOperator):
+    """The saga's verdict (a teardown that fails the run): success only when it committed;
+    otherwise it fails with the original cause, after the compensations ran."""
+
+    ui_color = "#f1f3f5"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from conduit.exceptions import SagaAborted, SagaCompensationFailed
+
+        saga = self.saga_log.finish(self.saga_id)
+        summary = {"saga_id": self.saga_id, "status": saga["status"], "cause": saga["cause"]}
+        self.log.info("saga %s", summary)
+        if saga["status"] == "committed":
+            return summary
+        if saga["status"] == "compensation_failed":
+            raise SagaCompensationFailed(f"saga {self.saga_id} could not be fully compensated "
+                                         f"(cause: {saga['cause']}); see the failed compensation task")
+        raise SagaAborted(f"saga {self.saga_id} {saga['status']}: {saga['cause'] or 'the run did not complete'}")
+
+
+class SagaAbortOperator(SagaTaskOperator):
+    """A path that ends the saga on purpose (a rule rejected the order): fails with the cause the
+    saga log holds, so the compensations run and the run fails for that reason."""
+
+    template_fields: Sequence[str] = ("saga_id", "cause")
+    ui_color = "#ffc9c9"
+
+    def __init__(self, *, cause: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.cause = cause
+
+    def execute(self, context: Context) -> None:
+        from conduit.exceptions import SagaAborted
+
+        if self.cause:
+            self.saga_log.set_cause(self.saga_id, self.cause, step=self.task_id)
+        cause = self.saga_log.saga(self.saga_id)["cause"] or f"{self.task_id} was chosen"
+        raise SagaAborted(f"saga {self.saga_id}: {cause}")
+
+
+def record_cause_on_failure(saga_id: str, log_conn_id: str, cause: str) -> Callable[[Any], None]:
+    """An ``on_failure_callback`` for tasks that are not saga steps (a sensor, a person's review):
+    their failure becomes the saga's cause. Best effort: a callback never runs when a run is
+    marked failed, and the finalize step still reports a generic cause then."""
+
+    def callback(context: Any) -> None:
+        from conduit.hooks.saga_log import SagaLogHook
+
+        task = context["task"]
+        rendered = task.render_template(saga_id, context)
+        error = context.get("exception")
+        SagaLogHook(saga_conn_id=log_conn_id).get_conn().set_cause(
+            rendered, f"{cause}: {error}" if error else cause, step=task.task_id)
+
+    return callback

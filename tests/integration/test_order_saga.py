@@ -1,0 +1,170 @@
+"""The order_fulfilment DAG on real Airflow (``dag.test()``) against the real order services over
+HTTP and a saga log on PostgreSQL: every path, proven by the services' ledgers and the saga log."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from airflow.sdk import DagRunState
+
+from conduit.orders.dag import EXAMPLE_ORDER
+from conduit.orders_standin.testing import run_order_services
+
+pytestmark = pytest.mark.postgres
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+EFFECTS = ("reserve", "release", "authorize", "void", "capture", "refund", "create", "cancel")
+
+
+@pytest.fixture(scope="module")
+def services():
+    with run_order_services(ship_after_s=0.3) as running:
+        yield running
+
+
+@pytest.fixture
+def order_env(airflow_db, services, pg_server_dsn, pg_schema, monkeypatch):
+    services.admin.reset()
+    for name in ("inventory", "payment", "fraud", "shipping"):
+        monkeypatch.setenv(f"AIRFLOW_CONN_{name.upper()}_DEFAULT", json.dumps({
+            "conn_type": "http", "host": services.base_url,
+            "extra": {"timeout": 2, "max_retries": 4, "backoff_max": 0.2}}))
+    monkeypatch.setenv("AIRFLOW_CONN_CONDUIT_SAGA_DEFAULT", json.dumps({
+        "conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": "test",
+        "extra": {"options": f"-csearch_path={pg_schema}"}}))
+    return services
+
+
+def order_dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    return bag.dags["order_fulfilment"]
+
+
+def new_order(**changes) -> dict:
+    return {**EXAMPLE_ORDER, "order_id": f"T-{uuid.uuid4().hex[:10]}", **changes}
+
+
+def run_order(order: dict, **params):
+    dag_run = order_dag().test(run_conf={"order": order, "ship_within_s": 30, "ship_poll_s": 0.1, **params})
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    return dag_run, states
+
+
+def effects(services, order_id: str) -> dict[str, int]:
+    """How many times each effect happened for the order, across the services' ledgers."""
+    counts = dict.fromkeys(EFFECTS, 0)
+    for entries in services.admin.ledger().values():
+        for entry in entries:
+            if entry["order_id"] == order_id and entry["op"] in counts:
+                counts[entry["op"]] += 1
+    return {op: n for op, n in counts.items() if n}
+
+
+def saga_row(order_id: str) -> tuple[dict, list[dict]]:
+    from conduit.hooks.saga_log import SagaLogHook
+
+    log = SagaLogHook().get_conn()
+    return log.saga(f"order-{order_id}"), log.steps(f"order-{order_id}")
+
+
+def test_happy_path_reserves_charges_and_ships_once(order_env):
+    order = new_order()
+    dag_run, states = run_order(order)
+
+    assert dag_run.state == DagRunState.SUCCESS, states
+    assert effects(order_env, order["order_id"]) == {"reserve": 1, "authorize": 1, "create": 1, "capture": 1}
+    saga, steps = saga_row(order["order_id"])
+    assert saga["status"] == "committed" and saga["cause"] is None
+    assert {s["step"]: (s["action_status"], s["compensation_status"]) for s in steps} == {
+        "validate": ("succeeded", "none"), "inventory": ("succeeded", "none"), "fraud": ("succeeded", "none"),
+        "payment": ("succeeded", "none"), "shipping": ("succeeded", "none"), "capture": ("succeeded", "none")}
+    assert {states[t] for t in ("inventory.compensate", "payment.compensate", "shipping.compensate")} == {"skipped"}
+    assert (states["reject"], states["human_review"], states["finalize"]) == ("skipped", "skipped", "success")
+
+
+def test_out_of_stock_charges_nothing(order_env):
+    order = new_order(items=[{"sku": "SKU-GONE", "quantity": 1}])
+    order_env.admin.faults(inventory={"out_of_stock_skus": ["SKU-GONE"]})
+    dag_run, states = run_order(order)
+
+    assert dag_run.state == DagRunState.FAILED
+    assert states["inventory.action"] == "failed" and states["finalize"] == "failed"
+    assert effects(order_env, order["order_id"]) == {}
+    saga, _ = saga_row(order["order_id"])
+    assert saga["status"] == "compensated" and "out_of_stock" in saga["cause"]
+
+
+def test_fraud_reject_releases_the_stock_once(order_env):
+    order = new_order()
+    order_env.admin.faults(fraud={"scores": {order["order_id"]: 0.95}})
+    dag_run, states = run_order(order)
+
+    assert dag_run.state == DagRunState.FAILED
+    assert (states["reject"], states["auto_approve"], states["payment.begin"]) == ("failed", "skipped", "skipped")
+    assert effects(order_env, order["order_id"]) == {"reserve": 1, "release": 1}
+    saga, _ = saga_row(order["order_id"])
+    assert saga["status"] == "compensated" and saga["cause"].startswith("reject by rule high_fraud_score")
+
+
+def test_payment_declined_after_the_reservation_releases_once(order_env):
+    order = new_order()
+    order_env.admin.faults(payment={"decline_orders": [order["order_id"]]})
+    dag_run, states = run_order(order)
+
+    assert dag_run.state == DagRunState.FAILED and states["payment.action"] == "failed"
+    assert effects(order_env, order["order_id"]) == {"reserve": 1, "release": 1}
+    assert saga_row(order["order_id"])[0]["status"] == "compensated"
+
+
+def test_shipment_refused_after_payment_voids_and_releases_once(order_env):
+    order = new_order()
+    order_env.admin.faults(shipping={"fail_create_orders": [order["order_id"]]})
+    dag_run, states = run_order(order)
+
+    assert dag_run.state == DagRunState.FAILED and states["shipping.action"] == "failed"
+    assert effects(order_env, order["order_id"]) == {"reserve": 1, "release": 1, "authorize": 1, "void": 1}
+    saga, steps = saga_row(order["order_id"])
+    assert saga["status"] == "compensated" and "undeliverable" in saga["cause"]
+    undone = {s["step"]: s["compensation_result"] for s in steps if s["compensation_status"] == "done"}
+    assert undone["shipping"] == {"cancelled": None, "reason": "no shipment was created"}  # looked up by key
+    assert undone["payment"]["status"] == "voided" and undone["inventory"]["status"] == "released"
+
+
+def test_a_shipment_that_never_ships_is_cancelled_refunded_and_released(order_env):
+    order = new_order()
+    order_env.admin.faults(shipping={"never_ship_orders": [order["order_id"]]})
+    dag_run, states = run_order(order, ship_within_s=1)
+
+    assert dag_run.state == DagRunState.FAILED and states["wait_for_shipment"] == "failed"
+    assert states["capture"] == "upstream_failed"
+    assert effects(order_env, order["order_id"]) == {
+        "reserve": 1, "release": 1, "authorize": 1, "void": 1, "create": 1, "cancel": 1}
+    saga, _ = saga_row(order["order_id"])
+    assert saga["status"] == "compensated" and saga["cause"].startswith("the shipment did not ship in time")
+
+
+def test_a_compensation_that_fails_twice_then_succeeds_is_done_once(order_env):
+    order = new_order()
+    order_env.admin.faults(fraud={"scores": {order["order_id"]: 0.95}},
+                           inventory={"fail_next": 2, "mode": "5xx", "operation": "release"})
+    dag_run, _ = run_order(order)
+
+    assert dag_run.state == DagRunState.FAILED
+    assert effects(order_env, order["order_id"]) == {"reserve": 1, "release": 1}
+    assert order_env.admin.requests()["inventory"]["release"]["faulted"] == 2
+    assert saga_row(order["order_id"])[0]["status"] == "compensated"
+
+
+def test_a_second_run_for_the_same_order_acts_on_nothing(order_env):
+    order = new_order()
+    assert run_order(order)[0].state == DagRunState.SUCCESS
+    dag_run, states = run_order(order)
+
+    assert dag_run.state == DagRunState.FAILED and states["start"] == "failed"
+    assert effects(order_env, order["order_id"]) == {"reserve": 1, "authorize": 1, "create": 1, "capture": 1}
