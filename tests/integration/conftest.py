@@ -106,3 +106,36 @@ def sync_env(airflow_db, pg_server_dsn, erp_schema, tmp_path, monkeypatch):
             "extra": {"api_version": "2026-09", "max_retries": 4, "backoff_max": 0.5},
         }))
         yield SyncEnv(crm=crm, schema=pg_schema, include=include, spec_path=spec_path)
+
+
+# --- the order saga: the order services stand-in, its connections, a saga log on PostgreSQL ---
+
+
+@pytest.fixture(scope="session")
+def services():
+    """One order services stand-in (inventory, payment, fraud, shipping) for the session."""
+    from conduit.orders_standin.testing import run_order_services
+
+    with run_order_services(ship_after_s=0.3) as running:
+        yield running
+
+
+@pytest.fixture
+def order_env(airflow_db, services, pg_server_dsn, pg_schema, monkeypatch):
+    """Connections to the stand-in's four services and a saga log in a fresh PostgreSQL schema;
+    the stand-in starts empty (no ledger, no faults)."""
+    from urllib.parse import urlsplit
+
+    services.admin.reset()
+    pg = urlsplit(pg_server_dsn)
+    for name in ("inventory", "payment", "fraud", "shipping"):
+        monkeypatch.setenv(f"AIRFLOW_CONN_{name.upper()}_DEFAULT", json.dumps({
+            "conn_type": "http", "host": services.base_url,
+            "extra": {"timeout": 2, "max_retries": 4, "backoff_max": 0.2}}))
+    monkeypatch.setenv("AIRFLOW_CONN_CONDUIT_SAGA_DEFAULT", json.dumps({
+        "conn_type": "postgres", "host": pg.hostname, "port": pg.port or 5432, "login": pg.username,
+        "password": pg.password or "", "schema": pg.path.lstrip("/"),
+        "extra": {"options": f"-csearch_path={pg_schema}"}}))
+    return services
+
+

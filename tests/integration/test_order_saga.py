@@ -3,75 +3,11 @@ HTTP and a saga log on PostgreSQL: every path, proven by the services' ledgers a
 
 from __future__ import annotations
 
-import json
-import uuid
-from pathlib import Path
-
 import pytest
 from airflow.sdk import DagRunState
-
-from conduit.orders.dag import EXAMPLE_ORDER
-from conduit.orders_standin.testing import run_order_services
+from order_helpers import effects, new_order, run_order, saga_row
 
 pytestmark = pytest.mark.postgres
-
-DAGS = Path(__file__).resolve().parents[2] / "dags"
-EFFECTS = ("reserve", "release", "authorize", "void", "capture", "refund", "create", "cancel")
-
-
-@pytest.fixture(scope="module")
-def services():
-    with run_order_services(ship_after_s=0.3) as running:
-        yield running
-
-
-@pytest.fixture
-def order_env(airflow_db, services, pg_server_dsn, pg_schema, monkeypatch):
-    services.admin.reset()
-    for name in ("inventory", "payment", "fraud", "shipping"):
-        monkeypatch.setenv(f"AIRFLOW_CONN_{name.upper()}_DEFAULT", json.dumps({
-            "conn_type": "http", "host": services.base_url,
-            "extra": {"timeout": 2, "max_retries": 4, "backoff_max": 0.2}}))
-    monkeypatch.setenv("AIRFLOW_CONN_CONDUIT_SAGA_DEFAULT", json.dumps({
-        "conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": "test",
-        "extra": {"options": f"-csearch_path={pg_schema}"}}))
-    return services
-
-
-def order_dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS))
-    assert bag.import_errors == {}
-    return bag.dags["order_fulfilment"]
-
-
-def new_order(**changes) -> dict:
-    return {**EXAMPLE_ORDER, "order_id": f"T-{uuid.uuid4().hex[:10]}", **changes}
-
-
-def run_order(order: dict, **params):
-    dag_run = order_dag().test(run_conf={"order": order, "ship_within_s": 30, "ship_poll_s": 0.1, **params})
-    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
-    return dag_run, states
-
-
-def effects(services, order_id: str) -> dict[str, int]:
-    """How many times each effect happened for the order, across the services' ledgers."""
-    counts = dict.fromkeys(EFFECTS, 0)
-    for entries in services.admin.ledger().values():
-        for entry in entries:
-            if entry["order_id"] == order_id and entry["op"] in counts:
-                counts[entry["op"]] += 1
-    return {op: n for op, n in counts.items() if n}
-
-
-def saga_row(order_id: str) -> tuple[dict, list[dict]]:
-    from conduit.hooks.saga_log import SagaLogHook
-
-    log = SagaLogHook().get_conn()
-    return log.saga(f"order-{order_id}"), log.steps(f"order-{order_id}")
-
 
 def test_happy_path_reserves_charges_and_ships_once(order_env):
     order = new_order()

@@ -28,11 +28,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    event,
     insert,
     select,
     update,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from conduit.exceptions import SagaConflict, SagaNotRunning
 from conduit.saga.model import (
@@ -72,6 +74,7 @@ steps = Table(
     Column("compensation_status", String(20), nullable=False),
     Column("compensation_attempts", Integer, nullable=False, default=0),
     Column("compensation_result", JSON),
+    Column("compensation_error", Text),
     Column("started_at", Float),
     Column("finished_at", Float),
     Column("compensated_at", Float),
@@ -87,12 +90,32 @@ events = Table(
 )
 
 
+def _serialise_sqlite_writers(engine: Engine) -> None:
+    """SQLite ignores ``FOR UPDATE`` and its driver opens a transaction only at the first write, so
+    two overlapping decisions could both read the same state. ``BEGIN IMMEDIATE`` takes the write
+    lock when the transaction starts (SQLAlchemy's recipe for SQLite transactions)."""
+    if getattr(engine, "_conduit_immediate", False):
+        return
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine._conduit_immediate = True
+
+
 class SagaLog:
     """The log over one SQLAlchemy engine. ``ensure_schema()`` creates the tables when missing."""
 
     def __init__(self, engine: Engine, *, clock=time.time):
         self.engine = engine
         self.clock = clock
+        if engine.dialect.name == "sqlite":
+            _serialise_sqlite_writers(engine)
 
     def ensure_schema(self) -> None:
         metadata.create_all(self.engine, checkfirst=True)
@@ -102,13 +125,17 @@ class SagaLog:
     def start(self, saga_id: str, *, dag_id: str, run_id: str, payload: dict[str, Any] | None = None) -> dict:
         """Open the saga for this run; a retry or a rerun of the same run finds it open. Another
         run of the same saga (the same order triggered twice) is refused."""
-        with self._locked(saga_id, missing_ok=True) as (conn, row):
-            if row is None:
-                now = self.clock()
-                conn.execute(insert(sagas).values(saga_id=saga_id, dag_id=dag_id, run_id=run_id, payload=payload,
-                                                  status=SagaStatus.RUNNING, created_at=now, updated_at=now))
-                self._event(conn, saga_id, None, "started", {"dag_id": dag_id, "run_id": run_id})
-                return self._saga(conn, saga_id)
+        try:
+            with self._locked(saga_id, missing_ok=True) as (conn, row):
+                if row is None:
+                    now = self.clock()
+                    conn.execute(insert(sagas).values(saga_id=saga_id, dag_id=dag_id, run_id=run_id, payload=payload,
+                                                      status=SagaStatus.RUNNING, created_at=now, updated_at=now))
+                    self._event(conn, saga_id, None, "started", {"dag_id": dag_id, "run_id": run_id})
+                    return self._saga(conn, saga_id)
+        except IntegrityError:
+            pass  # another start inserted it first (there was no row to lock): judge that one below
+        with self._locked(saga_id) as (conn, row):
             if (row["dag_id"], row["run_id"]) != (dag_id, run_id):
                 raise SagaConflict(f"saga {saga_id!r} belongs to run {row['dag_id']}/{row['run_id']} "
                                    f"({row['status']}); a second run must not act on it again")
@@ -214,7 +241,7 @@ class SagaLog:
             decision = compensation_decision(SagaStatus(saga["status"]), ActionStatus(row["action_status"]),
                                              CompensationStatus(row["compensation_status"]), row["compensable"])
             if decision == CompensationDecision.COMPENSATE:
-                if saga["status"] == SagaStatus.RUNNING:
+                if saga["status"] in (SagaStatus.RUNNING, SagaStatus.COMPENSATION_FAILED):  # the latter: resumed
                     self._set_saga(conn, saga_id, status=SagaStatus.COMPENSATING)
                 self._set_step(conn, saga_id, step, compensation_status=CompensationStatus.RUNNING,
                                compensation_attempts=row["compensation_attempts"] + 1)
@@ -237,7 +264,8 @@ class SagaLog:
         (clearing the compensation task resumes it)."""
         with self._locked(saga_id) as (conn, saga):
             if final:
-                self._set_step(conn, saga_id, step, compensation_status=CompensationStatus.FAILED, error=error)
+                self._set_step(conn, saga_id, step, compensation_status=CompensationStatus.FAILED,
+                               compensation_error=error)
                 self._set_saga(conn, saga_id, status=SagaStatus.COMPENSATION_FAILED)
             self._event(conn, saga_id, step, "compensation_failed", {"error": error, "final": final})
 
@@ -273,12 +301,13 @@ class SagaLog:
 
     def _settle(self, conn: Connection, saga_id: str, saga: dict) -> None:
         """After a compensation: compensated once every begun compensable step is undone."""
-        if saga["status"] not in (SagaStatus.COMPENSATING, SagaStatus.RUNNING):
+        current = self._saga(conn, saga_id)["status"]
+        if current not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.COMPENSATION_FAILED):
             return
         states = [CompensationStatus(s) for (s,) in conn.execute(
             select(steps.c.compensation_status).where(steps.c.saga_id == saga_id, steps.c.compensable))]
         status = status_after_compensations(states)
-        if status != saga["status"] and status != SagaStatus.COMPENSATING:
+        if status != current:
             self._set_saga(conn, saga_id, status=status)
             self._event(conn, saga_id, None, status.value, None)
 

@@ -1,0 +1,49 @@
+"""Helpers of the order saga tests: run the real order_fulfilment DAG and read what the order
+services' ledgers and the saga log say happened."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from conduit.orders.dag import EXAMPLE_ORDER
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+EFFECTS = ("reserve", "release", "authorize", "void", "capture", "refund", "create", "cancel")
+
+
+def order_dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    return bag.dags["order_fulfilment"]
+
+
+def new_order(**changes) -> dict:
+    return {**EXAMPLE_ORDER, "order_id": f"T-{uuid.uuid4().hex[:10]}", **changes}
+
+
+def run_order(order: dict, **params):
+    dag_run = order_dag().test(run_conf={"order": order, "ship_within_s": 30, "ship_poll_s": 0.1, **params})
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    return dag_run, states
+
+
+def effects(services, order_id: str) -> dict[str, int]:
+    """How many times each effect happened for the order, across the services' ledgers."""
+    counts = dict.fromkeys(EFFECTS, 0)
+    for entries in services.admin.ledger().values():
+        for entry in entries:
+            if entry["order_id"] == order_id and entry["op"] in counts:
+                counts[entry["op"]] += 1
+    return {op: n for op, n in counts.items() if n}
+
+
+def saga_row(order_id: str) -> tuple[dict, list[dict]]:
+    from conduit.hooks.saga_log import SagaLogHook
+
+    log = SagaLogHook().get_conn()
+    return log.saga(f"order-{order_id}"), log.steps(f"order-{order_id}")
+
+
