@@ -4,6 +4,8 @@
 
 * a new PostgreSQL metadata database (and an ERP database) on the loopback server,
 * the stand-in CRM (``conduit-crm-standin``, the compose ``crm-standin`` service),
+* the stand-in order services (``conduit-order-services``, the compose ``order-services`` service:
+  inventory, payment, fraud, shipping; the saga log of ``order_fulfilment`` goes to the ERP database),
 * ``deploy/airflow-init.sh`` (the compose ``airflow-init`` service: password file + ``db migrate``),
 * every long-running component of ``topology.AIRFLOW_COMPONENTS`` (api-server, scheduler,
   dag-processor, triggerer, Celery worker) with CeleryExecutor on the loopback Redis.
@@ -131,6 +133,9 @@ class AirflowStack:
     api_port: int = 0
     standin_url: str = ""
     standin_token: str = field(default_factory=lambda: "standin-" + secrets.token_hex(8))
+    order_services_url: str = ""
+    # CONDUIT_ORDER_REVIEW_TIMEOUT_S: short, so a human review nobody answers times out within a test
+    order_review_timeout_s: int = 20
     _token: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     _created_dbs: list[str] = field(default_factory=list)
@@ -159,17 +164,23 @@ class AirflowStack:
     def erp_dsn(self) -> str:
         return self._dsn_for(self.erp_db)
 
+    def saga_dsn(self) -> str:
+        """The saga log's database (conduit_saga_default): the ERP database, like in compose."""
+        return self.erp_dsn()
+
     def _dsn_for(self, database: str) -> str:
         parts = urlsplit(self.pg_dsn)
         return parts._replace(path="/" + database).geturl()
 
     # --- lifecycle ----------------------------------------------------------------------------
-    def start(self, *, with_standin: bool = True) -> AirflowStack:
+    def start(self, *, with_standin: bool = True, with_order_services: bool = True) -> AirflowStack:
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.home.mkdir(parents=True, exist_ok=True)
         self._create_databases()
         if with_standin:
             self._start_standin()
+        if with_order_services:
+            self._start_order_services()
         self.env = self._build_env()
         (self.artifacts / "environment.json").write_text(json.dumps(
             {k: v for k, v in sorted(self.env.items()) if k.startswith(("AIRFLOW", "CONDUIT"))}, indent=2))
@@ -284,6 +295,23 @@ class AirflowStack:
         self.standin_url = wait_until(ready, timeout=60, interval=0.3, what="the stand-in CRM",
                                       on_timeout=lambda: "\n" + proc.tail())
 
+    def _start_order_services(self) -> None:
+        script = VENV_BIN / topology.ORDER_SERVICES_COMMAND
+        # the console script is conduit.orders_standin.server:main; an editable install made before the
+        # script was declared lacks it, so fall back to running the module itself
+        command = [str(script)] if script.exists() else [sys.executable, "-m", topology.ORDER_SERVICES_MODULE]
+        proc = self._spawn(topology.ORDER_SERVICES_SERVICE, [*command, "--host", "127.0.0.1", "--port", "0"],
+                           env={**self._base_env(), MARKER_ENV: self.stack_id})
+
+        def ready() -> str | None:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"order services stand-in exited:\n{proc.tail()}")
+            match = re.search(r"ready at (http://\S+)", proc.log_path.read_text(errors="replace"))
+            return match.group(1) if match else None
+
+        self.order_services_url = wait_until(ready, timeout=60, interval=0.3, what="the order services stand-in",
+                                             on_timeout=lambda: "\n" + proc.tail())
+
     def _base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("AIRFLOW", "CONDUIT_", "OPENLINEAGE", "_AIRFLOW"))}
@@ -352,6 +380,16 @@ class AirflowStack:
                 "conn_type": topology.CONNECTION_TYPES["AIRFLOW_CONN_ERP_DEFAULT"],
                 "host": parts.hostname or "127.0.0.1", "port": parts.port or 5432, "login": pg_user,
                 "password": parts.password or "", "schema": self.erp_db}),
+            **{name: json.dumps({"conn_type": topology.CONNECTION_TYPES[name], "host": self.order_services_url,
+                                 "extra": topology.ORDER_SERVICE_EXTRA})
+               for name in topology.ORDER_SERVICE_CONNECTIONS},
+            topology.SAGA_CONNECTION_ENV: json.dumps({
+                "conn_type": topology.CONNECTION_TYPES[topology.SAGA_CONNECTION_ENV],
+                "host": parts.hostname or "127.0.0.1", "port": parts.port or 5432, "login": pg_user,
+                "password": parts.password or "", "schema": self.erp_db}),
+            topology.ORDER_REVIEW_TIMEOUT_ENV: str(self.order_review_timeout_s),
+            # HITL: the scheduler applies a timed-out review's default at this interval (15 s by default)
+            "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2",
             "CONDUIT_INCLUDE_DIR": str(topology.REPO / "include"),
             "CONDUIT_STAGING_DIR": str(staging),
             "CONDUIT_REDIS_URL": f"{redis_base}/{broker_db}",

@@ -41,7 +41,14 @@ BROKER_SERVICE = "redis"
 ERP_DB_SERVICE = "erp-db"
 STANDIN_SERVICE = "crm-standin"
 STANDIN_COMMAND = "conduit-crm-standin"
-SUPPORT_SERVICES = (METADATA_DB_SERVICE, BROKER_SERVICE, ERP_DB_SERVICE, STANDIN_SERVICE)
+# The stand-in order services (inventory, payment, fraud, shipping) the order_fulfilment saga calls.
+# The command is the console script of ``conduit.orders_standin.server:main`` (pyproject.toml); the
+# harness runs that module with ``python -m`` when an older editable install lacks the script.
+ORDER_SERVICES_SERVICE = "order-services"
+ORDER_SERVICES_COMMAND = "conduit-order-services"
+ORDER_SERVICES_MODULE = "conduit.orders_standin.server"
+ORDER_SERVICES_PORT = 8710
+SUPPORT_SERVICES = (METADATA_DB_SERVICE, BROKER_SERVICE, ERP_DB_SERVICE, STANDIN_SERVICE, ORDER_SERVICES_SERVICE)
 
 # Container paths (the official image's AIRFLOW_HOME is /opt/airflow).
 AIRFLOW_HOME_IN_IMAGE = "/opt/airflow"
@@ -75,12 +82,30 @@ AIRFLOW_ENV: tuple[str, ...] = (
     "AIRFLOW__OPENLINEAGE__NAMESPACE",
     "AIRFLOW__OPENLINEAGE__TRANSPORT",
 )
-CONNECTION_ENV: tuple[str, ...] = ("AIRFLOW_CONN_HUBSPOT_DEFAULT", "AIRFLOW_CONN_ERP_DEFAULT")
+# The order services' connections (one per service, all on the order-services stand-in) and the
+# saga log's (the ERP database: its tables are conduit_saga, conduit_saga_step, conduit_saga_event).
+ORDER_SERVICE_CONNECTIONS: dict[str, str] = {  # variable -> the service (its path prefix on the stand-in)
+    "AIRFLOW_CONN_INVENTORY_DEFAULT": "inventory",
+    "AIRFLOW_CONN_PAYMENT_DEFAULT": "payment",
+    "AIRFLOW_CONN_FRAUD_DEFAULT": "fraud",
+    "AIRFLOW_CONN_SHIPPING_DEFAULT": "shipping",
+}
+ORDER_SERVICE_EXTRA: dict[str, float] = {"timeout": 10, "max_retries": 5, "backoff_max": 10}
+SAGA_CONNECTION_ENV = "AIRFLOW_CONN_CONDUIT_SAGA_DEFAULT"
+CONNECTION_ENV: tuple[str, ...] = (
+    "AIRFLOW_CONN_HUBSPOT_DEFAULT",
+    "AIRFLOW_CONN_ERP_DEFAULT",
+    *ORDER_SERVICE_CONNECTIONS,
+    SAGA_CONNECTION_ENV,
+)
+ORDER_REVIEW_TIMEOUT_ENV = "CONDUIT_ORDER_REVIEW_TIMEOUT_S"  # read by dags/order_fulfilment.py at parse time
+ORDER_REVIEW_TIMEOUT_DEFAULT_S = 4 * 3600
 CONDUIT_ENV: tuple[str, ...] = (
     "CONDUIT_INCLUDE_DIR",
     "CONDUIT_STAGING_DIR",
     "CONDUIT_REDIS_URL",
     "CONDUIT_HUBSPOT_WEBHOOK_SECRET",
+    ORDER_REVIEW_TIMEOUT_ENV,
 )
 REQUIRED_ENV: tuple[str, ...] = AIRFLOW_ENV + CONNECTION_ENV + CONDUIT_ENV
 
@@ -95,8 +120,16 @@ FIXED_ENV: dict[str, str] = {
 }
 
 # Connections: conn_type of each (JSON form in the AIRFLOW_CONN_* variables).
-CONNECTION_TYPES = {"AIRFLOW_CONN_HUBSPOT_DEFAULT": "hubspot", "AIRFLOW_CONN_ERP_DEFAULT": "postgres"}
+CONNECTION_TYPES = {
+    "AIRFLOW_CONN_HUBSPOT_DEFAULT": "hubspot",
+    "AIRFLOW_CONN_ERP_DEFAULT": "postgres",
+    **dict.fromkeys(ORDER_SERVICE_CONNECTIONS, "http"),
+    SAGA_CONNECTION_ENV: "postgres",
+}
 HUBSPOT_API_VERSION = "2026-09"
 
 SYNC_DAG_ID = "crm_to_erp_customer_sync"
 ERP_TABLE = "erp_customers"
+ORDER_DAG_ID = "order_fulfilment"
+SAGA_TABLE = "conduit_saga"
+SAGA_STEP_TABLE = "conduit_saga_step"

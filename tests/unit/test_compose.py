@@ -7,11 +7,13 @@ docker-compose v1) must accept the file; under CI=true the binary must be instal
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 import shutil
 import subprocess
+import tomllib
 
 import pytest
 import yaml
@@ -107,6 +109,61 @@ def test_connections_point_at_the_stand_in_and_the_erp_database(services):
         erp_env["POSTGRES_USER"], erp_env["POSTGRES_PASSWORD"], erp_env["POSTGRES_DB"])
 
 
+def test_order_connections_point_at_the_order_services_and_the_saga_log_at_the_erp_database(services):
+    order_services = services[topology.ORDER_SERVICES_SERVICE]
+    command = " ".join(_command(order_services))
+    assert re.search(rf"\bexec {topology.ORDER_SERVICES_COMMAND} --host 0\.0\.0\.0 --port "
+                     rf"{topology.ORDER_SERVICES_PORT}\b", command), command
+    assert order_services["image"] == services["airflow-apiserver"]["image"]
+    # the admin API has no auth: published on the loopback only
+    assert order_services["ports"] == [f"127.0.0.1:{topology.ORDER_SERVICES_PORT}:{topology.ORDER_SERVICES_PORT}"]
+    assert str(topology.ORDER_SERVICES_PORT) in " ".join(order_services["healthcheck"]["test"])
+    assert services["airflow-worker"]["depends_on"][topology.ORDER_SERVICES_SERVICE] == {
+        "condition": "service_healthy"}
+    for name in (*topology.AIRFLOW_COMPONENTS, topology.INIT_SERVICE):
+        env = _env(services[name])
+        for variable in topology.ORDER_SERVICE_CONNECTIONS:
+            conn = json.loads(env[variable])
+            assert conn == {"conn_type": topology.CONNECTION_TYPES[variable],
+                            "host": f"http://{topology.ORDER_SERVICES_SERVICE}:{topology.ORDER_SERVICES_PORT}",
+                            "extra": topology.ORDER_SERVICE_EXTRA}, (name, variable)
+        saga = json.loads(env[topology.SAGA_CONNECTION_ENV])
+        assert saga == json.loads(env["AIRFLOW_CONN_ERP_DEFAULT"])  # the saga log lives in the ERP database
+        assert saga["conn_type"] == topology.CONNECTION_TYPES[topology.SAGA_CONNECTION_ENV]
+
+
+def test_the_order_services_command_is_the_module_the_harness_falls_back_to():
+    scripts = tomllib.loads((topology.REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts[topology.ORDER_SERVICES_COMMAND] == f"{topology.ORDER_SERVICES_MODULE}:main"
+    assert topology.ORDER_SERVICE_CONNECTIONS == {f"AIRFLOW_CONN_{s.upper()}_DEFAULT": s
+                                                  for s in ("inventory", "payment", "fraud", "shipping")}
+
+
+def _module_constants(path) -> dict[str, object]:
+    """The module-level ``NAME = <constant expression>`` assignments of a file, without importing it."""
+    found = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                found[node.targets[0].id] = eval(compile(ast.Expression(node.value), str(path), "eval"),
+                                                 {"__builtins__": {}})
+            except Exception:  # noqa: BLE001 - not a constant expression
+                pass
+    return found
+
+
+def test_the_review_timeout_is_a_deployment_setting_the_dag_reads(services):
+    dag_file = topology.REPO / "dags" / "order_fulfilment.py"
+    constants = _module_constants(dag_file)
+    assert constants["REVIEW_TIMEOUT_ENV"] == topology.ORDER_REVIEW_TIMEOUT_ENV
+    assert constants["DEFAULT_REVIEW_TIMEOUT_S"] == topology.ORDER_REVIEW_TIMEOUT_DEFAULT_S
+    assert topology.ORDER_REVIEW_TIMEOUT_ENV in (ast.get_docstring(ast.parse(dag_file.read_text())) or "")
+    for name in (*topology.AIRFLOW_COMPONENTS, topology.INIT_SERVICE):
+        assert _env(services[name])[topology.ORDER_REVIEW_TIMEOUT_ENV] == \
+            f"${{{topology.ORDER_REVIEW_TIMEOUT_ENV}:-{topology.ORDER_REVIEW_TIMEOUT_DEFAULT_S}}}", name
+    assert topology.ORDER_REVIEW_TIMEOUT_ENV in topology.COMPOSE_FILE.read_text().split("---", 1)[0]  # documented
+
+
 def test_openlineage_is_configured_through_the_environment(services):
     transport = json.loads(_env(services["airflow-worker"])["AIRFLOW__OPENLINEAGE__TRANSPORT"])
     assert transport["type"] in ("file", "console")
@@ -172,4 +229,4 @@ def test_docker_compose_accepts_the_file():
     assert result.returncode == 0, result.stderr
     services = subprocess.run([binary, "-f", str(topology.COMPOSE_FILE), "config", "--services"],
                               cwd=topology.REPO, capture_output=True, text=True, timeout=120, check=True)
-    assert set(topology.AIRFLOW_COMPONENTS) <= set(services.stdout.split())
+    assert {*topology.AIRFLOW_COMPONENTS, *topology.SUPPORT_SERVICES} <= set(services.stdout.split())
