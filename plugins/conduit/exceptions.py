@@ -117,3 +117,7 @@ class ServiceRequestError(AirflowFailException):
 
 class ServiceRetryableError(AirflowException):
     """A service kept answering 429/5xx or timing out after the hook's retries; the task retries."""
+
+
+class OrderFeedError(AirflowFailException):
+    """The new-orders feed cannot be read as it is; the message names the file and the bad lines."""

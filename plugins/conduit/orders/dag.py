@@ -17,6 +17,7 @@ from airflow.sdk import DAG, Param
 
 from conduit.operators.rules import RulesBranchOperator
 from conduit.orders import steps
+from conduit.orders.model import SAGA_ID_PREFIX
 from conduit.saga import Saga
 from conduit.sensors.shipping import ShipmentShippedSensor
 
@@ -30,7 +31,7 @@ EXAMPLE_ORDER = {
     "country": "DE",
     "address": {"name": "Ada Lovelace", "line1": "Main St 1", "city": "Berlin", "country": "DE"},
 }
-SAGA_ID = "order-{{ params.order.order_id }}"
+SAGA_ID = SAGA_ID_PREFIX + "{{ params.order.order_id }}"
 
 
 def build_order_dag(*, dag_id: str = DAG_ID, review_timeout: timedelta = timedelta(hours=4)) -> DAG:

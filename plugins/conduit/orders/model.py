@@ -9,6 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from conduit.exceptions import BusinessRejection
 
+SAGA_ID_PREFIX = "order-"  # an order's saga id: its business key, the seed of every idempotency key
+
+
+def saga_id_for(order_id: str) -> str:
+    return f"{SAGA_ID_PREFIX}{order_id}"
+
 
 class OrderItem(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -213,3 +213,55 @@ def record_cause_on_failure(saga_id: str, log_conn_id: str, cause: str) -> Calla
             rendered, f"{cause}: {error}" if error else cause, step=task.task_id)
 
     return callback
+
+
+class InlineSagaOperator(SagaTaskOperator):
+    """Runs a whole saga flow in this task (:mod:`conduit.saga.inline`): ``flow(saga)`` calls
+    ``saga.step(...)`` for each step and ``saga.commit()`` at the end. Returns the saga's state."""
+
+    ui_color = "#d3f9d8"
+
+    def __init__(self, *, flow: Callable[[Any], Any], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.flow = flow
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from conduit.saga.inline import InlineSaga
+
+        saga = InlineSaga(self.saga_log, self.saga_id, context=context,
+                          final=lambda exc: self.is_final_try(context, exc))
+        self.flow(saga)
+        return {"saga_id": self.saga_id, "status": self.saga_log.saga(self.saga_id)["status"]}
+
+
+class InlineCompensationOperator(SagaTaskOperator):
+    """The teardown of an inline saga: runs what it still owes in reverse order, then reports its
+    outcome (committed, compensated). Retries what failed; after the last try the saga is left
+    ``compensation_failed`` and the task fails loudly. With ``fail_on_abort`` a compensated saga
+    fails the task too (one saga per run); a batch reports it instead."""
+
+    ui_color = "#ffe3e3"
+
+    def __init__(self, *, compensations: dict[str, Callable[[StepContext], Any]], fail_on_abort: bool = False,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.compensations, self.fail_on_abort = compensations, fail_on_abort
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowException
+
+        from conduit.exceptions import SagaAborted, SagaCompensationFailed
+        from conduit.saga.inline import compensate
+
+        final = context["ti"].try_number > self.retries
+        saga, failed = compensate(self.saga_log, self.saga_id, self.compensations, final=final, context=context)
+        summary = {"saga_id": self.saga_id, "status": saga["status"], "cause": saga["cause"]}
+        if failed and not final:
+            raise AirflowException(f"saga {self.saga_id}: compensations failed, retrying: {failed}")
+        if failed:
+            self.log.error("COMPENSATION FAILED for saga %s: %s. The saga is left compensation_failed; fix the "
+                           "cause and clear this task to resume.", self.saga_id, failed)
+            raise SagaCompensationFailed(f"saga {self.saga_id}: {failed}")
+        if self.fail_on_abort and saga["status"] != "committed":
+            raise SagaAborted(f"saga {self.saga_id} {saga['status']}: {saga['cause']}")
+        return summary
