@@ -38,7 +38,8 @@ COPY --chown=airflow:0 pyproject.toml README.md /opt/conduit/src/
 COPY --chown=airflow:0 plugins/conduit /opt/conduit/src/plugins/conduit
 RUN pip install --no-cache-dir --no-deps /opt/conduit/src \
     && python -c "import airflow, conduit; assert airflow.__version__ == '${AIRFLOW_VERSION}', airflow.__version__" \
-    && conduit-crm-standin --help >/dev/null
+    && conduit-crm-standin --help >/dev/null \
+    && conduit-order-services --help >/dev/null
 
 # DAGs, specs/expectations and the deployment helpers (deploy/airflow-init.sh runs in airflow-init).
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/

@@ -25,8 +25,10 @@ import pytest
 import requests
 from psycopg.rows import dict_row
 
+from conduit.orders.dag import EXAMPLE_ORDER
 from e2e import topology
 from e2e.harness import AirflowStack, wait_until
+from e2e.ui import SHOTS, log_in, shot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(600)]
 
@@ -40,15 +42,7 @@ UNDONE_AFTER_PAYMENT = {"score": 1, "reserve": 1, "authorize": 1, "create": 1, "
 
 
 def new_order(case: str) -> dict:
-    return {
-        "order_id": f"E2E-{case}-{uuid.uuid4().hex[:8]}",
-        "items": [{"sku": "SKU-1", "quantity": 2}],
-        "amount": 120.0,
-        "currency": "EUR",
-        "email": "ada@example.com",
-        "country": "DE",
-        "address": {"name": "Ada Lovelace", "line1": "Main St 1", "city": "Berlin", "country": "DE"},
-    }
+    return {**EXAMPLE_ORDER, "order_id": f"E2E-{case}-{uuid.uuid4().hex[:8]}"}
 
 
 @dataclass
@@ -304,6 +298,27 @@ def test_a_run_marked_failed_while_waiting_for_the_shipment_still_compensates_ev
     assert steps["payment"]["compensation_result"]["status"] == "voided"
     assert steps["inventory"]["compensation_result"]["status"] == "released"
     assert "capture" not in steps  # its turn never came
+
+
+def test_the_graph_view_shows_the_saga_and_its_compensations(orders: Orders, browser):
+    """The run marked failed, in the Graph view: each step's begin/action/compensate, the branches,
+    the compensations that ran. Saved as test-artifacts/e2e/order-saga-graph.png (the README's
+    picture)."""
+    stack, run_id = orders.stack, orders.runs["mark_failed"]["dag_run_id"]
+    page = browser.new_context(viewport={"width": 1600, "height": 900}, device_scale_factor=1.5).new_page()
+    page.set_default_timeout(60_000)
+    log_in(page, stack)
+    page.goto(f"{stack.base_url}/dags/{DAG_ID}/runs/{quote(run_id)}")
+    page.get_by_text(run_id).first.wait_for()
+    shot(page, "order-saga-run")
+    page.keyboard.press("g")  # the UI's shortcut for "Show Graph"
+    page.get_by_label("Expand all task groups").first.click()
+    page.get_by_label("Collapse Details Panel").first.click()
+    for task in ("finalize", "wait_for_shipment", "route", "↩ inventory"):  # node labels drawn in the graph
+        page.get_by_text(task, exact=True).first.wait_for()
+    page.wait_for_timeout(1500)  # the layout animates into place
+    shot(page, "order-saga-graph")
+    assert (SHOTS / "order-saga-graph.png").stat().st_size > 20_000
 
 
 def test_the_order_services_stop_with_the_deployment(orders: Orders):

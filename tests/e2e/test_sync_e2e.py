@@ -20,6 +20,7 @@ import requests
 
 from e2e import topology
 from e2e.harness import AirflowStack, wait_until
+from e2e.ui import log_in, shot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(600)]
 
@@ -137,8 +138,7 @@ def test_two_syncs_triggered_at_once_both_succeed_and_the_erp_stays_consistent(a
                                          "duplicate_crm_ids": 0}
 
 
-def _shot(page, name: str) -> None:
-    page.screenshot(path=str(topology.REPO / "test-artifacts" / "e2e" / f"{name}.png"), full_page=True)
+_shot = shot
 
 
 def test_ui_login_trigger_with_params_and_hubspot_connection_form(airflow_stack: AirflowStack, browser):
@@ -148,14 +148,7 @@ def test_ui_login_trigger_with_params_and_hubspot_connection_form(airflow_stack:
     page.set_default_timeout(60_000)
     try:
         # 1. log in through SimpleAuthManager's form
-        page.goto(airflow_stack.base_url + "/")
-        page.wait_for_url(re.compile(r".*/auth/login.*"))
-        page.get_by_label(re.compile("username", re.I)).fill(airflow_stack.username)
-        page.get_by_label(re.compile("password", re.I)).fill(airflow_stack.password)
-        _shot(page, "01-login")
-        page.get_by_role("button", name=re.compile("sign in|log ?in", re.I)).click()
-        page.wait_for_url(lambda url: "/auth/login" not in url)
-        page.get_by_text(re.compile("Dags", re.I)).first.wait_for()
+        log_in(page, airflow_stack, shot_as="01-login")
         _shot(page, "02-home")
 
         # 2. open the sync DAG

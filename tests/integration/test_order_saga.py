@@ -3,6 +3,8 @@ HTTP and a saga log on PostgreSQL: every path, proven by the services' ledgers a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from airflow.sdk import DagRunState
 from order_helpers import effects, new_order, run_order, saga_row
@@ -104,3 +106,31 @@ def test_a_second_run_for_the_same_order_acts_on_nothing(order_env):
 
     assert dag_run.state == DagRunState.FAILED and states["start"] == "failed"
     assert effects(order_env, order["order_id"]) == {"reserve": 1, "authorize": 1, "create": 1, "capture": 1}
+
+
+def test_the_readme_minimal_saga_runs_and_compensates(order_env, monkeypatch):
+    """docs/examples/minimal_saga.py, shown whole in the README, on real Airflow and services
+    (deployed as its own DAG bundle, as a user would add a folder)."""
+    import json
+    import os
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "minimal_saga.py"
+    local = "airflow.dag_processing.bundles.local.LocalDagBundle"
+    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([
+        {"name": "dags-folder", "classpath": local, "kwargs": {"path": os.environ["AIRFLOW__CORE__DAGS_FOLDER"]}},
+        {"name": "examples", "classpath": local, "kwargs": {"path": str(example.parent)}}]))
+    readme = (example.parents[2] / "README.md").read_text()
+    assert example.read_text().split("\n\n", 1)[1].strip() in readme  # the README shows it as it is
+    bag = DagBag(dag_folder=str(example))
+    assert bag.import_errors == {}
+    dag = bag.dags["minimal_saga"]
+
+    ok, declined = new_order(), new_order()
+    order_env.admin.faults(payment={"decline_orders": [declined["order_id"]]})
+    assert dag.test(run_conf={"order": ok}).state == DagRunState.SUCCESS
+    assert dag.test(run_conf={"order": declined}).state == DagRunState.FAILED
+    assert effects(order_env, ok["order_id"]) == {"reserve": 1, "authorize": 1}
+    assert effects(order_env, declined["order_id"]) == {"reserve": 1, "release": 1}
+    assert saga_row(declined["order_id"])[0]["status"] == "compensated"

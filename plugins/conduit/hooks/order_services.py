@@ -109,10 +109,13 @@ class OrderServiceHook(HttpHook):
         return results[0] if results else None
 
     def test_connection(self) -> tuple[bool, str]:
+        """Reachable and the token accepted: any answer but 401/403/5xx (the root path may be 404)."""
         try:
-            self.session.get(self.url_from_endpoint("/_health"), timeout=self.settings["timeout"])
+            response = self.session.get(self.url_from_endpoint("/"), timeout=self.settings["timeout"])
         except requests.RequestException as exc:
-            return False, str(exc)
+            return False, f"{self.service} unreachable: {exc}"
+        if response.status_code in (401, 403) or response.status_code >= 500:
+            return False, f"{self.service} answered {response.status_code}: {_message(response)}"
         return True, f"{self.service} reachable"
 
 

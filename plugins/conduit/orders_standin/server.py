@@ -7,13 +7,11 @@ is how :mod:`conduit.orders_standin.testing` runs it).
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
-
-import uvicorn
 
 from conduit.orders_standin.app import create_app
 from conduit.orders_standin.state import OrderServicesConfig
+from conduit.standin.serving import serve
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,16 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     app = create_app(OrderServicesConfig(ship_after_s=args.ship_after_s, default_stock=args.default_stock))
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
-    sock.listen(2048)  # listening before uvicorn starts: connections queue instead of failing
-    host, port = sock.getsockname()[:2]
-    url_host = f"[{host}]" if ":" in host else host
-    print(f"conduit-order-services ready at http://{url_host}:{port} (ship after {args.ship_after_s}s, "
-          f"{args.default_stock} units per SKU)", flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, loop="auto", http="auto")
-    uvicorn.Server(config).run(sockets=[sock])
+    serve(app, args.host, args.port,
+          lambda url: f"conduit-order-services ready at {url} (ship after {args.ship_after_s}s, "
+                      f"{args.default_stock} units per SKU)")
 
 
 if __name__ == "__main__":

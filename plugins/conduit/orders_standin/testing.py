@@ -13,19 +13,13 @@ Options are the server's command-line flags with underscores (``ship_after_s=0.2
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import selectors
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import requests
 
-_READY = re.compile(r"ready at (http://\S+)")
+from conduit.standin.serving import server_process
 
 
 class OrderServicesAdmin:
@@ -72,50 +66,9 @@ class OrderServicesHandle:
     process: subprocess.Popen
 
 
-def _argv(options: dict) -> list[str]:
-    argv = []
-    for name, value in options.items():
-        if value is not None:
-            argv += ["--" + name.replace("_", "-"), str(value)]
-    return argv
-
-
 @contextlib.contextmanager
 def run_order_services(*, startup_timeout: float = 60, **options) -> Iterator[OrderServicesHandle]:
     """Start ``python -m conduit.orders_standin.server`` on a free loopback port; always stop it on exit."""
-    argv = [sys.executable, "-m", "conduit.orders_standin.server", "--host", "127.0.0.1", "--port", "0",
-            *_argv(options)]
-    with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            base_url = _wait_ready(process, stderr, startup_timeout)
-            yield OrderServicesHandle(base_url, OrderServicesAdmin(base_url), process)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            process.stdout.close()
-
-
-def _wait_ready(process: subprocess.Popen, stderr, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if selector.select(timeout=0.2):
-                line = process.stdout.readline()
-                match = _READY.search(line)
-                if match:
-                    base_url = match.group(1)
-                    requests.get(f"{base_url}/_admin/faults", timeout=max(1.0, deadline - time.monotonic()))
-                    return base_url
-            if process.poll() is not None:
-                break
-    stderr.seek(0)
-    detail = stderr.read().decode(errors="replace")[-4000:]
-    state = f"exited with {process.returncode}" if process.poll() is not None else f"not ready after {timeout}s"
-    raise RuntimeError(f"order services {state}: {' '.join(process.args)}\n{detail}")
+    with server_process("conduit.orders_standin.server", options, what="order services", probe="/_admin/faults",
+                        startup_timeout=startup_timeout) as (base_url, process):
+        yield OrderServicesHandle(base_url, OrderServicesAdmin(base_url), process)

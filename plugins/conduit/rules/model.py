@@ -22,7 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
 from conduit.exceptions import SpecError
@@ -165,13 +164,6 @@ def parse_rules(data: Any, path: str) -> RuleSet:
 
 def load_rules(path: str | Path) -> RuleSet:
     """Read and validate a rules file; any mistake is a :class:`RulesFileError` naming file and field."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
-        raise RulesFileError(str(path), [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
-    except OSError as exc:
-        raise RulesFileError(str(path), [("(file)", str(exc))]) from None
-    return parse_rules(data, str(path))
+    from conduit.specs.model import read_yaml
+
+    return parse_rules(read_yaml(Path(path), RulesFileError), str(path))

@@ -175,7 +175,9 @@ class SagaFinalizeOperator(SagaTaskOperator):
         if saga["status"] == "compensation_failed":
             raise SagaCompensationFailed(f"saga {self.saga_id} could not be fully compensated "
                                          f"(cause: {saga['cause']}); see the failed compensation task")
-        raise SagaAborted(f"saga {self.saga_id} {saga['status']}: {saga['cause'] or 'the run did not complete'}")
+        cause = saga["cause"] or ("the run stopped before the saga committed (marked failed, or a task "
+                                  "outside the saga's steps failed)")
+        raise SagaAborted(f"saga {self.saga_id} {saga['status']}: {cause}")
 
 
 class SagaAbortOperator(SagaTaskOperator):

@@ -353,17 +353,20 @@ def parse_spec(data: Any, path: str) -> SyncSpec:
         raise SpecError(path, validation_problems(exc, _UNION_TAGS, ("source", "target"))) from None
 
 
-def load_spec(path: str | Path) -> SyncSpec:
-    path = Path(path)
+def read_yaml(path: Path, error: type[SpecError] = SpecError) -> Any:
+    """A YAML file's data; an unreadable file or bad YAML raises ``error`` naming the file and line."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
-        raise SpecError(str(path), [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+        raise error(str(path), [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
     except OSError as exc:
-        raise SpecError(str(path), [("(file)", str(exc))]) from None
-    return parse_spec(data, str(path))
+        raise error(str(path), [("(file)", str(exc))]) from None
+
+
+def load_spec(path: str | Path) -> SyncSpec:
+    return parse_spec(read_yaml(Path(path)), str(path))
 
 
 def load_specs(directory: str | Path) -> list[SyncSpec]:

@@ -7,14 +7,12 @@ is how :mod:`conduit.standin.testing` runs it).
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import time
 
-import uvicorn
-
 from conduit.standin.app import StandinConfig, create_app
 from conduit.standin.faults import Faults, Limits, RateLimitFault, ServerErrorFault
+from conduit.standin.serving import serve
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,16 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.monotonic()
     app = create_app(config_from_args(args))
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
-    sock.listen(2048)  # listening before uvicorn starts: connections queue instead of failing
-    host, port = sock.getsockname()[:2]
-    url_host = f"[{host}]" if ":" in host else host
-    print(f"conduit-crm-standin ready at http://{url_host}:{port} (seed {args.seed}, {args.contacts} contacts, "
-          f"{args.companies} companies, seeded in {time.monotonic() - started:.1f}s)", flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, loop="auto", http="auto")
-    uvicorn.Server(config).run(sockets=[sock])
+    serve(app, args.host, args.port,
+          lambda url: f"conduit-crm-standin ready at {url} (seed {args.seed}, {args.contacts} contacts, "
+                      f"{args.companies} companies, seeded in {time.monotonic() - started:.1f}s)")
 
 
 if __name__ == "__main__":

@@ -11,19 +11,13 @@ Options are the server's command-line flags with underscores (``bad_emails=3``,
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import selectors
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import requests
 
-_READY = re.compile(r"ready at (http://\S+)")
+from conduit.standin.serving import server_process
 
 
 class AdminClient:
@@ -104,54 +98,11 @@ class StandinHandle:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def _argv(options: dict) -> list[str]:
-    argv = []
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value not in (None, False):
-            argv += [flag, str(value)]
-    return argv
-
-
 @contextlib.contextmanager
 def run_standin(*, token: str = "standin-token", contacts: int = 1000, companies: int = 50, seed: int = 1,
                 startup_timeout: float = 120, **options) -> Iterator[StandinHandle]:
     """Start ``python -m conduit.standin.server`` on a free loopback port; always stop it on exit."""
-    argv = [sys.executable, "-m", "conduit.standin.server", "--host", "127.0.0.1", "--port", "0",
-            *_argv({"token": token, "contacts": contacts, "companies": companies, "seed": seed, **options})]
-    with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            base_url = _wait_ready(process, stderr, startup_timeout)
-            yield StandinHandle(base_url, token, AdminClient(base_url), process)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            process.stdout.close()
-
-
-def _wait_ready(process: subprocess.Popen, stderr, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if selector.select(timeout=0.2):
-                line = process.stdout.readline()
-                match = _READY.search(line)
-                if match:
-                    base_url = match.group(1)
-                    requests.get(f"{base_url}/_admin/clock", timeout=max(1.0, deadline - time.monotonic()))
-                    return base_url
-            if process.poll() is not None:
-                break
-    stderr.seek(0)
-    detail = stderr.read().decode(errors="replace")[-4000:]
-    state = f"exited with {process.returncode}" if process.poll() is not None else f"not ready after {timeout}s"
-    raise RuntimeError(f"stand-in CRM {state}: {' '.join(process.args)}\n{detail}")
+    options = {"token": token, "contacts": contacts, "companies": companies, "seed": seed, **options}
+    with server_process("conduit.standin.server", options, what="stand-in CRM", probe="/_admin/clock",
+                        startup_timeout=startup_timeout) as (base_url, process):
+        yield StandinHandle(base_url, token, AdminClient(base_url), process)
