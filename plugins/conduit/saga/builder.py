@@ -13,7 +13,7 @@ runs while its own action or a later one is still in flight.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -83,8 +83,9 @@ class Saga:
     """
 
     def __init__(self, *, saga_id: str, payload: Any = None, log_conn_id: str = "conduit_saga_default",
-                 forward_retries: dict | None = None, compensation_retries: dict | None = None) -> None:
-        self.saga_id, self.log_conn_id = saga_id, log_conn_id
+                 forward_retries: dict | None = None, compensation_retries: dict | None = None,
+                 notify: Sequence[Any] = ()) -> None:
+        self.saga_id, self.log_conn_id, self.notify = saga_id, log_conn_id, list(notify)
         self.forward = {**FORWARD_RETRIES, **(forward_retries or {})}
         self.compensation = {**COMPENSATION_RETRIES, **(compensation_retries or {})}
         self.steps: list[SagaStep] = []
@@ -137,7 +138,10 @@ class Saga:
         for step in reversed([s for s in self.steps if s.compensate is not None]):
             last >> step.compensate
             last = step.compensate
-        self.finalize = SagaFinalizeOperator(task_id="finalize", retries=3, **self._common())
+        # notify: Airflow notifiers (or callables) told when the saga ends without committing; the
+        # exception in their context carries the cause
+        self.finalize = SagaFinalizeOperator(task_id="finalize", retries=3, on_failure_callback=self.notify or None,
+                                             **self._common())
         last >> self.finalize
         self.finalize.as_teardown(setups=self.start, on_failure_fail_dagrun=True)
         return self.finalize
