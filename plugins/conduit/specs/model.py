@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import string
 import zoneinfo
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -230,6 +231,28 @@ class QualitySpec(_Model):
     max_rejected_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
+class ApprovalSpec(_Model):
+    """The circuit breaker: a run whose plan changes more than these shares of the ERP's active
+    customers waits for a person (Airflow's HITL) before it loads. An empty ERP getting its first
+    customers needs no approval."""
+
+    max_update_ratio: float = Field(default=0.2, ge=0.0, le=1.0)
+    max_delete_ratio: float = Field(default=0.05, ge=0.0, le=1.0)
+    timeout: timedelta = Field(default=timedelta(hours=12), description="how long a person has to answer")
+    on_timeout: Literal["reject"] = "reject"
+    sample_rows: int = Field(default=5, ge=0, le=50, description="rows per kind of change shown in the plan")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _short_durations(cls, value: Any) -> Any:
+        """``12h``, ``30m``, ``90s``, ``2d`` besides seconds and ISO 8601 (``PT12H``)."""
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", value) if isinstance(value, str) else None
+        if match is None:
+            return value
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+        return timedelta(**{unit: float(match.group(1))})
+
+
 class ScheduleSpec(_Model):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
@@ -267,6 +290,8 @@ class SyncSpec(_Model):
     target: Target
     mapping: dict[str, FieldMapping] = Field(min_length=1)
     quality: QualitySpec | None = None
+    approval: ApprovalSpec | None = Field(
+        default=None, description="thresholds above which a run's plan waits for a person before loading")
     webhook_trigger: bool = Field(
         default=False,
         description="also run (incrementally) when HubSpot webhooks report changes (needs Redis)",
