@@ -67,10 +67,13 @@ def _report(dag_run, summaries: dict[str, dict], seconds: float, home: Path) -> 
         f"  unchanged  {load.get('unchanged', 0):>7}",
         f"  deleted    {load.get('deleted', 0):>7}",
         f"  rejected   {gate.get('rejected', load.get('rejected', 0)):>7}   (quarantined with their reasons)",
+        f"  defects    {sum(d['count'] for d in gate.get('defects', {}).values()):>7}   "
+        "(loaded with the field empty; listed in conduit_defects)",
         "",
         "Where to look:",
         f"  ERP customer master   sqlite3 {home / 'erp.sqlite'} 'select count(*) from erp_customers'",
         f"  quarantine            sqlite3 {home / 'erp.sqlite'} 'select * from conduit_quarantine'",
+        f"  defects               sqlite3 {home / 'erp.sqlite'} 'select * from conduit_defects'",
     ]
     if summaries.get("data_docs", {}).get("data_docs"):
         lines.append(f"  GX Data Docs          {summaries['data_docs']['data_docs']}")

@@ -121,3 +121,17 @@ class ServiceRetryableError(AirflowException):
 
 class OrderFeedError(AirflowFailException):
     """The new-orders feed cannot be read as it is; the message names the file and the bad lines."""
+
+
+# --- Plan and approval --------------------------------------------------------------------------
+
+
+class StalePlanError(AirflowFailException):
+    """The ERP changed between the plan and the load (another writer, another run), or the load
+    would change other rows than planned: applying it would not be what was approved. Nothing
+    changed; run the sync again to plan anew."""
+
+
+class PlanRejected(AirflowFailException):
+    """A person rejected the plan (or nobody answered in time): nothing changed, the watermark
+    stays, and the next run plans again."""

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
+from airflow.providers.standard.operators.hitl import HITLBranchOperator
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup
 
 from conduit.lineage.assets import erp_changes_alias, erp_table_asset
@@ -15,8 +16,10 @@ from conduit.operators.sync import (
     CrmExtractOperator,
     CrmExtractPlanOperator,
     DataDocsOperator,
+    ErpPlanOperator,
     ErpUpsertOperator,
     MappingTransformOperator,
+    PlanRejectedOperator,
     QualityGateOperator,
     ReconcileOperator,
 )
@@ -91,6 +94,8 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
                                   description="Re-read every CRM record and rebuild the ERP table safely."),
             "dry_run": Param(False, type="boolean", title="Dry run",
                              description="Run every step, then roll the ERP transaction back."),
+            "plan_only": Param(False, type="boolean", title="Plan only",
+                               description="Stop after the plan: show what the load would change, change nothing."),
         },
         render_template_as_native_obj=True,
         tags=sorted({"conduit", *spec.tags}),
@@ -101,8 +106,20 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
         # one mapped task per work item: the window or the id ranges, and the archived listing
         extract = CrmExtractOperator.partial(task_id="extract", **common).expand(item=plan_extract.output)
         transform = MappingTransformOperator(task_id="transform", **common)
+        plan = ErpPlanOperator(task_id="plan", plan_only="{{ params.plan_only }}", **common)
         load = ErpUpsertOperator(task_id="load", extract_plan=plan_extract.output,
+                                 load_plan="{{ ti.xcom_pull(task_ids='plan', key='plan') }}",
+                                 trigger_rule="none_failed_min_one_success",  # after the plan, or its approval
                                  outlets=[erp_changes_alias(spec)], **common)
+        plan >> load
+        if spec.approval:
+            approve_plan = HITLBranchOperator(
+                task_id="approve_plan", subject=f"Apply the plan of {spec.name}?",
+                body="{{ ti.xcom_pull(task_ids='plan', key='plan')['approval_markdown'] }}",
+                options=["Approve", "Reject"], options_mapping={"Approve": "load", "Reject": "plan_rejected"},
+                defaults=["Reject"], response_timeout=spec.approval.timeout, retries=0,
+            )
+            plan >> approve_plan >> [load, PlanRejectedOperator(task_id="plan_rejected", retries=0, **common)]
         # reconcile reads the table; declaring it registers the asset the load's events land on
         reconcile = ReconcileOperator(task_id="reconcile", extract_plan=plan_extract.output,
                                       inlets=[erp_table_asset(spec)], **common)
@@ -111,10 +128,10 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
             quality_gate = QualityGateOperator(task_id="quality_gate", extract_plan=plan_extract.output, **common)
             data_docs = DataDocsOperator(task_id="data_docs", **common)
             transform >> [quality_gate, data_docs]
-            quality_gate >> load
+            quality_gate >> plan
             data_docs >> reconcile  # reconcile removes the staged files Data Docs read
         else:
-            transform >> load
+            transform >> plan
         load >> reconcile
         with TaskGroup("target_checks", tooltip="common-sql column and table checks on the ERP table (PostgreSQL)"):
             load >> [ErpColumnCheckOperator(task_id="columns", spec=spec), ErpTableCheckOperator(task_id="table", spec=spec)]

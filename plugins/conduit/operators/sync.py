@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.standard.operators.branch import BranchMixIn
 from airflow.sdk import BaseOperator
 
 from conduit.operators.base import LineageReporting, SyncHooks, as_bool
@@ -133,26 +134,88 @@ class MappingTransformOperator(SyncStepOperator):
         return self.summary
 
 
+class ErpPlanOperator(SyncStepOperator, BranchMixIn):
+    """Computes what the load would change (:func:`conduit.pipeline.steps.plan`: the load, run and
+    rolled back) and shows it: the log as a table, XCom ``plan`` (counts, samples, the ERP
+    checksum), and ``plan.json`` beside the staged files. Then branches: nowhere with
+    ``plan_only``; to ``approve_plan`` when the spec's thresholds are exceeded; else to ``load``."""
+
+    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "plan_only")
+    inherits_from_skipmixin = True
+    ui_color = "#fff0f6"
+
+    def __init__(self, *, plan_only: Any = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.plan_only = plan_only
+
+    def execute(self, context: Context) -> Any:
+        import json
+
+        from conduit.pipeline import steps
+        from conduit.pipeline.plan import approval_markdown, approval_reason, plan_lines, plan_summary
+
+        staging = self.staging(context)
+        approval = self.spec.approval
+        plan = steps.plan(self.erp_hook.get_target(), self.spec, staging, run_id=context["run_id"],
+                          full_refresh=as_bool(self.full_refresh) or self._delete_missing(context),
+                          sample_rows=approval.sample_rows if approval else 5)
+        reason = approval_reason(plan, approval)
+        summary = plan_summary(plan, reason)
+        if reason:
+            summary["approval_markdown"] = approval_markdown(plan, reason, self.spec.target.key)
+        self.log.info("%s", "\n".join(plan_lines(plan, rejected=len(steps.rejected_keys(staging)))))
+        (staging.root / "plan.json").write_text(json.dumps(summary, indent=2, default=str))
+        context["ti"].xcom_push(key="plan", value=summary)
+        self.summary = summary
+        if as_bool(self.plan_only):
+            self.log.info("plan_only: nothing is loaded")
+            return self.do_branch(context, None)
+        if reason:
+            self.log.warning("the plan needs a person's approval: %s", reason)
+        return self.do_branch(context, "approve_plan" if reason else "load")
+
+    def _delete_missing(self, context: Context) -> bool:
+        plan = context["ti"].xcom_pull(task_ids="plan_extract")
+        return bool(plan and plan[0].get("delete_missing"))
+
+
+class PlanRejectedOperator(SyncStepOperator):
+    """The approval said no (or nobody answered in time): nothing was loaded, the watermark stays,
+    the next run plans again."""
+
+    ui_color = "#ffc9c9"
+
+    def execute(self, context: Context) -> None:
+        from conduit.exceptions import PlanRejected
+
+        raise PlanRejected(f"{self.spec.name}: the plan was rejected (or not approved within "
+                           f"{self.spec.approval.timeout}); nothing changed, the watermark stays")
+
+
 class ErpUpsertOperator(SyncStepOperator):
     """Upserts mapped rows, applies deletes and moves the watermark, all in one ERP transaction."""
 
-    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_plan")
+    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_plan", "load_plan")
     ui_color = "#d3f9d8"
 
-    def __init__(self, *, extract_plan: Any, **kwargs) -> None:
+    def __init__(self, *, extract_plan: Any, load_plan: Any = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.extract_plan = extract_plan
+        self.load_plan = load_plan
 
     def execute(self, context: Context) -> dict[str, Any]:
         from dataclasses import asdict
 
         from conduit.pipeline import steps
+        from conduit.targets.base import LoadPlan
 
+        # an approved plan is applied exactly or not at all; an unattended one only informs
+        approved = self.load_plan if isinstance(self.load_plan, dict) and self.load_plan.get("needs_approval") else None
         result = steps.load(
             self.erp_hook.get_target(), self.spec, self.staging(context), run_id=context["run_id"],
             watermark_ms=self.extract_plan[0]["watermark_ms"],
             full_refresh=as_bool(self.full_refresh) or self.extract_plan[0].get("delete_missing", False),
-            dry_run=as_bool(self.dry_run),
+            dry_run=as_bool(self.dry_run), expected=LoadPlan.from_dict(approved) if approved else None,
         )
         summary = {**asdict(result), "dry_run": as_bool(self.dry_run),
                    "watermark_ms": self.extract_plan[0]["watermark_ms"]}

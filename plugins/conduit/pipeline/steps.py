@@ -190,11 +190,9 @@ def transform(spec: SyncSpec, staging: RunStaging) -> dict[str, int]:
     return counts
 
 
-def load(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str, watermark_ms: int | None,
-         full_refresh: bool = False, dry_run: bool = False):
-    """mapped/ minus rejected/ -> the ERP, in one transaction with deletes and the new watermark."""
-    from conduit.targets.base import Watermark
-
+def load_inputs(spec: SyncSpec, staging: RunStaging, *, full_refresh: bool) -> dict[str, Any]:
+    """What the load (and its plan) take from the staged files: mapped rows minus rejected ones,
+    the archived keys to delete, the rejected keys a full refresh must keep."""
     key = spec.target.key
     rejected = rejected_keys(staging)
 
@@ -208,11 +206,27 @@ def load(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str,
         from conduit.exceptions import EmptySourceError
 
         raise EmptySourceError("full refresh read no CRM records; refusing to delete every ERP customer")
-    return target.load(
-        spec, batches(), run_id=run_id, deleted_keys=deleted,
-        watermark=Watermark(watermark_ms, 0) if watermark_ms is not None else None,
-        full_refresh=full_refresh, kept_keys=rejected, dry_run=dry_run,  # quarantined records still exist
-    )
+    # quarantined records still exist: a full refresh keeps them
+    return {"batches": batches(), "deleted_keys": deleted, "full_refresh": full_refresh, "kept_keys": rejected}
+
+
+def load(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str, watermark_ms: int | None,
+         full_refresh: bool = False, dry_run: bool = False, expected=None):
+    """mapped/ minus rejected/ -> the ERP, in one transaction with deletes and the new watermark;
+    with ``expected`` (the approved :class:`~conduit.targets.base.LoadPlan`), exactly that or nothing."""
+    from conduit.targets.base import Watermark
+
+    inputs = load_inputs(spec, staging, full_refresh=full_refresh)
+    return target.load(spec, inputs.pop("batches"), run_id=run_id,
+                       watermark=Watermark(watermark_ms, 0) if watermark_ms is not None else None,
+                       dry_run=dry_run, expected=expected, **inputs)
+
+
+def plan(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str, full_refresh: bool = False,
+         sample_rows: int = 5):
+    """What :func:`load` would change: a :class:`~conduit.targets.base.LoadPlan`, nothing changed."""
+    inputs = load_inputs(spec, staging, full_refresh=full_refresh)
+    return target.plan(spec, inputs.pop("batches"), run_id=run_id, sample_rows=sample_rows, **inputs)
 
 
 def _raw_records(spec: SyncSpec, staging: RunStaging, crm_ids: set[str]) -> dict[str, dict]:
@@ -229,11 +243,14 @@ def _raw_records(spec: SyncSpec, staging: RunStaging, crm_ids: set[str]) -> dict
 
 
 def evaluate_suite(spec: SyncSpec, staging: RunStaging, suite_path, *, previous_row_count: int | None = None):
+    """The suite, plus a field check per column whose transform sets ``on_invalid``, on mapped/."""
+    from conduit.quality.defects import field_checks
     from conduit.quality.engine import SuiteEvaluator
     from conduit.quality.suite import load_suite
 
+    suite = load_suite(suite_path).with_field_checks(field_checks(spec))
     # reread: repeated hashes of a unique column are confirmed on a second read of the staged rows
-    evaluator = SuiteEvaluator(load_suite(suite_path), key=spec.target.key, previous_row_count=previous_row_count,
+    evaluator = SuiteEvaluator(suite, key=spec.target.key, previous_row_count=previous_row_count,
                                reread=lambda: staging.read_frames("mapped"))
     for frame in staging.read_frames("mapped"):
         evaluator.add(frame)
@@ -244,31 +261,62 @@ def gate(target: ErpTarget, spec: SyncSpec, staging: RunStaging, suite_path, *, 
          full_extract: bool):
     """Evaluate the suite on mapped/ and decide. Rows rejected under ``quarantine`` are parked in
     the ERP's quarantine table with their reasons and raw record, and listed in rejected/ so the
-    load leaves them out. Returns (report, decision, summary)."""
-    import pyarrow as pa
-
+    load leaves them out. Defects of the rows that load go to the ERP's defects table, marked with
+    this run's id; clean values this run read resolve open ones. A failed gate writes neither.
+    Returns (report, decision, summary)."""
     from conduit.quality.engine import decide
+    from conduit.quality.summary import defect_counts
 
     # A change in row count is only meaningful when this run read everything.
     report = evaluate_suite(spec, staging, suite_path,
                             previous_row_count=target.count(spec) if full_extract else None)
-    decision = decide(report, spec.quality.policy, spec.quality.max_rejected_ratio)
-    writer = staging.writer("rejected")
+    quality = spec.quality
+    decision = decide(report, quality.policy, quality.max_rejected_ratio, quality.max_defect_ratio,
+                      quality.defect_ratio_min_rows)
+    writer = staging.writer("rejected")  # emptied: a retried gate decides afresh
     if decision.load and decision.rejected_keys:
-        rejected = decision.rejected
-        writer.write(pa.table({"key": rejected["key"].astype(str).tolist(),
-                               "crm_id": rejected["crm_id"].astype(str).tolist(),
-                               "reasons": rejected["reasons"].tolist()}))
-        raw = _raw_records(spec, staging, {str(c) for c in rejected["crm_id"]})
-        rows = [{"record_key": str(f.key), "crm_id": None if _missing(f.crm_id) else str(f.crm_id),
-                 "expectation": f.expectation,
-                 "column_name": f.column, "reason": f.reason, "raw_record": raw.get(str(f.crm_id))}
-                for f in report.row_failures() if f.key in decision.rejected_keys]
-        target.quarantine(spec, rows, run_id=run_id)
+        _quarantine(target, spec, staging, writer, report, decision, run_id=run_id)
+    recorded = _record_defects(target, spec, staging, decision, run_id=run_id) if decision.load else {}
     summary = {"checked": report.row_count, "rejected": len(decision.rejected_keys), "passed": decision.load,
-               "policy": spec.quality.policy, "reason": decision.reason,
-               "failed_expectations": [r.name for r in report.results if not r.success]}
+               "policy": quality.policy, "reason": decision.reason,
+               "failed_expectations": [r.name for r in report.results if not r.success and not r.defect],
+               "defects": defect_counts(report), **recorded}
     return report, decision, summary
+
+
+def _quarantine(target: ErpTarget, spec: SyncSpec, staging: RunStaging, writer, report, decision, *,
+                run_id: str) -> None:
+    """rejected/ lists the rejected keys for the load; the quarantine table gets every finding."""
+    import pyarrow as pa
+
+    rejected = decision.rejected
+    writer.write(pa.table({"key": rejected["key"].astype(str).tolist(),
+                           "crm_id": rejected["crm_id"].astype(str).tolist(),
+                           "reasons": rejected["reasons"].tolist()}))
+    raw = _raw_records(spec, staging, {str(c) for c in rejected["crm_id"]})
+    rows = [{"record_key": str(f.key), "crm_id": None if _missing(f.crm_id) else str(f.crm_id),
+             "expectation": f.expectation,
+             "column_name": f.column, "reason": f.reason, "raw_record": raw.get(str(f.crm_id))}
+            for f in report.row_failures() if f.key in decision.rejected_keys]
+    target.quarantine(spec, rows, run_id=run_id)
+
+
+def _record_defects(target: ErpTarget, spec: SyncSpec, staging: RunStaging, decision, *,
+                    run_id: str) -> dict[str, int]:
+    """Open, touch and resolve defects (see ``conduit.quality.defects``); returns the counts."""
+    from conduit.quality.defects import found_defects
+    from conduit.targets.defects import record_defects
+
+    key, kept_out = spec.target.key, {str(k) for k in decision.rejected_keys}
+
+    def clean_keys(open_keys: set[str]) -> set[str]:
+        """The open defects' records that this run read and loads."""
+        read = {str(k) for frame in staging.read_frames("mapped", [key])
+                for k in frame[key][frame[key].astype(str).isin(open_keys)]}
+        return read - kept_out
+
+    changes = record_defects(target, spec, found_defects(decision.defects), run_id=run_id, clean_keys=clean_keys)
+    return changes.counts()
 
 
 def _missing(value: Any) -> bool:
@@ -285,7 +333,9 @@ def rejected_keys(staging: RunStaging) -> frozenset[str]:
 
 def data_docs(spec: SyncSpec, staging: RunStaging, suite_path, out_dir, *, run_name: str):
     """GX's own validation of the staged rows (all when few, failing rows + a sample when many)
-    and its Data Docs site. Slow to import, so it runs beside the gate, not in the load's path."""
+    and its Data Docs site, with the gate's field checks and its defect rules marked as such (their
+    failing rows load; the page says how many). Slow to import, so it runs beside the gate, not in
+    the load's path."""
     from conduit.quality.gx_runner import validate
 
     report = evaluate_suite(spec, staging, suite_path)

@@ -12,11 +12,12 @@ from conduit.quality.engine import (
     RowFailure,
     SuiteEvaluator,
     decide,
+    defect_rows,
     evaluate,
     split,
 )
 from conduit.quality.suite import Suite, load_suite, parse_suite
-from conduit.quality.summary import summary_lines, to_ol_assertions
+from conduit.quality.summary import defect_counts, summary_lines, to_ol_assertions
 
 __all__ = [
     "ExpectationResult",
@@ -26,6 +27,8 @@ __all__ = [
     "Suite",
     "SuiteEvaluator",
     "decide",
+    "defect_counts",
+    "defect_rows",
     "evaluate",
     "load_suite",
     "parse_suite",

@@ -22,7 +22,8 @@ from conduit.exceptions import SpecError
 from conduit.quality.suite import (
     ROW_LEVEL,
     Between,
-    Expectation,
+    Entry,
+    FieldCheck,
     InSet,
     MatchRegex,
     NotNull,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 Policy = Literal["block", "quarantine", "warn"]
 FAILURE_COLUMNS = ("key", "crm_id", "value")
+DEFECT_COLUMNS = ("key", "crm_id", "column", "rule", "value", "reason")
 # CPython's hash never returns -1 (it signals an error), so -1 can stand for a null
 _NULL_HASH = -1
 
@@ -59,7 +61,7 @@ class ExpectationResult:
     the evaluated rows (across chunks)."""
 
     index: int
-    expectation: Expectation
+    expectation: Entry
     success: bool
     element_count: int
     unexpected_count: int = 0
@@ -71,16 +73,21 @@ class ExpectationResult:
         return isinstance(self.expectation, ROW_LEVEL)
 
     @property
+    def defect(self) -> bool:
+        """Its failing rows load and are recorded as defects of the column."""
+        return self.expectation.defect
+
+    @property
     def name(self) -> str:
-        column = self.expectation.column
-        return f"{self.expectation.type}({column})" if column else self.expectation.type
+        column, rule = self.expectation.column, self.expectation.rule
+        return f"{rule}({column})" if column else rule
 
     def row_failures(self) -> Iterator[RowFailure]:
         if self.failing_rows is None:
             return
         for key, crm_id, value in self.failing_rows.itertuples(index=False):
             yield RowFailure(
-                key, crm_id, self.expectation.type, self.expectation.column, _reason(self.expectation, value)
+                key, crm_id, self.expectation.rule, self.expectation.column, _reason(self.expectation, value)
             )
 
 
@@ -104,20 +111,29 @@ class GateReport:
     def table_results(self) -> tuple[ExpectationResult, ...]:
         return tuple(r for r in self.results if not r.row_level)
 
+    @property
+    def defect_results(self) -> tuple[ExpectationResult, ...]:
+        return tuple(r for r in self.results if r.defect)
+
     def row_failures(self) -> Iterator[RowFailure]:
+        """Findings that keep rows out (defects are not among them)."""
         for result in self.row_results:
-            yield from result.row_failures()
+            if not result.defect:
+                yield from result.row_failures()
 
 
 @dataclass(frozen=True)
 class GateDecision:
     """``load`` False means nothing loads. Under ``quarantine``, ``rejected`` lists the rows kept
-    out (columns key, crm_id, reasons), also when the ratio was exceeded."""
+    out (columns key, crm_id, reasons), also when the ratio was exceeded. ``defects`` lists, when
+    the rows load, one row per defect of a loading row (:data:`DEFECT_COLUMNS`, indexed by row
+    position); rows kept out have none, their findings are in the quarantine."""
 
     load: bool
     reason: str
     rejected: pd.DataFrame | None = None
     rejected_keys: frozenset = field(default_factory=frozenset)
+    defects: pd.DataFrame | None = None
 
 
 # --- evaluation -----------------------------------------------------------------------------------
@@ -169,6 +185,12 @@ class SuiteEvaluator:
             self._nonnull[i] += int(nonnull.sum())
             if isinstance(entry, Unique):
                 self._hashes[i].append(_hashes(values, nonnull))
+                continue
+            if isinstance(entry, FieldCheck):  # the values the transform could not normalise
+                unexpected = frame[entry.kwargs.invalid_column].notna().to_numpy()
+                if unexpected.any():
+                    self._failing[i].append(self._identify(
+                        frame[unexpected], entry.kwargs.invalid_column, positions[unexpected]))
                 continue
             if isinstance(entry, NotNull):
                 unexpected = ~nonnull
@@ -239,12 +261,18 @@ class SuiteEvaluator:
             for i, entry in enumerate(self.suite.expectations)
             if entry.column and entry.column not in frame.columns
         ]
+        problems += [
+            (f"mapping.{entry.column}", f"the mapped rows carry no {entry.kwargs.invalid_column!r}: "
+                                        "map them with the spec that set on_invalid")
+            for entry in self.suite.expectations
+            if isinstance(entry, FieldCheck) and entry.kwargs.invalid_column not in frame.columns
+        ]
         if self.key not in frame.columns:
             problems.append(("(key)", f"key column {self.key!r} is not a column of the data"))
         if problems:
             raise SpecError(self.suite.path, problems)
 
-    def _result(self, i: int, entry: Expectation, duplicated: pd.DataFrame | None) -> ExpectationResult:
+    def _result(self, i: int, entry: Entry, duplicated: pd.DataFrame | None) -> ExpectationResult:
         n = self.row_count
         if isinstance(entry, RowCountBetween):
             kw = entry.kwargs
@@ -262,8 +290,9 @@ class SuiteEvaluator:
             return ExpectationResult(i, entry, ok, n, unexpected, unexpected, duplicated)
         failing = _concat(self._failing[i])
         unexpected = len(failing)
-        # GX: not_null counts every row; other column-map expectations only the non-null ones
-        considered = n if isinstance(entry, NotNull) else self._nonnull[i]
+        # GX: not_null counts every row; other column-map expectations only the non-null ones (a
+        # field check is GX's expect_column_values_to_be_null on its invalid column: every row)
+        considered = n if isinstance(entry, NotNull | FieldCheck) else self._nonnull[i]
         ok = _mostly_success(considered, unexpected, entry.mostly)
         return ExpectationResult(i, entry, ok, n, unexpected, unexpected, failing)
 
@@ -311,7 +340,7 @@ def _within(value, low, high, strict_low: bool, strict_high: bool):
     return ok
 
 
-def _unexpected(entry: Expectation, values: pd.Series) -> pd.Series:
+def _unexpected(entry: Entry, values: pd.Series) -> pd.Series:
     """Mask of the non-null ``values`` that break ``entry`` (GX's pandas conditions, negated)."""
     import pandas as pd
 
@@ -414,8 +443,10 @@ def _duplicated(candidates: list[pd.DataFrame]) -> pd.DataFrame:
     return rows[rows["value"].duplicated(keep=False)]
 
 
-def _reason(entry: Expectation, value: Any) -> str:
+def _reason(entry: Entry, value: Any) -> str:
     column, kw = entry.column, entry.kwargs
+    if isinstance(entry, FieldCheck):
+        return f"{column} {value!r} could not be normalised by {kw.transform}"
     if isinstance(entry, NotNull):
         return f"{column} is null"
     if isinstance(entry, MatchRegex):
@@ -439,21 +470,29 @@ def _reason(entry: Expectation, value: Any) -> str:
 # --- decision -------------------------------------------------------------------------------------
 
 
-def decide(report: GateReport, policy: Policy, max_rejected_ratio: float = 0.0) -> GateDecision:
-    """Only ``critical`` expectations count. A failed table-level one stops the load under every
-    policy. Otherwise ``block`` stops on any failure, ``warn`` loads everything, and ``quarantine``
-    rejects the rows of failed row-level expectations and loads the rest, unless rejected/total
-    exceeds ``max_rejected_ratio`` (exactly at the ratio still loads). Rows that break an
-    expectation which still passed thanks to ``mostly`` are tolerated and load."""
+def decide(report: GateReport, policy: Policy, max_rejected_ratio: float = 0.0,
+           max_defect_ratio: float = 1.0, defect_ratio_min_rows: int = 0) -> GateDecision:
+    """Only ``critical`` expectations that reject count. A failed table-level one stops the load
+    under every policy, and so does a defect rule (``on_failure: defect``) flagging more than
+    ``max_defect_ratio`` of the rows of a run that checked at least ``defect_ratio_min_rows``:
+    that is a broken source or mapping, not junk. Otherwise
+    ``block`` stops on any failure, ``warn`` loads everything, and ``quarantine`` rejects the rows
+    of failed row-level expectations and loads the rest, unless rejected/total exceeds
+    ``max_rejected_ratio`` (exactly at the ratio still loads). Rows that break an expectation
+    which still passed thanks to ``mostly`` are tolerated and load. Defects never keep a row out;
+    they are listed for the rows that load."""
     failed = [r for r in report.results if not r.success and r.expectation.blocking]
     table = [r for r in failed if not r.row_level]
     rows = [r for r in failed if r.row_level]
     if table:
         return GateDecision(False, f"table-level expectation failed: {_describe(table)}")
+    excess = _excess_defects(report, max_defect_ratio) if report.row_count >= defect_ratio_min_rows else None
+    if excess:
+        return GateDecision(False, excess)
     if not rows:
-        return GateDecision(True, "all critical expectations passed")
+        return _loading(report, "all critical expectations passed")
     if policy == "warn":
-        return GateDecision(True, f"policy warn, loading all rows despite: {_describe(rows)}")
+        return _loading(report, f"policy warn, loading all rows despite: {_describe(rows)}")
     if policy == "block":
         return GateDecision(False, f"policy block: {_describe(rows)}")
     rejected = _rejected_rows(rows)
@@ -467,12 +506,56 @@ def decide(report: GateReport, policy: Policy, max_rejected_ratio: float = 0.0) 
             rejected,
             keys,
         )
-    return GateDecision(
-        True,
+    return _loading(
+        report,
         f"policy quarantine: {len(rejected)} of {total} rows rejected: {_describe(rows)}",
         rejected,
         keys,
     )
+
+
+def _loading(report: GateReport, reason: str, rejected: pd.DataFrame | None = None,
+             keys: frozenset = frozenset()) -> GateDecision:
+    defects = defect_rows(report, rejected.index if rejected is not None else ())
+    if len(defects):
+        reason += f"; {len(defects)} defects recorded: {_describe_defects(report)}"
+    return GateDecision(True, reason, rejected, keys, defects)
+
+
+def _excess_defects(report: GateReport, max_defect_ratio: float) -> str | None:
+    """Why the defects stop the load (a rule above ``max_defect_ratio``), or None."""
+    total, limit = report.row_count, Fraction(str(max_defect_ratio))
+    over = [r for r in report.defect_results if total and Fraction(r.unexpected_count, total) > limit]
+    if not over:
+        return None
+    described = "; ".join(f"{r.name} {r.unexpected_count} of {total} rows ({r.unexpected_count / total:.2%})"
+                          for r in over)
+    return f"defects exceed max_defect_ratio {max_defect_ratio:.2%}: {described}"
+
+
+def _describe_defects(report: GateReport) -> str:
+    return "; ".join(f"{r.name} {r.unexpected_count}" for r in report.defect_results if r.unexpected_count)
+
+
+def defect_rows(report: GateReport, rejected_positions=()) -> pd.DataFrame:
+    """One row per defect (:data:`DEFECT_COLUMNS`, indexed by row position) of the rows not in
+    ``rejected_positions``, ordered by position then suite order."""
+    import pandas as pd
+
+    parts = [
+        r.failing_rows.assign(
+            column=r.expectation.column,
+            rule=r.expectation.rule,
+            reason=[_reason(r.expectation, v) for v in r.failing_rows["value"]],
+        )
+        for r in report.defect_results
+        if r.failing_rows is not None and len(r.failing_rows)
+    ]
+    if not parts:
+        return pd.DataFrame(columns=list(DEFECT_COLUMNS))
+    rows = pd.concat(parts)[list(DEFECT_COLUMNS)]
+    rows = rows[~rows.index.isin(list(rejected_positions))]
+    return rows.sort_index(kind="stable")
 
 
 def _describe(results: list[ExpectationResult]) -> str:

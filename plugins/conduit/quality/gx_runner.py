@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conduit.quality.engine import GateReport
-from conduit.quality.suite import RowCountBetween, RowCountChange, Suite
+from conduit.quality.suite import FieldCheck, RowCountBetween, RowCountChange, Suite
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,8 +38,10 @@ class GxValidation:
 
 def gx_suite(suite: Suite, *, previous_row_count: int | None = None):
     """The suite as a GX ``ExpectationSuite``. Each description names the expectation type and its
-    severity, so Data Docs show them; ``conduit_row_count_change`` becomes
-    GX's row-count expectation with the minimum it implies (dropped without a previous count)."""
+    severity (and ``defect`` for defect rules), so Data Docs show them; ``conduit_row_count_change``
+    becomes GX's row-count expectation with the minimum it implies (dropped without a previous
+    count); a field check (a transform's ``on_invalid``) becomes ``expect_column_values_to_be_null``
+    on the column of values the transform could not normalise, so its failures list them."""
     import great_expectations as gx
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
@@ -51,25 +53,33 @@ def gx_suite(suite: Suite, *, previous_row_count: int | None = None):
                 continue
             type_ = "expect_table_row_count_to_be_between"
             kwargs = {"min_value": math.ceil(previous_row_count * (1 - entry.kwargs.max_drop_ratio))}
+        description = _description(type_, entry.severity, kwargs, defect=entry.defect)
+        if isinstance(entry, FieldCheck):
+            type_, kwargs = "expect_column_values_to_be_null", {"column": entry.kwargs.invalid_column}
+            description = (f"{entry.rule}({entry.column}) [{entry.severity}{', defect' if entry.defect else ''}] "
+                           f"values {entry.rule} could not normalise, "
+                           + ("loaded as null and recorded as defects" if entry.defect else "records rejected"))
         config = ExpectationConfiguration(
             type=type_,
             kwargs=kwargs,
-            meta={"conduit_index": index},
+            meta={"conduit_index": index, "conduit_on_failure": entry.on_failure},
             severity=entry.severity,
-            description=_description(type_, entry.severity, kwargs),
+            description=description,
         )
         gx_suite.add_expectation(config.to_domain_obj())
     return gx_suite
 
 
-def _description(type_: str, severity: str, kwargs: dict) -> str:
-    """Data Docs show the description in place of GX's sentence: name the type and the arguments."""
+def _description(type_: str, severity: str, kwargs: dict, *, defect: bool = False) -> str:
+    """Data Docs show the description in place of GX's sentence: name the type, whether a failing
+    row is a defect (it loads) and the arguments."""
     shown = {
         name: f"<{len(value)} values>" if isinstance(value, list) and len(value) > 10 else value
         for name, value in kwargs.items()
         if name != "column" and value not in (None, False)
     }
-    return f"{type_} [{severity}] " + ", ".join(f"{name}={value}" for name, value in shown.items())
+    flags = f"{severity}, defect" if defect else severity
+    return f"{type_} [{flags}] " + ", ".join(f"{name}={value}" for name, value in shown.items())
 
 
 def gx_rows(frames: pd.DataFrame | Iterable[pd.DataFrame], report: GateReport, *, full_up_to: int = FULL_UP_TO,
@@ -152,6 +162,7 @@ def validate(
     )
     if sampled:
         _use_engine_counts(result, report, len(rows))
+    _note_defects(result, report)
     if out_dir is None:
         return GxValidation(result, sampled, len(rows))
     identifier = ValidationResultIdentifier(
@@ -199,3 +210,12 @@ def _use_engine_counts(result, report: GateReport, rows_validated: int) -> None:
         f"GX validated {rows_validated} of {report.row_count} rows: every failing row (up to "
         f"{FAILING_PER_EXPECTATION} per expectation) and a random sample"
     )
+
+
+def _note_defects(result, report: GateReport) -> None:
+    """Defect rules' failures load: say so on the page, with the engine's counts on all rows."""
+    defects = {r.name: r.unexpected_count for r in report.defect_results}
+    if defects:
+        result.meta["conduit_defects"] = (
+            "defect rules (failing rows load; the values are recorded in conduit_defects): "
+            + ", ".join(f"{name} {count} rows" for name, count in defects.items()))

@@ -12,7 +12,9 @@ A suite file reads::
         severity: warning
 
 ``type`` and ``kwargs`` are GX's own (``kwargs`` are handed to GX unchanged), ``severity`` is GX's
-``critical`` (default) / ``warning`` / ``info``. Conduit adds ``value_set_ref`` (a named value set,
+``critical`` (default) / ``warning`` / ``info``. ``on_failure`` is Conduit's: ``reject`` (default)
+keeps a breaking row out (per the spec's policy), ``defect`` loads it and records the value as a
+defect of that one field (row-level expectations only; ``mostly`` does not apply). Conduit adds ``value_set_ref`` (a named value set,
 resolved when loaded), the bound ``now`` for ``expect_column_values_to_be_between`` (resolved per
 evaluation) and ``conduit_row_count_change`` (row count against the previous run's).
 """
@@ -158,8 +160,16 @@ class RowCountChangeKwargs(_Model):
     max_drop_ratio: Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+OnFailure = Literal["reject", "defect"]
+
+
 class _Entry(_Model):
     severity: Literal["critical", "warning", "info"] = "critical"
+    on_failure: OnFailure = Field(
+        default="reject",
+        description="reject: a breaking row is kept out (per the spec's policy); defect: it loads and "
+                    "the value is recorded as a defect of that field",
+    )
 
     @property
     def column(self) -> str | None:
@@ -170,8 +180,29 @@ class _Entry(_Model):
         return getattr(self.kwargs, "mostly", 1.0)
 
     @property
+    def defect(self) -> bool:
+        return self.on_failure == "defect"
+
+    @property
     def blocking(self) -> bool:
-        return self.severity == "critical"
+        """Whether a failure can keep rows out or stop the load (defects never do)."""
+        return self.severity == "critical" and not self.defect
+
+    @property
+    def rule(self) -> str:
+        """What a finding names as its rule: the expectation type."""
+        return self.type
+
+    @model_validator(mode="after")
+    def _defects_are_per_row(self):
+        if self.on_failure == "defect":
+            if not isinstance(self, ROW_LEVEL):
+                raise ValueError(f"on_failure: {self.type} judges the whole table; only row-level "
+                                 "expectations can record defects")
+            if self.mostly != 1.0:
+                raise ValueError("on_failure: `mostly` does not apply to defects (every breaking row is "
+                                 "recorded); bound them with the spec's quality.max_defect_ratio")
+        return self
 
     def gx_kwargs(self) -> dict[str, Any]:
         return self.kwargs.model_dump(exclude_defaults=False)
@@ -220,13 +251,33 @@ class RowCountChange(_Entry):
     kwargs: RowCountChangeKwargs
 
 
+class FieldCheckKwargs(_Model):
+    column: str
+    transform: str
+    invalid_column: str
+
+
+class FieldCheck(_Entry):
+    """Not written in suites: the gate adds one per mapped column whose transform sets
+    ``on_invalid`` (see :meth:`Suite.with_field_checks`). A row fails when the transform could
+    not normalise its value; the failing value is the one the transform was given."""
+
+    type: Literal["conduit_field_normalized"]
+    kwargs: FieldCheckKwargs
+
+    @property
+    def rule(self) -> str:
+        return self.kwargs.transform
+
+
 Expectation = Annotated[
     NotNull | Unique | MatchRegex | InSet | Between | ValueLengthsBetween | RowCountBetween | RowCountChange,
     Field(discriminator="type"),
 ]
+Entry = Expectation | FieldCheck
 
 # Row-level expectations can reject single rows; a failed table-level one can only stop the load.
-ROW_LEVEL = (NotNull, MatchRegex, InSet, Between, ValueLengthsBetween)
+ROW_LEVEL = (NotNull, MatchRegex, InSet, Between, ValueLengthsBetween, FieldCheck)
 TABLE_LEVEL = (Unique, RowCountBetween, RowCountChange)
 _TAGS = frozenset(cls.model_fields["type"].annotation.__args__[0] for cls in ROW_LEVEL + TABLE_LEVEL)
 
@@ -235,6 +286,17 @@ class Suite(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     expectations: list[Expectation] = Field(min_length=1)
     path: str = Field(default="<memory>", exclude=True)
+
+    def with_field_checks(self, checks: dict[str, tuple[str, str, str]]) -> Suite:
+        """This suite plus a :class:`FieldCheck` per ``{column: (transform, on_invalid,
+        invalid column)}``: ``on_invalid: null`` records defects, ``reject`` keeps rows out."""
+        added = [
+            FieldCheck(type="conduit_field_normalized",
+                       kwargs=FieldCheckKwargs(column=column, transform=transform, invalid_column=invalid),
+                       on_failure="defect" if on_invalid == "null" else "reject")
+            for column, (transform, on_invalid, invalid) in checks.items()
+        ]
+        return self.model_copy(update={"expectations": [*self.expectations, *added]}) if added else self
 
     def at(self, now: datetime) -> Suite:
         """This suite with every ``now`` bound replaced by ``now`` (ISO-8601, UTC), so that our

@@ -10,13 +10,22 @@ _OL_SEVERITY = {"critical": "error", "warning": "warn", "info": "info"}
 
 
 def summary_lines(report: GateReport) -> list[str]:
-    """Header, then one line per expectation: status, failed count and up to five record ids."""
-    failed = sum(not r.success for r in report.results)
+    """Header, then one line per expectation: status, failed count and up to five record ids;
+    defect rules (which never fail) with their count and up to five records and values."""
+    judged = [r for r in report.results if not r.defect]
+    failed = sum(not r.success for r in judged)
     lines = [
-        f"suite {report.suite.name}: {len(report.results) - failed} of {len(report.results)} expectations "
+        f"suite {report.suite.name}: {len(judged) - failed} of {len(judged)} expectations "
         f"passed on {report.row_count} rows"
     ]
+    defects = [r for r in report.results if r.defect]
+    if defects:
+        found = sum(r.unexpected_count for r in defects)
+        lines[0] += f"; {len(defects)} defect rule{'s' if len(defects) > 1 else ''} found {found} defects"
     for result in report.results:
+        if result.defect:
+            lines.append(_defect_line(result))
+            continue
         status = "ok  " if result.success else "FAIL"
         line = f"{status} {result.name} [{result.expectation.severity}]"
         if result.row_level or result.failing_rows is not None:
@@ -34,6 +43,39 @@ def summary_lines(report: GateReport) -> list[str]:
     return lines
 
 
+def _defect_line(result) -> str:
+    status = "DEFECT" if result.unexpected_count else "ok    "
+    line = f"{status} {result.name} [defect]: {result.unexpected_count} defects"
+    if result.unexpected_count:
+        line += f" (e.g. {', '.join(f'{k}: {v!r}' for k, v in _examples(result))}"
+        line += ", ...)" if result.unexpected_count > SAMPLE_IDS else ")"
+    return line
+
+
+def _examples(result) -> list[tuple[str, object]]:
+    rows = result.failing_rows.head(SAMPLE_IDS)
+    return [(_record_id(key, crm_id), value)
+            for key, crm_id, value in zip(rows["key"], rows["crm_id"], rows["value"], strict=True)]
+
+
+def defect_counts(report: GateReport) -> dict[str, dict]:
+    """Per defect rule that found any: ``{"count", "examples": [{"record", "value"}, ...]}`` (up
+    to five), JSON-able for the gate's XCom summary."""
+    return {
+        r.name: {"count": r.unexpected_count,
+                 "examples": [{"record": record, "value": None if _missing(value) else str(value)}
+                              for record, value in _examples(r)]}
+        for r in report.defect_results
+        if r.unexpected_count
+    }
+
+
+def _missing(value) -> bool:
+    import pandas as pd
+
+    return value is None or bool(pd.isna(value))
+
+
 def _record_id(key, crm_id) -> str:
     import pandas as pd
 
@@ -48,7 +90,8 @@ def to_ol_assertions(report: GateReport) -> list[dict]:
         assertion = {
             "assertion": entry.type,
             "success": result.success,
-            "severity": _OL_SEVERITY[entry.severity],
+            # a defect rule never blocks: OpenLineage's "warn"
+            "severity": "warn" if result.defect else _OL_SEVERITY[entry.severity],
             "name": result.name,
             "actual": str(
                 result.unexpected_count if result.failing_rows is not None else result.observed_value

@@ -45,13 +45,33 @@ class TitleCase(_Model):
     type: Literal["title"]
 
 
-class Email(_Model):
+OnInvalid = Literal["keep_raw", "null", "reject"]
+ON_INVALID_DESCRIPTION = (
+    "a value this step cannot normalise: keep_raw keeps its best-effort form for the suite to judge "
+    "(the default), null loads the record with the column empty and records a defect, reject "
+    "quarantines the record"
+)
+
+
+class _Validating(_Model):
+    """A step that knows when it could not normalise a value (see ``on_invalid``)."""
+
+    on_invalid: OnInvalid = Field(default="keep_raw", description=ON_INVALID_DESCRIPTION)
+
+    @field_validator("on_invalid", mode="before")
+    @classmethod
+    def _yaml_null(cls, value: Any) -> Any:
+        """``on_invalid: null`` unquoted is YAML's null: it means the word here."""
+        return "null" if value is None else value
+
+
+class Email(_Validating):
     """Trim, lower-case and check the address' syntax (an invalid address is kept for the gate)."""
 
     type: Literal["email"]
 
 
-class PhoneE164(_Model):
+class PhoneE164(_Validating):
     """Parse a phone number and format it as E.164; the region comes from a country column."""
 
     type: Literal["phone_e164"]
@@ -59,7 +79,7 @@ class PhoneE164(_Model):
     region_from: str | None = Field(default=None, description="CRM property holding the country")
 
 
-class CountryIso2(_Model):
+class CountryIso2(_Validating):
     """Country names, alpha-2 or alpha-3 codes to ISO-3166 alpha-2."""
 
     type: Literal["country_iso2"]
@@ -115,7 +135,18 @@ class FieldMapping(_Model):
         derived = self.transforms and self.transforms[0].type in ("template", "concat")
         if self.source is None and not derived and self.default is None:
             raise ValueError("source: needs a `source` property, a first `template`/`concat` step, or a `default`")
+        checked = [i for i, step in enumerate(self.transforms)
+                   if isinstance(step, _Validating) and step.on_invalid != "keep_raw"]
+        if len(checked) > 1:
+            raise ValueError(f"transforms[{checked[1]}].on_invalid: only one step of a column may set on_invalid "
+                             f"(transforms[{checked[0]}] already does)")
         return self
+
+    @property
+    def invalid_check(self) -> _Validating | None:
+        """The step whose values that do not normalise are nulled or rejected, if any."""
+        return next((step for step in self.transforms
+                     if isinstance(step, _Validating) and step.on_invalid != "keep_raw"), None)
 
     def source_properties(self) -> list[str]:
         """Every CRM property this column reads (for validation and column lineage)."""
@@ -229,6 +260,16 @@ class QualitySpec(_Model):
     suite: str = Field(description="file name under include/expectations/")
     policy: Literal["block", "quarantine", "warn"] = "block"
     max_rejected_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_defect_ratio: float = Field(
+        default=1.0, ge=0.0, le=1.0,
+        description="the largest share of checked rows one defect rule (an `on_failure: defect` expectation or "
+                    "a transform's `on_invalid: null`) may flag; above it the gate fails and nothing loads",
+    )
+    defect_ratio_min_rows: int = Field(
+        default=100, ge=0,
+        description="runs that check fewer rows are not held to max_defect_ratio: a few edited contacts "
+                    "with junk phones are not a broken source",
+    )
 
 
 class ApprovalSpec(_Model):

@@ -58,6 +58,8 @@ class StandinConfig:
     contacts: int = 1000
     companies: int = 50
     bad_emails: int = 0
+    junk_phones: float = 0.0
+    unknown_countries: float = 0.0
     token: str = "standin-token"
     anchor_ms: int = DEFAULT_ANCHOR_MS
     faults: Faults = field(default_factory=Faults)
@@ -85,7 +87,8 @@ class Standin:
         """Back to the seeded data (optionally with other sizes or seed)."""
         config = replace(self.config, **overrides)
         try:
-            dataset = generate(config.seed, config.contacts, config.companies, config.bad_emails, config.anchor_ms)
+            dataset = generate(config.seed, config.contacts, config.companies, config.bad_emails, config.anchor_ms,
+                               junk_phones=config.junk_phones, unknown_countries=config.unknown_countries)
         except ValueError as exc:
             raise validation_error(str(exc)) from None
         self.config = config
@@ -195,6 +198,9 @@ class ResetBody(_Body):
     contacts: int | None = Field(default=None, ge=0)
     companies: int | None = Field(default=None, ge=0)
     bad_emails: int | None = Field(default=None, ge=0)
+    junk_phones: float | None = Field(default=None, ge=0, le=1, description="share of contacts with a junk phone")
+    unknown_countries: float | None = Field(default=None, ge=0, le=1,
+                                            description="share of contacts with a country that is none")
 
 
 class WebhookBody(_Body):

@@ -87,6 +87,10 @@ CITIES = {
     "ES": ("Madrid", "Barcelona", "Valencia"),
 }
 FREE_MAIL_DOMAINS = ("example.com", "example.org", "example.net", "mail.example.com")
+# What CRM users type where a phone number or a country belongs; none of it is a valid number in
+# any region, or a country (tests/unit/standin/test_data.py checks them with the transforms).
+JUNK_PHONES = ("n/a", "N/A", "-", "tbd", "000", "123", "call me", "see notes", "+49", "0", "none", "?")
+UNKNOWN_COUNTRIES = ("Atlantis", "n/a", "Europe", "EU", "Earth", "unknown", "-", "Narnia", "XX", "intl")
 
 CONTACT_COLUMNS = ("email", "firstname", "lastname", "phone", "company", "country", "lifecyclestage",
                    "associatedcompanyid")
@@ -156,17 +160,36 @@ def iter_records(table: ObjectTable) -> Iterator[dict]:
 
 
 def generate(seed: int = 1, contacts: int = 1000, companies: int = 50, bad_emails: int = 0,
-             anchor_ms: int = DEFAULT_ANCHOR_MS) -> Dataset:
-    """The seeded CRM content; timestamps spread over the two years before ``anchor_ms``."""
+             anchor_ms: int = DEFAULT_ANCHOR_MS, *, junk_phones: float = 0.0,
+             unknown_countries: float = 0.0) -> Dataset:
+    """The seeded CRM content; timestamps spread over the two years before ``anchor_ms``.
+    ``bad_emails`` contacts get an invalid address; the ``junk_phones`` and ``unknown_countries``
+    shares of them a phone or a country that means nothing (see :data:`JUNK_PHONES`,
+    :data:`UNKNOWN_COUNTRIES`). All of these are drawn last: everything else stays as in the
+    clean data set of the same seed."""
     if contacts < 0 or companies < 0:
         raise ValueError(f"contacts ({contacts}) and companies ({companies}) must be >= 0")
     if not 0 <= bad_emails <= contacts:
         raise ValueError(f"bad_emails ({bad_emails}) must be between 0 and contacts ({contacts})")
+    for name, ratio in (("junk_phones", junk_phones), ("unknown_countries", unknown_countries)):
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"{name} ({ratio}) must be a share between 0 and 1")
     rng = np.random.default_rng(seed)
     phones = _phone_pools(rng)
     company_table = _companies(rng, companies, phones, anchor_ms)
     contact_table = _contacts(rng, contacts, company_table, phones, bad_emails, anchor_ms)
+    _spoil(rng, contact_table.columns["phone"], junk_phones, JUNK_PHONES)
+    _spoil(rng, contact_table.columns["country"], unknown_countries, UNKNOWN_COUNTRIES)
     return Dataset(contacts=contact_table, companies=company_table)
+
+
+def _spoil(rng: np.random.Generator, column: list, share: float, junk: tuple[str, ...]) -> None:
+    """Overwrite ``round(share * len(column))`` random values with ``junk`` (no draws for none)."""
+    count = round(share * len(column))
+    if not count:
+        return
+    for k, pos in enumerate(rng.choice(len(column), count, replace=False).tolist()):
+        column[pos] = junk[k % len(junk)]
 
 
 # --- phones -------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -48,6 +48,33 @@ class LoadResult:
     """Incoming rows older than what the target holds: left alone."""
 
 
+@dataclass(frozen=True)
+class LoadPlan:
+    """What a load would change, computed by running it and rolling it back. ``result`` holds the
+    counts; ``active_before`` and ``erp_checksum`` describe the ERP it was planned against (a load
+    given this plan refuses when either moved); ``changed_columns`` counts, per column, the
+    updates that change it; ``samples`` holds a few rows per kind: ``insert`` (the new row),
+    ``update`` (key, changed columns, before and after), ``delete`` (the row as it was)."""
+
+    result: LoadResult
+    active_before: int
+    erp_checksum: KeyChecksum
+    changed_columns: dict[str, int]
+    samples: dict[str, list[dict[str, Any]]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self.result), "active_before": self.active_before, "erp_checksum": str(self.erp_checksum),
+                "changed_columns": self.changed_columns, "samples": self.samples}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoadPlan:
+        count, digest = str(data["erp_checksum"]).split(":")
+        checksum = KeyChecksum(int(count), int(digest, 16))
+        result = LoadResult(**{f: int(data.get(f, 0)) for f in LoadResult.__dataclass_fields__})
+        return cls(result, int(data["active_before"]), checksum,
+                   dict(data.get("changed_columns", {})), dict(data.get("samples", {})))
+
+
 class ErpTarget(ABC):
     """An ERP customer master that Conduit loads into.
 
@@ -77,6 +104,7 @@ class ErpTarget(ABC):
         kept_keys: Iterable[str] = (),
         dry_run: bool = False,
         replayed_quarantine_ids: Iterable[int] = (),
+        expected: LoadPlan | None = None,
     ) -> LoadResult:
         """Upsert the rows, apply deletes, advance the watermark and mark replayed quarantine
         entries, atomically.
@@ -90,7 +118,24 @@ class ErpTarget(ABC):
           (records the source still has but this load leaves out, e.g. quarantined ones).
         - The stored watermark moves to ``watermark`` only if that is later.
         - ``dry_run`` does all of it, reports the counts and rolls back.
+        - With ``expected`` (a :class:`LoadPlan` of the same rows), the load refuses
+          (``StalePlanError``, nothing changed) when the ERP moved since the plan or the changes
+          would differ from it: an approved plan is applied exactly, or not at all.
         """
+
+    @abstractmethod
+    def plan(
+        self,
+        spec: SyncSpec,
+        batches: Iterable[pd.DataFrame],
+        *,
+        run_id: str,
+        deleted_keys: Iterable[str | tuple[str, datetime | None]] = (),
+        full_refresh: bool = False,
+        kept_keys: Iterable[str] = (),
+        sample_rows: int = 5,
+    ) -> LoadPlan:
+        """What :meth:`load` with the same arguments would change, without changing anything."""
 
     @abstractmethod
     def count(self, spec: SyncSpec, *, active_only: bool = True) -> int: ...

@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conduit.exceptions import TargetConfigError, TargetError
+from conduit.exceptions import StalePlanError, TargetConfigError, TargetError
 from conduit.targets import sql_render as render
-from conduit.targets.base import ErpTarget, KeyChecksum, LoadResult, Watermark, key_checksum_of
+from conduit.targets.base import ErpTarget, KeyChecksum, LoadPlan, LoadResult, Watermark, key_checksum_of
 from conduit.targets.sql_render import POSTGRES, SQLITE, Column, Dialect, TableLayout
 
 if TYPE_CHECKING:
@@ -114,29 +114,19 @@ class SqlErpTarget(ErpTarget):
         kept_keys: Iterable[str] = (),
         dry_run: bool = False,
         replayed_quarantine_ids: Iterable[int] = (),
+        expected: LoadPlan | None = None,
     ) -> LoadResult:
         layout, d = TableLayout.of(spec), self.dialect
         params = {"now": self._timestamp_value(datetime.now(UTC)), "run_id": run_id}
         lock = f"conduit:load:{layout.schema}.{layout.table}"
         with self._errors_as(f"loading {layout.table} (rolled back)"), self._transaction(lock, commit=not dry_run) as cur:
-            cur.execute(render.create_staging_table(d, layout))
-            staged = self._stage(cur, layout, batches)
-            # A first load (an empty table) has nothing to merge with and nothing a full refresh
-            # could delete: a plain insert, ~2x faster than the merge at a million rows. (A row
-            # another writer commits meanwhile is left to the next full read and to reconcile.)
-            empty = not cur.execute(render.has_rows(d, layout)).fetchone()[0]
-            if empty:
-                cur.execute(render.insert_new(d, layout), params)
-                inserted, updated = cur.rowcount, 0
-            else:
-                inserted, updated = self._upsert(cur, layout, params)
-            unchanged = stale = 0
-            if inserted + updated < staged and not empty:  # duplicates, unchanged or stale rows
-                distinct, stale = cur.execute(render.count_incoming(d, layout)).fetchone()
-                unchanged = distinct - inserted - updated - stale
-            kept = self._list_value(_typed_keys(layout.key_column, kept_keys))
-            deleted = self._delete(cur, spec, layout, list(deleted_keys), full_refresh and not empty,
-                                   {**params, "kept": kept})
+            if expected is not None:  # under the load lock: nothing can move between this check and the load
+                self._check_unchanged(cur, layout, expected)
+            staged = self._stage_incoming(cur, layout, batches)
+            result = self._merge(cur, spec, layout, staged, list(deleted_keys), full_refresh, kept_keys, params)
+            if expected is not None and result != expected.result:
+                raise StalePlanError(f"{layout.table}: the load would make {result} but the approved plan said "
+                                     f"{expected.result}; nothing changed, run the sync again to plan anew")
             if watermark is not None:
                 cur.execute(
                     render.advance_watermark(d, layout.schema),
@@ -145,20 +135,104 @@ class SqlErpTarget(ErpTarget):
             replayed = list(replayed_quarantine_ids)
             if replayed:
                 cur.execute(render.mark_replayed(d, layout.schema), {**params, "ids": self._list_value(replayed)})
+        return result
+
+    def plan(
+        self,
+        spec: SyncSpec,
+        batches: Iterable[pd.DataFrame],
+        *,
+        run_id: str,
+        deleted_keys: Iterable[str | tuple[str, datetime | None]] = (),
+        full_refresh: bool = False,
+        kept_keys: Iterable[str] = (),
+        sample_rows: int = 5,
+    ) -> LoadPlan:
+        """The load, run and rolled back, with what it read before and wrote after (SQL on the
+        ERP side: only counts and the sampled rows reach Python)."""
+        layout, d = TableLayout.of(spec), self.dialect
+        params = {"now": self._timestamp_value(datetime.now(UTC)), "run_id": run_id}
+        lock = f"conduit:load:{layout.schema}.{layout.table}"
+        with self._errors_as(f"planning the load of {layout.table} (nothing changed)"), \
+                self._transaction(lock, commit=False) as cur:
+            checksum = self._key_checksum(cur, layout)
+            active = cur.execute(render.count_rows(d, layout, active_only=True)).fetchone()[0]
+            cur.execute("SAVEPOINT conduit_plan")
+            staged = self._stage_incoming(cur, layout, batches)
+            _, *per_column = cur.execute(render.changed_column_counts(d, layout)).fetchone()
+            doomed: list[str] = []
+            result = self._merge(cur, spec, layout, staged, list(deleted_keys), full_refresh, kept_keys, params,
+                                 sample_deletes=(doomed, sample_rows))
+            inserted = self._rows(cur, render.select_written(d, layout, inserted=True, limit=sample_rows), params)
+            updated = self._rows(cur, render.select_written(d, layout, inserted=False, limit=sample_rows), params)
+            cur.execute("ROLLBACK TO SAVEPOINT conduit_plan")
+            keys = [r[layout.key] for r in updated] + doomed
+            before = {row[layout.key]: row for row in self._rows(
+                cur, render.select_rows(d, layout, by_keys=True),
+                {"keys": self._list_value(_typed_keys(layout.key_column, keys))})}
+        changed = {name: int(n) for name, n in zip(layout.names, per_column, strict=True) if n}
+        samples = {"insert": inserted, "update": [_update_sample(before[r[layout.key]], r, layout) for r in updated],
+                   "delete": [before[k] for k in doomed if k in before]}
+        return LoadPlan(result, int(active), checksum, changed, samples)
+
+    def _check_unchanged(self, cur, layout: TableLayout, expected: LoadPlan) -> None:
+        now = self._key_checksum(cur, layout)
+        if now != expected.erp_checksum:
+            raise StalePlanError(
+                f"{layout.table} changed since the plan (active rows {expected.erp_checksum} -> {now}): "
+                "nothing changed; run the sync again to plan anew")
+
+    def _stage_incoming(self, cur, layout: TableLayout, batches: Iterable[pd.DataFrame]) -> int:
+        cur.execute(render.create_staging_table(self.dialect, layout))
+        return self._stage(cur, layout, batches)
+
+    def _merge(self, cur, spec, layout: TableLayout, staged: int, deleted_keys: list, full_refresh: bool,
+               kept_keys: Iterable[str], params: dict[str, Any], sample_deletes: tuple[list, int] | None = None
+               ) -> LoadResult:
+        """The staged rows into the table, then the deletes: the load's whole effect on the rows."""
+        d = self.dialect
+        # A first load (an empty table) has nothing to merge with and nothing a full refresh
+        # could delete: a plain insert, ~2x faster than the merge at a million rows. (A row
+        # another writer commits meanwhile is left to the next full read and to reconcile.)
+        empty = not cur.execute(render.has_rows(d, layout)).fetchone()[0]
+        if empty:
+            cur.execute(render.insert_new(d, layout), params)
+            inserted, updated = cur.rowcount, 0
+        else:
+            inserted, updated = self._upsert(cur, layout, params)
+        unchanged = stale = 0
+        if inserted + updated < staged and not empty:  # duplicates, unchanged or stale rows
+            distinct, stale = cur.execute(render.count_incoming(d, layout)).fetchone()
+            unchanged = distinct - inserted - updated - stale
+        kept = self._list_value(_typed_keys(layout.key_column, kept_keys))
+        deleted = self._delete(cur, spec, layout, deleted_keys, full_refresh and not empty, {**params, "kept": kept},
+                               sample_deletes)
         return LoadResult(inserted=inserted, updated=updated, unchanged=unchanged, deleted=deleted,
                           stale_skipped=stale)
 
-    def _delete(self, cur, spec, layout, keys: list, full_refresh: bool, params: dict[str, Any]) -> int:
-        mode, deleted = spec.target.delete_mode, 0
+    def _delete(self, cur, spec, layout, keys: list, full_refresh: bool, params: dict[str, Any],
+                sample: tuple[list, int] | None = None) -> int:
+        mode, deleted, passes = spec.target.delete_mode, 0, []
         if keys:
             cur.execute(render.create_deleted_keys_table(self.dialect, layout))
             self._stage_deleted_keys(cur, [self._deleted_key(k) for k in keys])
-            cur.execute(render.delete_rows(self.dialect, layout, mode=mode, full_refresh=False), params)
-            deleted += cur.rowcount
+            passes.append(False)
         if full_refresh:
-            cur.execute(render.delete_rows(self.dialect, layout, mode=mode, full_refresh=True), params)
+            passes.append(True)
+        for refresh in passes:
+            if sample is not None and len(sample[0]) < sample[1]:  # the plan: which rows, before they go
+                cur.execute(render.select_deletable_keys(self.dialect, layout, mode=mode, full_refresh=refresh,
+                                                         limit=sample[1] - len(sample[0])), params)
+                sample[0].extend(row[0] for row in cur.fetchall())
+            cur.execute(render.delete_rows(self.dialect, layout, mode=mode, full_refresh=refresh), params)
             deleted += cur.rowcount
         return deleted
+
+    def _rows(self, cur, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Rows as JSON-able dicts (timestamps as ISO text)."""
+        cur.execute(sql, params)
+        names = [c[0] for c in cur.description]
+        return [{n: _plain(v) for n, v in zip(names, row, strict=True)} for row in cur.fetchall()]
 
     def count(self, spec: SyncSpec, *, active_only: bool = True) -> int:
         return self._fetch_one(render.count_rows(self.dialect, TableLayout.of(spec), active_only=active_only))[0]
@@ -387,6 +461,17 @@ class SqliteErpTarget(SqlErpTarget):
 # --- frames in and out --------------------------------------------------------------------------
 
 _SQLITE_TIMESTAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _update_sample(before: dict[str, Any], after: dict[str, Any], layout: TableLayout) -> dict[str, Any]:
+    """One planned update: the mapped columns that change, before and after."""
+    changed = [n for n in layout.names if before.get(n) != after.get(n)]
+    return {"key": after[layout.key], "changed": changed,
+            "before": {n: before.get(n) for n in changed}, "after": {n: after.get(n) for n in changed}}
 
 
 def _iso_utc(value: datetime) -> str:

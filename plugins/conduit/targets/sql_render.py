@@ -34,6 +34,8 @@ class Dialect:
     param_style: str
     any_of: str
     """Membership test of ``{column}`` in a list passed as one parameter ``{param}``."""
+    differs: str
+    """Null-safe "is not equal" between two values."""
 
     def param(self, name: str) -> str:
         return self.param_style.format(name)
@@ -54,6 +56,7 @@ POSTGRES = Dialect(
     inserted_flag="xmax = 0",
     param_style="%({})s",
     any_of="{column} = ANY({param})",
+    differs="IS DISTINCT FROM",
 )
 
 SQLITE = Dialect(
@@ -69,6 +72,7 @@ SQLITE = Dialect(
     inserted_flag="created_at = {now}",
     param_style=":{}",
     any_of="{column} IN (SELECT value FROM json_each({param}))",
+    differs="IS NOT",
 )
 
 
@@ -319,31 +323,76 @@ def count_incoming(d: Dialect, layout: TableLayout) -> str:
     )
 
 
+def _deleted(d: Dialect, layout: TableLayout, *, full_refresh: bool) -> str:
+    """The condition on a customer row that the deletes of this load choose (see :func:`delete_rows`)."""
+    table, key = d.qualify(layout.schema, layout.table), quote_ident(layout.key)
+    if full_refresh:
+        kept = d.any_of.format(column=f"{table}.{key}", param=d.param("kept"))
+        return (f"NOT EXISTS (SELECT 1 FROM {quote_ident(STAGING_TABLE)} AS s WHERE s.{key} = {table}.{key}) "
+                f"AND NOT {kept}")
+    # A delete is data too: an archived version older than the stored row (a rerun of an old
+    # run, after the record was restored) must not delete it.
+    modified = quote_ident(SOURCE_MODIFIED_AT)
+    return (f"EXISTS (SELECT 1 FROM {quote_ident(DELETED_KEYS_TABLE)} AS x WHERE x.{key} = {table}.{key} "
+            f"AND (x.{modified} IS NULL OR x.{modified} >= {table}.{modified}))")
+
+
+def _deletable(d: Dialect, layout: TableLayout, *, mode: str, full_refresh: bool) -> str:
+    if mode not in ("soft", "hard"):
+        raise ValueError(f"unknown delete mode {mode!r}")
+    chosen = _deleted(d, layout, full_refresh=full_refresh)
+    return chosen if mode == "hard" else f"active AND {chosen}"  # soft: mark inactive once
+
+
 def delete_rows(d: Dialect, layout: TableLayout, *, mode: str, full_refresh: bool) -> str:
     """Delete the rows named in the deleted-keys table or, for a full refresh, the rows this load
     did not bring except the ``kept`` keys (a list parameter: records the source still has, left
     out of this load, e.g. quarantined). Soft: mark inactive (once). Parameters: ``now``,
     ``run_id`` (soft only), ``kept`` (full refresh only)."""
-    table, key = d.qualify(layout.schema, layout.table), quote_ident(layout.key)
-    if full_refresh:
-        kept = d.any_of.format(column=f"{table}.{key}", param=d.param("kept"))
-        chosen = (f"NOT EXISTS (SELECT 1 FROM {quote_ident(STAGING_TABLE)} AS s WHERE s.{key} = {table}.{key}) "
-                  f"AND NOT {kept}")
-    else:
-        # A delete is data too: an archived version older than the stored row (a rerun of an old
-        # run, after the record was restored) must not delete it.
-        modified = quote_ident(SOURCE_MODIFIED_AT)
-        chosen = (f"EXISTS (SELECT 1 FROM {quote_ident(DELETED_KEYS_TABLE)} AS x WHERE x.{key} = {table}.{key} "
-                  f"AND (x.{modified} IS NULL OR x.{modified} >= {table}.{modified}))")
+    table, where = d.qualify(layout.schema, layout.table), _deletable(d, layout, mode=mode, full_refresh=full_refresh)
     if mode == "hard":
-        return f"DELETE FROM {table} WHERE {chosen}"
-    if mode != "soft":
-        raise ValueError(f"unknown delete mode {mode!r}")
+        return f"DELETE FROM {table} WHERE {where}"
     now = d.param("now")
     return (
         f"UPDATE {table} SET active = false, deleted_at = {now}, updated_at = {now}, "
-        f"last_run_id = {d.param('run_id')} WHERE active AND {chosen}"
+        f"last_run_id = {d.param('run_id')} WHERE {where}"
     )
+
+
+# --- the plan: what a load would change, read before and after it runs (then rolled back) --------
+
+
+def select_deletable_keys(d: Dialect, layout: TableLayout, *, mode: str, full_refresh: bool, limit: int) -> str:
+    """Up to ``limit`` keys :func:`delete_rows` would delete (same parameters)."""
+    key = quote_ident(layout.key)
+    return (f"SELECT {key} FROM {d.qualify(layout.schema, layout.table)} "
+            f"WHERE {_deletable(d, layout, mode=mode, full_refresh=full_refresh)} ORDER BY {key} LIMIT {int(limit)}")
+
+
+def changed_column_counts(d: Dialect, layout: TableLayout) -> str:
+    """Before the upsert: one row, the number of rows it will update and, per mapped column, how
+    many of those change that column (the conditions are the upsert's own)."""
+    key = quote_ident(layout.key)
+    per_column = ", ".join(
+        f"COALESCE(sum(CASE WHEN t.{quote_ident(n)} {d.differs} i.{quote_ident(n)} THEN 1 ELSE 0 END), 0)"
+        for n in layout.names
+    )
+    return (
+        f"SELECT count(*), {per_column}\n"
+        f"FROM ({_newest_staged_rows(d, layout)}) AS i\n"
+        f"JOIN {d.qualify(layout.schema, layout.table)} AS t ON t.{key} = i.{key}\n"
+        f"WHERE {_overwrites('i', 't')} AND {_changes_content('i', 't')}"
+    )
+
+
+def select_written(d: Dialect, layout: TableLayout, *, inserted: bool, limit: int) -> str:
+    """After the upsert (same ``now``/``run_id`` parameters): up to ``limit`` rows it inserted, or
+    updated with new content."""
+    now, run_id, key = d.param("now"), d.param("run_id"), quote_ident(layout.key)
+    which = f"created_at = {now}" if inserted else f"created_at <> {now} AND updated_at = {now} AND active"
+    return (f"SELECT {_column_list([c.name for c in layout.all_columns])} "
+            f"FROM {d.qualify(layout.schema, layout.table)} "
+            f"WHERE last_run_id = {run_id} AND {which} ORDER BY {key} LIMIT {int(limit)}")
 
 
 # --- sync state ---------------------------------------------------------------------------------

@@ -22,6 +22,16 @@ _STRING = pa.string()
 # atext, dots and "@", and no IDNA ("xn--") labels, which it turns into Unicode.
 _PLAIN_EMAIL = r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~@-]+$"
 _EPOCH_MS = f"^{fields.EPOCH_MS.pattern}$"
+# Addresses email-validator certainly accepts (checked against it in the tests): a dot-atom local
+# part of at most 64 characters, host labels of letters, digits and inner single hyphens, a TLD of
+# letters, no special-use domain. Anything else is asked of the library.
+_ATEXT = "A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_SURELY_VALID_EMAIL = (
+    rf"^[{_ATEXT}]+(?:\.[{_ATEXT}]+)*@(?:[A-Za-z0-9](?:[A-Za-z0-9]|-[A-Za-z0-9]){{0,61}}\.)+[A-Za-z]{{2,63}}$"
+)
+_SHORT_LOCAL_PART = r"^[^@]{1,64}@"
+_SPECIAL_USE_DOMAIN = r"(?i)[.@](?:arpa|invalid|local|localhost|onion|test)$"
+_MAX_EMAIL_LENGTH = 254
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
 
@@ -58,8 +68,35 @@ def normalize_emails(values: pa.Array) -> pa.Array:
     return pc.if_else(other, looked_up, pc.utf8_lower(trimmed))
 
 
+def invalid_emails(normalized: pa.Array) -> np.ndarray:
+    """Per row of :func:`normalize_emails`' result: True where an address was given but is not
+    valid. Most addresses pass a vectorised check that only valid ones pass; the rest are asked
+    of ``fields.is_valid_email`` once per distinct value."""
+    sure = pc.and_(
+        pc.and_(pc.match_substring_regex(normalized, _SURELY_VALID_EMAIL),
+                pc.match_substring_regex(normalized, _SHORT_LOCAL_PART)),
+        pc.and_(pc.invert(pc.match_substring_regex(normalized, _SPECIAL_USE_DOMAIN)),
+                pc.less_equal(pc.utf8_length(normalized), _MAX_EMAIL_LENGTH)),
+    )
+    unsure = np.asarray(pc.fill_null(pc.invert(sure), False), dtype=bool)
+    invalid = np.zeros(len(normalized), dtype=bool)
+    if unsure.any():
+        rows = np.flatnonzero(unsure)
+        checked = map_distinct(normalized.take(pa.array(rows)), fields.is_valid_email, pa.bool_())
+        invalid[rows] = ~np.asarray(checked, dtype=bool)
+    return invalid
+
+
 def countries_to_iso2(values: pa.Array) -> pa.Array:
     return map_distinct(values, fields.country_to_iso2)
+
+
+def invalid_countries(codes: pa.Array) -> np.ndarray:
+    """Per row of :func:`countries_to_iso2`' result: True where a country was given but is not
+    an ISO-3166 alpha-2 code (the transform kept the text)."""
+    known = np.asarray(pc.fill_null(pc.is_in(codes, value_set=pa.array(fields.iso2_codes(), pa.string())), False),
+                       dtype=bool)
+    return np.asarray(codes.is_valid(), dtype=bool) & ~known
 
 
 def phone_regions(countries: pa.Array | None, default_region: str, size: int) -> pa.Array:

@@ -97,6 +97,12 @@ def country_to_iso2(value: str | None) -> str | None:
         return _COUNTRY_ALIASES.get(key.lower(), text)
 
 
+@lru_cache(maxsize=1)
+def iso2_codes() -> tuple[str, ...]:
+    """Every ISO-3166 alpha-2 code, as :func:`country_to_iso2` returns them."""
+    return tuple(sorted(country.alpha_2 for country in pycountry.countries))
+
+
 @lru_cache(maxsize=1024)
 def phone_region(country: str | None, default_region: str) -> str:
     """The phonenumbers region for a country given in any form, else the default region."""

@@ -3,6 +3,12 @@
 ``map_frame`` turns a batch of raw records (one row per CRM record, one text column per CRM
 property) into exactly the spec's columns, typed, plus ``source_modified_at`` and ``row_hash``.
 It normalises and never drops a row or raises on bad data; the quality gate judges.
+
+A step with ``on_invalid: null`` or ``reject`` (``email``, ``phone_e164``, ``country_iso2``) also
+says which values it could not normalise: the mapped rows then carry, per such column, a text
+column :func:`invalid_column` holding the value that entered the step where it was invalid (null
+elsewhere). Under ``null`` the column itself is null there. The gate turns these into defects or
+rejections; the load ignores them.
 """
 
 from __future__ import annotations
@@ -35,9 +41,25 @@ from conduit.specs.model import (
 )
 from conduit.transforms import columns
 from conduit.transforms.digit_automata import utf8_data
-from conduit.transforms.phones import phones_to_e164
+from conduit.transforms.phones import invalid_results, phones_to_e164
 
 MAPPED_EXTRA_COLUMNS = ("source_modified_at", "row_hash")
+INVALID_PREFIX = "conduit_invalid:"  # never a spec column: those are plain identifiers
+_INVALID_ROWS = {
+    Email: columns.invalid_emails,
+    PhoneE164: invalid_results,
+    CountryIso2: columns.invalid_countries,
+}
+
+
+def invalid_column(column: str) -> str:
+    """The mapped column holding the values ``column``'s ``on_invalid`` step could not normalise."""
+    return INVALID_PREFIX + column
+
+
+def checked_columns(spec: SyncSpec) -> dict[str, FieldMapping]:
+    """The spec's columns whose values that do not normalise are nulled or rejected."""
+    return {name: m for name, m in spec.mapping.items() if m.invalid_check is not None}
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),
@@ -57,6 +79,7 @@ def mapped_schema(spec: SyncSpec) -> pa.Schema:
         pa.field("source_modified_at", columns.UTC_MICROS),
         pa.field("row_hash", pa.string(), nullable=False),
     ]
+    fields_ += [pa.field(invalid_column(name), pa.string()) for name in checked_columns(spec)]
     return pa.schema(fields_)
 
 
@@ -161,15 +184,31 @@ def _typed(values: pa.Array, dtype: DType) -> pa.Array:
     return _text(values)
 
 
-def _map_column(mapping: FieldMapping, props: _Properties) -> pa.Array:
+def _map_column(mapping: FieldMapping, props: _Properties) -> tuple[pa.Array, pa.Array | None]:
+    """The column's values and, when a step sets ``on_invalid``, the values it could not
+    normalise (as they entered it; null elsewhere)."""
     values = props[mapping.source] if mapping.source else pa.nulls(len(props), pa.string())
+    check, invalid_raw = mapping.invalid_check, None
     for step in mapping.transforms:
-        values = _apply(step, values, props)
+        result = _apply(step, values, props)
+        if step is check:
+            invalid_raw, result = _judge(step, _text(values), result)
+        values = result
     typed = _typed(values, mapping.dtype)
     if mapping.default is not None:
         default = _typed(pa.array([str(mapping.default)]), mapping.dtype)[0]
         typed = pc.fill_null(typed, default)
-    return typed
+    return typed, invalid_raw
+
+
+def _judge(step: Transform, given: pa.Array, result: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(the given values where ``step`` could not normalise them, else null; the step's result,
+    nulled there under ``on_invalid: null``)."""
+    invalid = pa.array(_INVALID_ROWS[type(step)](result), pa.bool_())
+    raw = pc.if_else(invalid, given, pa.scalar(None, pa.string()))
+    if step.on_invalid == "null":
+        result = pc.if_else(invalid, pa.scalar(None, result.type), result)
+    return raw, result
 
 
 def _hash_text(values: pa.Array) -> pa.Array:
@@ -208,16 +247,19 @@ def map_table(raw: pd.DataFrame, spec: SyncSpec) -> pa.Table:
     """``map_frame`` as an Arrow table of ``mapped_schema(spec)``, for writing Parquet without
     the detour through pandas objects."""
     props = _Properties(raw.reset_index(drop=True))
-    mapped = {name: _map_column(mapping, props) for name, mapping in spec.mapping.items()}
+    results = {name: _map_column(mapping, props) for name, mapping in spec.mapping.items()}
+    mapped = {name: values for name, (values, _) in results.items()}
     mapped["source_modified_at"] = columns.parse_timestamps(props[spec.source.cursor.property])
     mapped["row_hash"] = row_hashes([mapped[name] for name in spec.mapping])
+    for name in checked_columns(spec):
+        mapped[invalid_column(name)] = results[name][1]
     return pa.Table.from_arrays(list(mapped.values()), schema=mapped_schema(spec))
 
 
 def map_frame(raw: pd.DataFrame, spec: SyncSpec) -> pd.DataFrame:
     """The spec's columns (in order, typed: string -> str/None objects, integer -> Int64,
     timestamp -> datetime64[us, UTC], boolean -> boolean), then ``source_modified_at`` and
-    ``row_hash``."""
+    ``row_hash``, then the :func:`invalid_column` of each checked column."""
     table = map_table(raw, spec)
     return pd.DataFrame(
         {name: _to_pandas(table.column(name).combine_chunks()) for name in table.column_names}

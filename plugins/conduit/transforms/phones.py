@@ -15,7 +15,7 @@ goes to ``fields.phone_to_e164``. Every row gets exactly the library's answer;
 from __future__ import annotations
 
 import re
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 import phonenumbers
@@ -459,3 +459,34 @@ def _phones_to_e164(values: pa.Array, regions: pa.Array) -> pa.Array:
             (rest_rows, pa.array(slow, pa.string())),
         ],
     )
+
+
+# --- validity of results ------------------------------------------------------------------------
+
+_E164 = r"^\+[1-9][0-9]{1,16}$"
+
+
+@lru_cache(maxsize=1 << 16)
+def _is_valid_international(text: str) -> bool:
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(text, None))
+    except phonenumbers.NumberParseException:
+        return False
+
+
+def invalid_results(results: pa.Array) -> np.ndarray:
+    """Per row of :func:`phones_to_e164`'s ``results``: True where a number was given but is not
+    valid (the transform kept it as text). A valid number comes back in E.164, and "+" numbers
+    read the same in every region, so a result is valid exactly when it is E.164 text that
+    parses as a valid number; that is decided by the fast path, the rest by the library."""
+    present = _mask(results.is_valid())
+    rows = np.flatnonzero(_mask(pc.fill_null(pc.match_substring_regex(results, _E164), False)))
+    valid = np.zeros(len(results), dtype=bool)
+    if len(rows):
+        texts = results.take(pa.array(rows))
+        decided, ok, _ = _decide(texts, pa.array(np.full(len(rows), "US"), pa.string()))
+        valid[rows[decided[ok]]] = True
+        rest = np.setdiff1d(np.arange(len(rows)), decided)
+        checked = [_is_valid_international(t) for t in texts.take(pa.array(rest, pa.int64())).to_pylist()]
+        valid[rows[rest[np.array(checked, dtype=bool)]] if len(rest) else []] = True
+    return present & ~valid

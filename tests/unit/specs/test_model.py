@@ -34,6 +34,19 @@ def test_flagship_loads():
     assert spec.mapping["full_name"].source_properties() == ["firstname", "lastname"]
     assert spec.mapping["phone"].source_properties() == ["phone", "country"]
     assert spec.mapping["customer_number"].source_properties() == ["hs_object_id"]
+    # junk contact details load empty and are recorded as defects; a few percent are normal
+    assert {c: m.invalid_check.on_invalid for c, m in spec.mapping.items() if m.invalid_check} == {
+        "email": "null", "phone": "null", "country_code": "null"}
+    assert (spec.quality.max_rejected_ratio, spec.quality.max_defect_ratio) == (0.01, 0.25)
+
+
+def test_on_invalid_defaults_to_keep_raw_and_reads_unquoted_yaml_null(data):
+    data["mapping"]["email"]["transforms"] = yaml.safe_load("[{type: email}]")
+    data["mapping"]["phone"]["transforms"] = yaml.safe_load("[{type: phone_e164, on_invalid: null}]")
+    spec = parse_spec(data, "syncs/x.yaml")
+    assert spec.mapping["email"].transforms[0].on_invalid == "keep_raw" and spec.mapping["email"].invalid_check is None
+    assert spec.mapping["phone"].invalid_check.on_invalid == "null"
+    assert (spec.quality.max_defect_ratio, spec.quality.defect_ratio_min_rows) == (0.25, 100)
 
 
 @pytest.mark.parametrize(
@@ -64,6 +77,11 @@ def test_flagship_loads():
          "target.checks.columns.email.min", "equal_to cannot be combined"),
         (lambda d: d["target"]["checks"]["table"].update({"bad name": {"check_statement": "true"}}),
          "target.checks.table.bad name", "pattern"),
+        (lambda d: d["mapping"]["phone"]["transforms"][0].update(on_invalid="drop"),
+         "mapping.phone.transforms[0].on_invalid", "'keep_raw', 'null' or 'reject'"),
+        (lambda d: d["mapping"]["first_name"]["transforms"][0].update(on_invalid="null"),
+         "mapping.first_name.transforms[0].on_invalid", "Extra inputs"),  # trim cannot tell
+        (lambda d: d["quality"].update(max_defect_ratio=1.5), "quality.max_defect_ratio", "less than or equal to 1"),
     ],
 )
 def test_errors_name_field_and_problem(data, mutate, field, words):

@@ -145,3 +145,48 @@ def test_iso_ms_prints_every_millisecond_as_strftime_does():
     for ms in stamps:
         assert iso_ms(ms) == time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
     assert iso_ms(1_704_164_645_678) == "2024-01-02T03:04:05.678Z"
+
+
+# --- junk contact details (reset(junk_phones=..., unknown_countries=...)) -------------------------
+
+
+def test_junk_phones_and_unknown_countries_spoil_only_those_shares_and_never_normalise():
+    import pyarrow as pa
+
+    from conduit.standin.data import COUNTRIES, JUNK_PHONES, UNKNOWN_COUNTRIES
+    from conduit.transforms.columns import countries_to_iso2, invalid_countries
+    from conduit.transforms.phones import invalid_results, phones_to_e164
+
+    clean = generate(seed=3, contacts=1000, companies=20)
+    dirty = generate(seed=3, contacts=1000, companies=20, junk_phones=0.1, unknown_countries=0.03)
+    changed = {name: [i for i, (a, b) in enumerate(zip(clean.contacts.columns[name], dirty.contacts.columns[name],
+                                                         strict=True)) if a != b]
+               for name in clean.contacts.columns}
+    assert len(changed["phone"]) == 100 and len(changed["country"]) == 30
+    assert {n for n, rows in changed.items() if rows} == {"phone", "country"}  # all else as in the clean set
+    assert {dirty.contacts.columns["phone"][i] for i in changed["phone"]} <= set(JUNK_PHONES)
+    # junk in every region the data uses (and the default): the transforms never make a value of it
+    for region in [c[0] for c in COUNTRIES] + ["US"]:
+        results = phones_to_e164(pa.array(JUNK_PHONES), pa.array([region] * len(JUNK_PHONES)))
+        assert invalid_results(results).all(), region
+    assert invalid_countries(countries_to_iso2(pa.array(UNKNOWN_COUNTRIES))).all()
+    assert generate(seed=3, contacts=10, companies=2, junk_phones=0.0).contacts.columns == \
+        generate(seed=3, contacts=10, companies=2).contacts.columns
+
+
+@pytest.mark.parametrize("option", ["junk_phones", "unknown_countries"])
+def test_junk_shares_must_be_shares(option):
+    with pytest.raises(ValueError, match=f"{option} \\(1.5\\) must be a share between 0 and 1"):
+        generate(seed=1, contacts=10, companies=2, **{option: 1.5})
+
+
+def test_the_standin_resets_with_junk_and_keeps_it_for_later_resets():
+    from conduit.standin.app import Standin, StandinConfig
+    from conduit.standin.data import JUNK_PHONES
+
+    standin = Standin(StandinConfig(contacts=200, companies=5))
+    standin.reset(junk_phones=0.5)
+    phones = standin.stores["contacts"].table.columns["phone"]
+    assert sum(p in JUNK_PHONES for p in phones) >= 100
+    standin.reset(bad_emails=1)
+    assert standin.config.junk_phones == 0.5

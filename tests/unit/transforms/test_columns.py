@@ -89,3 +89,24 @@ def test_integers_and_booleans():
         None,
         None,
     ]
+
+
+def test_invalid_emails_are_exactly_the_addresses_the_library_rejects():
+    from conduit.transforms.fields import is_valid_email
+
+    rng = random.Random(11)
+    values = [email(rng, rng.choice(["Jörg", "ann", "Mary Ann", "o'brien"]), rng.choice(["Doe", "SMITH"]))
+              for _ in range(3000)]
+    values += ['"Quoted"@Example.com', "a@XN--BCHER-KVA.com", "A@B.INVALID", "a@b.test", "a@b.local", "x@com.",
+               "john..doe@x.com", "user@[192.168.0.1]", "José@Example.com", "a@b@c.com", "a@ab--cd.com",
+               "a@acme-logistics-3.example", "first.last@example", f"{'x' * 65}@example.com",
+               f"a@{'b' * 64}.com", f"a@{'b' * 63}.com", "first last@example.com", "a@exa mple.com", None]
+    normalized = columns.normalize_emails(pa.array(values, pa.string()))
+    want = [v is not None and v.strip() != "" and not is_valid_email.__wrapped__(v) for v in values]
+    assert columns.invalid_emails(normalized).tolist() == want
+    assert any(want) and not all(want)
+
+
+def test_invalid_countries_are_the_ones_that_are_no_iso_code():
+    codes = columns.countries_to_iso2(pa.array(["germany", "Atlantis", None, "usa", "EU", "n/a"]))
+    assert columns.invalid_countries(codes).tolist() == [False, True, False, False, True, True]

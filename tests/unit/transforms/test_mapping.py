@@ -11,7 +11,16 @@ from crm_samples import contacts
 
 from conduit.exceptions import TransformError
 from conduit.specs.model import load_spec, parse_spec
-from conduit.transforms.mapping import MAPPED_EXTRA_COLUMNS, map_frame, map_table, mapped_schema, row_hashes
+from conduit.transforms.mapping import (
+    MAPPED_EXTRA_COLUMNS,
+    invalid_column,
+    map_frame,
+    map_table,
+    mapped_schema,
+    row_hashes,
+)
+
+CHECKED = [invalid_column(c) for c in ("email", "phone", "country_code")]  # the flagship's on_invalid: null
 
 REPO = Path(__file__).resolve().parents[3]
 FLAGSHIP = REPO / "include" / "syncs" / "crm_to_erp_customer_sync.yaml"
@@ -74,8 +83,16 @@ def test_flagship_spec_end_to_end():
     )
     out = map_frame(raw, spec)
 
-    assert list(out.columns) == spec.columns + list(MAPPED_EXTRA_COLUMNS)
-    rows = out.drop(columns=["row_hash"]).astype(object).where(out.notna(), None).to_dict("records")
+    assert list(out.columns) == spec.columns + list(MAPPED_EXTRA_COLUMNS) + CHECKED
+    rows = out.drop(columns=["row_hash", *CHECKED]).astype(object).where(out.notna(), None).to_dict("records")
+    # what the transforms could not normalise: nulled, and the given value kept for the gate
+    invalid = out[CHECKED].astype(object).where(out[CHECKED].notna(), None).to_dict("records")
+    assert invalid == [
+        dict.fromkeys(CHECKED),
+        {**dict.fromkeys(CHECKED), invalid_column("email"): "not-an-email"},
+        {invalid_column("email"): None, invalid_column("phone"): "call me",
+         invalid_column("country_code"): "Atlantis"},
+    ]
     created = datetime(2024, 1, 15, 10, 30, 0, 123000, tzinfo=UTC)
     assert rows[0] == {
         "customer_number": "HS-C-101",
@@ -94,7 +111,7 @@ def test_flagship_spec_end_to_end():
     assert rows[1] == {
         "customer_number": "HS-C-102",
         "crm_id": 102,
-        "email": "not-an-email",
+        "email": None,
         "first_name": "Jürgen",
         "last_name": None,
         "full_name": "Jürgen",
@@ -112,8 +129,8 @@ def test_flagship_spec_end_to_end():
         "first_name": None,
         "last_name": None,
         "full_name": None,
-        "phone": "call me",
-        "country_code": "Atlantis",
+        "phone": None,
+        "country_code": None,
         "company_name": None,
         "lifecycle_stage": "lead",
         "crm_created_at": None,
@@ -221,7 +238,7 @@ def test_missing_property_column_is_all_null():
 def test_empty_frame():
     spec = load_spec(FLAGSHIP)
     out = map_frame(pd.DataFrame({"id": pd.Series([], dtype=str)}), spec)
-    assert list(out.columns) == spec.columns + list(MAPPED_EXTRA_COLUMNS)
+    assert list(out.columns) == spec.columns + list(MAPPED_EXTRA_COLUMNS) + CHECKED
     assert len(out) == 0
     assert pa.Table.from_pandas(out, schema=mapped_schema(spec), preserve_index=False).num_rows == 0
 

@@ -2,6 +2,7 @@
 
 import random
 
+import phonenumbers
 import pyarrow as pa
 import pytest
 from crm_samples import PHONE_REGIONS, phone
@@ -129,3 +130,28 @@ def test_repeated_values_are_worked_out_once(monkeypatch):
 def test_empty_and_all_null_columns():
     assert _fast([], []) == []
     assert _fast([None, None], ["US", "DE"]) == [None, None]
+
+
+def _library_valid(value, region) -> bool:
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(value, region))
+    except phonenumbers.NumberParseException:
+        return False
+
+
+def test_invalid_results_are_exactly_the_numbers_the_library_rejects():
+    rng = random.Random(7)
+    values, regions = [], []
+    for _ in range(3000):
+        region = rng.choice(PHONE_REGIONS)
+        values.append(phone(rng, region))
+        regions.append(region if rng.random() < 0.7 else rng.choice(PHONE_REGIONS))
+    dirty_values, dirty_regions = zip(*DIRTY, strict=True)
+    values += [*dirty_values, "n/a", "+4930123", "+49", "", "12345"]
+    regions += [*dirty_regions, "DE", "US", "DE", "US", "AT"]
+    invalid = phones.invalid_results(
+        phones.phones_to_e164(pa.array(values, pa.string()), pa.array(regions, pa.string())))
+    want = [v is not None and v.strip() != "" and not _library_valid(v.strip(), r)
+            for v, r in zip(values, regions, strict=True)]
+    assert invalid.tolist() == want
+    assert any(want) and not all(want)

@@ -1,0 +1,80 @@
+"""A run's plan, judged and shown: pure functions over a :class:`~conduit.targets.base.LoadPlan`
+(no Airflow, no database).
+
+The circuit breaker compares the plan's updates and deletes with the ERP's active customers
+before the load; above a threshold a person decides. An empty ERP getting its first customers
+needs no approval (there is nothing to lose), and a full refresh is judged like any other run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from conduit.specs.model import ApprovalSpec
+    from conduit.targets.base import LoadPlan
+
+def approval_reason(plan: LoadPlan, approval: ApprovalSpec | None) -> str | None:
+    """Why this plan needs a person, or None when it may load on its own."""
+    if approval is None or plan.active_before == 0:
+        return None
+    reasons = []
+    for kind, count, limit in (("update", plan.result.updated, approval.max_update_ratio),
+                               ("delete (or deactivate)", plan.result.deleted, approval.max_delete_ratio)):
+        share = count / plan.active_before
+        if share > limit:
+            reasons.append(f"would {kind} {count} of {plan.active_before} active customers "
+                           f"({share:.1%}, above the spec's {limit:.0%})")
+    return "; ".join(reasons) or None
+
+
+def plan_lines(plan: LoadPlan, *, rejected: int = 0) -> list[str]:
+    """The plan as a small table for the task log."""
+    counts = {"inserted": plan.result.inserted, "updated": plan.result.updated, "deleted": plan.result.deleted,
+              "unchanged": plan.result.unchanged, "stale (older than the ERP)": plan.result.stale_skipped,
+              "rejected by the gate": rejected}
+    lines = [f"plan against {plan.active_before} active ERP customers (checksum {plan.erp_checksum}):"]
+    lines += [f"  {kind:<28}{count:>10}" for kind, count in counts.items()]
+    if plan.changed_columns:
+        lines.append("  columns the updates change: " +
+                     ", ".join(f"{c} {n}" for c, n in sorted(plan.changed_columns.items(), key=lambda i: -i[1])))
+    for sample in plan.samples.get("update", []):
+        changes = ", ".join(f"{c}: {sample['before'][c]!r} -> {sample['after'][c]!r}" for c in sample["changed"])
+        lines.append(f"  update {sample['key']}: {changes or 'reactivated'}")
+    return lines
+
+
+def approval_markdown(plan: LoadPlan, reason: str, key: str) -> str:
+    """What the person deciding reads in the Airflow UI (Required Actions)."""
+    result = plan.result
+    rows = [("insert", result.inserted), ("update", result.updated), ("delete / deactivate", result.deleted),
+            ("unchanged", result.unchanged)]
+    table = "\n".join(f"| {kind} | {count:,} |" for kind, count in rows)
+    parts = [f"**This run {reason}.** Approve to apply exactly this plan; reject (or no answer in time) "
+             "changes nothing and keeps the watermark.",
+             f"| change | rows |\n|---|---:|\n{table}",
+             f"Active ERP customers before: {plan.active_before:,}."]
+    if plan.changed_columns:
+        parts.append("Columns the updates change: " + ", ".join(
+            f"`{c}` ({n:,})" for c, n in sorted(plan.changed_columns.items(), key=lambda i: -i[1])))
+    parts += _sample_sections(plan, key)
+    return "\n\n".join(parts)
+
+
+def _sample_sections(plan: LoadPlan, key: str) -> list[str]:
+    sections = []
+    updates = plan.samples.get("update", [])
+    if updates:
+        lines = [f"- `{u['key']}`: " + ", ".join(f"{c} `{u['before'][c]}` → `{u['after'][c]}`" for c in u["changed"])
+                 for u in updates]
+        sections.append("Sample updates:\n" + "\n".join(lines))
+    for kind, title in (("delete", "Sample deletes"), ("insert", "Sample inserts")):
+        rows = plan.samples.get(kind, [])
+        if rows:
+            sections.append(f"{title}: " + ", ".join(f"`{r.get(key)}`" for r in rows))
+    return sections
+
+
+def plan_summary(plan: LoadPlan, reason: str | None) -> dict[str, Any]:
+    """The run's XCom: counts, the checksum the load checks, whether a person must approve."""
+    return {**plan.to_dict(), "needs_approval": reason is not None, "approval_reason": reason}
