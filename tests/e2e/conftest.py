@@ -31,15 +31,14 @@ def e2e_artifacts() -> Path:
     return ARTIFACTS
 
 
-@pytest.fixture(scope="module")
-def airflow_stack(request, pg_server_dsn: str, redis_url: str, e2e_artifacts: Path):
-    """A running Conduit deployment (CeleryExecutor) on the real sync DAGs. Always torn down: the
-    finalizer kills every process group, checks nothing is left and drops the databases."""
+def running_stack(request, pg_dsn: str, redis_url: str, artifacts: Path, **options):
+    """Start a deployment; always torn down: the finalizer kills every process group, checks
+    nothing is left and drops the databases. Yields the stack."""
     workdir = Path(tempfile.mkdtemp(prefix="conduit-e2e-"))
-    stack = AirflowStack(artifacts=e2e_artifacts, dags_folder=topology.REPO / "dags", pg_dsn=pg_server_dsn,
+    stack = AirflowStack(artifacts=artifacts, dags_folder=topology.REPO / "dags", pg_dsn=pg_dsn,
                          redis_url=redis_url, workdir=workdir,
                          standin_contacts=int(os.environ.get("CONDUIT_E2E_CONTACTS", "300")),
-                         plugins_folder=topology.REPO / "plugins")
+                         plugins_folder=topology.REPO / "plugins", **options)
     stopped: list[list[str]] = []
 
     def teardown() -> None:
@@ -54,6 +53,12 @@ def airflow_stack(request, pg_server_dsn: str, redis_url: str, e2e_artifacts: Pa
     if not stopped:
         stopped.append(stack.stop())
     assert not stopped[0], f"processes left behind after teardown: {stopped[0]}"
+
+
+@pytest.fixture(scope="module")
+def airflow_stack(request, pg_server_dsn: str, redis_url: str, e2e_artifacts: Path):
+    """A running Conduit deployment (CeleryExecutor) on the real sync DAGs."""
+    yield from running_stack(request, pg_server_dsn, redis_url, e2e_artifacts)
 
 
 def ensure_chromium() -> Path:
