@@ -165,6 +165,7 @@ def test_ui_login_trigger_with_params_and_hubspot_connection_form(airflow_stack:
         dialog.locator("label").filter(has=page.locator('input[name="element_dry_run"]')).click()  # visible switch
         assert dry_run.is_checked()
         assert not dialog.locator('input[name="element_full_refresh"]').is_checked()
+        assert not dialog.locator('input[name="element_plan_only"]').is_checked()
         _shot(page, "04-trigger-form")
         dialog.get_by_role("button", name=re.compile("^Trigger$")).click()
         dialog.wait_for(state="hidden")
@@ -201,7 +202,7 @@ def test_ui_login_trigger_with_params_and_hubspot_connection_form(airflow_stack:
             return next((r for r in runs if r["conf"].get("dry_run") is True), None)
 
         run = wait_until(ui_run, timeout=60, what="the run triggered from the UI")
-        assert run["conf"] == {"full_refresh": False, "dry_run": True}
+        assert run["conf"] == {"full_refresh": False, "dry_run": True, "plan_only": False}
         assert run_page.endswith(run["dag_run_id"])  # the UI opened the run it created
         assert_succeeded(airflow_stack, run["dag_run_id"], timeout=300)
         page.goto(f"{airflow_stack.base_url}/dags/{DAG_ID}/runs/{run['dag_run_id']}")
