@@ -65,3 +65,22 @@ def redis_url() -> str:
     except redis.RedisError as exc:
         _unavailable("Redis at " + REDIS_URL, exc)
     return REDIS_URL
+
+
+class Clock:
+    """A clock that moves only when told to (``clock.tick(seconds)``)."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, seconds: float = 1.0) -> float:
+        self.now += seconds
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()

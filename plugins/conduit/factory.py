@@ -106,7 +106,8 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
         # one mapped task per work item: the window or the id ranges, and the archived listing
         extract = CrmExtractOperator.partial(task_id="extract", **common).expand(item=plan_extract.output)
         transform = MappingTransformOperator(task_id="transform", **common)
-        plan = ErpPlanOperator(task_id="plan", plan_only="{{ params.plan_only }}", **common)
+        plan = ErpPlanOperator(task_id="plan", extract_plan=plan_extract.output, plan_only="{{ params.plan_only }}",
+                               **common)
         load = ErpUpsertOperator(task_id="load", extract_plan=plan_extract.output,
                                  load_plan="{{ ti.xcom_pull(task_ids='plan', key='plan') }}",
                                  trigger_rule="none_failed_min_one_success",  # after the plan, or its approval

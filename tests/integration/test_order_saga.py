@@ -134,3 +134,17 @@ def test_the_readme_minimal_saga_runs_and_compensates(order_env, monkeypatch):
     assert effects(order_env, ok["order_id"]) == {"reserve": 1, "authorize": 1}
     assert effects(order_env, declined["order_id"]) == {"reserve": 1, "release": 1}
     assert saga_row(declined["order_id"])[0]["status"] == "compensated"
+
+
+def test_a_malformed_order_is_refused_by_field_before_anything_is_reserved(order_env):
+    order = new_order(amount=-5, country="Germany")
+    del order["address"]
+    dag_run, states = run_order(order)
+
+    assert dag_run.state == DagRunState.FAILED and states["validate"] == "failed"
+    assert states["inventory.begin"] == "upstream_failed"
+    assert effects(order_env, order["order_id"]) == {}
+    saga, _ = saga_row(order["order_id"])
+    assert saga["status"] == "compensated"
+    assert saga["cause"].startswith(f"validate: BusinessRejection: order '{order['order_id']}' is invalid")
+    assert all(field in saga["cause"] for field in ("amount", "country", "address"))

@@ -24,23 +24,6 @@ pytestmark = pytest.mark.postgres
 SAGA = "order-42"
 
 
-class Clock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def tick(self, seconds: float = 1.0) -> float:
-        self.now += seconds
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
 @pytest.fixture
 def engine(pg_server_dsn: str, pg_schema: str):
     engine = sqlalchemy.create_engine(

@@ -53,6 +53,11 @@ class SyncStepOperator(SyncHooks, LineageReporting, BaseOperator):
     def staging(self, context: Context) -> RunStaging:
         return RunStaging.for_run(self.dag_id, context["run_id"])
 
+    def deletes_missing(self) -> bool:
+        """Whether this run's load deletes what it did not read: a full refresh, or the periodic
+        full read ``plan_extract`` decided on (operators that take ``extract_plan``)."""
+        return as_bool(self.full_refresh) or bool(self.extract_plan[0].get("delete_missing", False))
+
 
 
 class CrmExtractPlanOperator(SyncStepOperator):
@@ -140,12 +145,13 @@ class ErpPlanOperator(SyncStepOperator, BranchMixIn):
     checksum), and ``plan.json`` beside the staged files. Then branches: nowhere with
     ``plan_only``; to ``approve_plan`` when the spec's thresholds are exceeded; else to ``load``."""
 
-    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "plan_only")
+    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_plan", "plan_only")
     inherits_from_skipmixin = True
     ui_color = "#fff0f6"
 
-    def __init__(self, *, plan_only: Any = False, **kwargs) -> None:
+    def __init__(self, *, extract_plan: Any, plan_only: Any = False, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.extract_plan = extract_plan
         self.plan_only = plan_only
 
     def execute(self, context: Context) -> Any:
@@ -157,7 +163,7 @@ class ErpPlanOperator(SyncStepOperator, BranchMixIn):
         staging = self.staging(context)
         approval = self.spec.approval
         plan = steps.plan(self.erp_hook.get_target(), self.spec, staging, run_id=context["run_id"],
-                          full_refresh=as_bool(self.full_refresh) or self._delete_missing(context),
+                          full_refresh=self.deletes_missing(),
                           sample_rows=approval.sample_rows if approval else 5)
         reason = approval_reason(plan, approval)
         summary = plan_summary(plan, reason)
@@ -173,10 +179,6 @@ class ErpPlanOperator(SyncStepOperator, BranchMixIn):
         if reason:
             self.log.warning("the plan needs a person's approval: %s", reason)
         return self.do_branch(context, "approve_plan" if reason else "load")
-
-    def _delete_missing(self, context: Context) -> bool:
-        plan = context["ti"].xcom_pull(task_ids="plan_extract")
-        return bool(plan and plan[0].get("delete_missing"))
 
 
 class PlanRejectedOperator(SyncStepOperator):
@@ -214,7 +216,7 @@ class ErpUpsertOperator(SyncStepOperator):
         result = steps.load(
             self.erp_hook.get_target(), self.spec, self.staging(context), run_id=context["run_id"],
             watermark_ms=self.extract_plan[0]["watermark_ms"],
-            full_refresh=as_bool(self.full_refresh) or self.extract_plan[0].get("delete_missing", False),
+            full_refresh=self.deletes_missing(),
             dry_run=as_bool(self.dry_run), expected=LoadPlan.from_dict(approved) if approved else None,
         )
         summary = {**asdict(result), "dry_run": as_bool(self.dry_run),

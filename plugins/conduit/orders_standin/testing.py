@@ -17,24 +17,13 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import requests
-
-from conduit.standin.serving import server_process
+from conduit.standin.serving import AdminSession, server_process
 
 
-class OrderServicesAdmin:
+class OrderServicesAdmin(AdminSession):
     """Thin ``requests`` wrapper over ``/_admin``."""
 
-    def __init__(self, base_url: str, timeout: float = 30):
-        self.base_url = base_url
-        self.timeout = timeout
-        self.session = requests.Session()
-
-    def _call(self, method: str, path: str, json: object = None) -> dict:
-        reply = self.session.request(method, f"{self.base_url}/_admin{path}", json=json, timeout=self.timeout)
-        if reply.status_code >= 400:
-            raise RuntimeError(f"order services admin {method} {path} answered {reply.status_code}: {reply.text}")
-        return reply.json()
+    what = "order services"
 
     def faults(self, **per_service: dict) -> dict:
         """Patch the faults, e.g. ``faults(payment={"decline_orders": ["o-1"]}, shipping={"fail_next": 1})``;

@@ -18,6 +18,25 @@ from collections.abc import Callable, Iterator
 READY = re.compile(r"ready at (http://\S+)")
 
 
+class AdminSession:
+    """A thin ``requests`` client of a stand-in's ``/_admin`` API; errors name the call."""
+
+    what = "stand-in"
+
+    def __init__(self, base_url: str, timeout: float = 60):
+        import requests
+
+        self.base_url = base_url
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def _call(self, method: str, path: str, json: object = None) -> dict:
+        reply = self.session.request(method, f"{self.base_url}/_admin{path}", json=json, timeout=self.timeout)
+        if reply.status_code >= 400:
+            raise RuntimeError(f"{self.what} admin {method} {path} answered {reply.status_code}: {reply.text}")
+        return reply.json()
+
+
 def serve(app, host: str, port: int, announce: Callable[[str], str]) -> None:
     """Serve ``app``; ``announce(base_url)`` is the line printed once the socket listens (``port``
     0 picks a free port: the line is how a parent process learns it)."""

@@ -15,24 +15,13 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import requests
-
-from conduit.standin.serving import server_process
+from conduit.standin.serving import AdminSession, server_process
 
 
-class AdminClient:
+class AdminClient(AdminSession):
     """Thin ``requests`` wrapper over ``/_admin``. ``object_type`` defaults to contacts."""
 
-    def __init__(self, base_url: str, timeout: float = 60):
-        self.base_url = base_url
-        self.timeout = timeout
-        self.session = requests.Session()
-
-    def _call(self, method: str, path: str, json: object = None) -> dict:
-        reply = self.session.request(method, f"{self.base_url}/_admin{path}", json=json, timeout=self.timeout)
-        if reply.status_code >= 400:
-            raise RuntimeError(f"stand-in admin {method} {path} answered {reply.status_code}: {reply.text}")
-        return reply.json()
+    what = "stand-in"
 
     def create(self, properties: dict, *, createdate_ms: int | None = None, lastmodifieddate_ms: int | None = None,
                object_type: str = "contacts") -> dict:

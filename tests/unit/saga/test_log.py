@@ -21,25 +21,6 @@ from conduit.saga.model import compensation_order
 SAGA = "order-42"
 
 
-class Clock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def tick(self, seconds: float = 1.0) -> float:
-        self.now += seconds
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
 @pytest.fixture
 def engine(tmp_path):
     engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'saga.db'}")
