@@ -7,12 +7,14 @@ peak RSS covers every step. The bench harness (bench/run.py) starts it and measu
     .venv/bin/python bench/conduit_sync.py --dsn "host=127.0.0.1 user=postgres dbname=test" \\
         --schema bench_conduit --run-id full-1 --out /tmp/conduit.json
 
-The extract follows the DAG: ``plan_extract`` (a full read is split into ``source.parallelism``
-id ranges), then ``extract_item`` per item, each with its own hook as each mapped task has, here
-on threads of this one process (``--workers 1`` reads them one after another). Without a watermark
-in the target (a fresh schema) it reads everything; with one it runs the incremental path (``cursor.incremental_window``). ``--lag-seconds`` overrides the spec's lag so a
-benchmark's just-modified records fall inside the window. The GX Data Docs step is not run: it runs
-beside the gate in the DAG, off the load's path.
+The run is decided as the DAG's ``plan_extract`` task decides it (``run_plan.plan_run``: without
+a watermark in the target, a fresh schema, it reads everything; with one, the incremental window;
+``--full-refresh`` as the DAG's param). The extract follows the DAG: ``plan_extract`` (a full read
+is split into ``source.parallelism`` id ranges), then ``extract_item`` per item, each with its own
+source (and hook) as each mapped task has, here on threads of this one process (``--workers 1``
+reads them one after another). ``--lag-seconds`` overrides the spec's lag so a benchmark's
+just-modified records fall inside the window. The GX Data Docs step is not run: it runs beside the
+gate in the DAG, off the load's path.
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ def bench_spec(schema: str, lag_seconds: int | None):
     return spec.model_copy(update={"target": target, "source": source})
 
 
+def plan_this_run(spec, target, *, full_refresh: bool = False):
+    """The run's decision as ``CrmExtractPlanOperator`` makes it for a manual run (``plan_run``)."""
+    from conduit.pipeline.run_plan import plan_run
+
+    target.ensure_ready(spec)
+    watermark = target.read_watermark(spec)
+    return plan_run(spec, stored_watermark_ms=watermark.ts_ms if watermark else None,
+                    run_start_ms=int(time.time() * 1000), full_refresh=full_refresh)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dsn", required=True, help="libpq DSN of the ERP database")
@@ -62,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None,
                    help="parallel extract items (default: the spec's source.parallelism, as the DAG maps them)")
     p.add_argument("--reconcile", action="store_true", help="also run the reconcile step (timed separately)")
+    p.add_argument("--full-refresh", action="store_true",
+                   help="read everything and delete what was not read, as the DAG's full_refresh param")
     p.add_argument("--out", required=True, help="write the summary JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s conduit %(message)s", stream=sys.stderr)
@@ -77,39 +91,30 @@ def main(argv: list[str] | None = None) -> int:
         rss[name] = round(rss_mib(), 1)
         return now
 
-    from conduit.hooks.hubspot import HubSpotHook
     from conduit.pipeline import steps
-    from conduit.pipeline.cursor import incremental_window
     from conduit.pipeline.staging import RunStaging
+    from conduit.sources import source_for
     from conduit.targets.sql import PostgresErpTarget
 
     t = mark("import", started)
     spec = bench_spec(args.schema, args.lag_seconds)
-    hook = HubSpotHook(hubspot_conn_id=spec.source.conn_id)
+    source = source_for(spec)
     target = PostgresErpTarget(args.dsn)
     staging_dir = Path(tempfile.mkdtemp(prefix="conduit-bench-staging-"))
     staging = RunStaging.for_run(spec.name, args.run_id, base=staging_dir)
     try:
-        # --- extract (CrmExtractOperator.execute) ---
-        cursor = spec.source.cursor
-        target.ensure_ready(spec)
-        watermark = target.read_watermark(spec)
-        run_start_ms = int(time.time() * 1000)
-        window = incremental_window(watermark.ts_ms if watermark else None, run_start_ms,
-                                    lag_seconds=cursor.lag_seconds, overlap_seconds=cursor.overlap_seconds)
-        # CrmExtractPlanOperator, then CrmExtractOperator mapped over the plan's items (one task,
-        # and one hook, per item; here one thread per item, all in this process).
-        watermark_ms = window.upper_ms if window else run_start_ms - cursor.lag_seconds * 1000
+        # --- extract: CrmExtractPlanOperator, then CrmExtractOperator mapped over the plan's items
+        # (one task, and one source, per item; here one thread per item, all in this process) ---
+        run = plan_this_run(spec, target, full_refresh=args.full_refresh)
         workers = spec.source.parallelism if args.workers is None else args.workers
-        items = steps.plan_extract(hook, spec, window=window, watermark_ms=watermark_ms, parallelism=workers)
+        items = steps.plan_extract(source, run, parallelism=workers)
         staging.reset("raw")
         staging.reset("archived")
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             results = list(pool.map(
-                lambda item: steps.extract_item(HubSpotHook(hubspot_conn_id=spec.source.conn_id), spec, staging,
-                                                item, logger=log), items))
+                lambda item: steps.extract_item(source_for(spec), staging, item, logger=log), items))
         extracted = steps.summarize_extract(results)
-        extracted["requests"] = sum(r["requests"] for r in results)  # each item has its own hook
+        extracted["requests"] = sum(r["requests"] for r in results)  # each item has its own source
         extracted["items"] = len(items)
         extracted["workers"] = workers
         t = mark("extract", t)
@@ -122,15 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         t = mark("gate", t)
         if not decision.load:
             raise SystemExit(f"quality gate failed: {decision.reason}")
-        # --- load (ErpUpsertOperator.execute) ---
-        full = extracted["mode"] == "full"  # as the DAG: a full read also deletes ids that vanished
-        result = steps.load(target, spec, staging, run_id=args.run_id, watermark_ms=extracted["watermark_ms"],
-                            full_refresh=full)
+        # --- load (ErpUpsertOperator.execute): deletes what was not read as the plan says ---
+        result = steps.load(target, spec, staging, run_id=args.run_id, watermark_ms=run.watermark_ms,
+                            full_refresh=run.delete_missing)
         t = mark("load", t)
         reconciled = None
         if args.reconcile:
-            reconciled = steps.reconcile(hook, target, spec, staging, upper_ms=extracted["watermark_ms"],
-                                         full_read=full)
+            reconciled = steps.reconcile(source, target, spec, staging, upper_ms=run.watermark_ms,
+                                         full_read=run.mode == "full")
             t = mark("reconcile", t)
     finally:
         shutil.rmtree(staging_dir, ignore_errors=True)

@@ -52,5 +52,6 @@ not move.
             sync="{{ params.sync }}",
             dry_run="{{ params.dry_run }}",
             syncs_dir=str(SYNCS_DIR),
+            expectations_dir=str(include_dir(__file__) / "expectations"),
             outlets=[erp_changes_alias(spec) for spec in SPECS],
         )

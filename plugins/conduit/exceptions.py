@@ -7,7 +7,25 @@ plain ``AirflowException`` are retried by the task's ``retries`` (a flaky networ
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
+
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+
+def mask_secrets(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with each secret, as it is or URL-encoded, replaced by ``***``. For messages made
+    from what a remote system answered: an error page or a proxy may echo the request's headers,
+    credentials included, and a message reaches places no log masker covers (exceptions, the
+    UI's connection test, OpenLineage failure facets). Mask before cutting the text short.
+    Secrets shorter than 5 characters are left alone, as Airflow's log masker does."""
+    forms = {form for secret in secrets if secret and len(secret) >= 5
+             for form in (secret, quote(secret, safe=""), quote(secret), quote_plus(secret))}
+    if not forms:
+        return text
+    pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+    return re.sub(pattern, "***", text, flags=re.IGNORECASE)
 
 
 class ConduitError(Exception):
@@ -135,3 +153,30 @@ class StalePlanError(AirflowFailException):
 class PlanRejected(AirflowFailException):
     """A person rejected the plan (or nobody answered in time): nothing changed, the watermark
     stays, and the next run plans again."""
+
+
+# --- Tryton ERP ---------------------------------------------------------------------------------
+
+
+class TrytonRequestError(AirflowFailException):
+    """Tryton refused the request (4xx other than 429: a validation error, a duplicate code, no such
+    record): retrying the same request cannot help. Carries Tryton's message, never the API key."""
+
+    def __init__(self, status: int, method: str, path: str, conn_id: str, message: str, description: str = ""):
+        self.status = status
+        self.method = method
+        self.path = path
+        self.conn_id = conn_id
+        self.tryton_message = message
+        self.description = description
+        detail = f"{message} ({description})" if description and description not in message else message
+        super().__init__(f"Tryton {method} {path} (connection {conn_id!r}) answered {status}: {detail}")
+
+
+class TrytonAuthError(TrytonRequestError):
+    """401/403 from Tryton: the connection's REST API key is wrong, cancelled or not validated."""
+
+
+class TrytonRetryableError(AirflowException):
+    """Tryton kept answering 429/5xx, or the network kept failing, after the hook's retries; the
+    task's own retries try again later."""

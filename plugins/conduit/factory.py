@@ -48,7 +48,7 @@ def doc_md(spec: SyncSpec) -> str:
 
 * **Source:** HubSpot `{spec.source.object}` (connection `{spec.source.conn_id}`), incremental on
   `{spec.source.cursor.property}` (lag {spec.source.cursor.lag_seconds}s, overlap {spec.source.cursor.overlap_seconds}s)
-* **Target:** `{spec.target.db_schema}.{spec.target.table}` keyed by `{spec.target.key}`
+* **Target:** `{'.'.join(spec.target.location)}` keyed by `{spec.target.key}`
   (connection `{spec.target.conn_id}`, {spec.target.delete_mode} deletes)
 * **Quality gate:** {quality}
 * **Schedule:** `{spec.schedule.cron}` in {spec.schedule.timezone}
@@ -73,8 +73,11 @@ def schedule(spec: SyncSpec):
     return AssetOrTimeSchedule(timetable=cron, assets=crm_changes_asset(spec.name))
 
 
-def build_sync_dag(spec: SyncSpec) -> DAG:
+def build_sync_dag(spec: SyncSpec, expectations_dir: str | Path | None = None) -> DAG:
+    """The sync's DAG. Files the operators read (the quality suite) are resolved here, under
+    ``expectations_dir`` (default: ``include/expectations``)."""
     tz = spec.schedule.timezone
+    expectations = Path(expectations_dir) if expectations_dir else include_dir() / "expectations"
     with DAG(
         dag_id=spec.name,
         description=(spec.description.strip().splitlines() or [spec.name])[0][:200],
@@ -126,20 +129,25 @@ def build_sync_dag(spec: SyncSpec) -> DAG:
                                       inlets=[erp_table_asset(spec)], **common)
         extract >> transform
         if spec.quality:
-            quality_gate = QualityGateOperator(task_id="quality_gate", extract_plan=plan_extract.output, **common)
-            data_docs = DataDocsOperator(task_id="data_docs", **common)
+            suite = str(expectations / spec.quality.suite)
+            quality_gate = QualityGateOperator(task_id="quality_gate", extract_plan=plan_extract.output,
+                                               suite_path=suite, **common)
+            data_docs = DataDocsOperator(task_id="data_docs", suite_path=suite, **common)
             transform >> [quality_gate, data_docs]
             quality_gate >> plan
             data_docs >> reconcile  # reconcile removes the staged files Data Docs read
         else:
             transform >> plan
         load >> reconcile
-        with TaskGroup("target_checks", tooltip="common-sql column and table checks on the ERP table (PostgreSQL)"):
-            load >> [ErpColumnCheckOperator(task_id="columns", spec=spec), ErpTableCheckOperator(task_id="table", spec=spec)]
+        if spec.target.type == "sql":
+            with TaskGroup("target_checks", tooltip="common-sql column and table checks on the ERP table (PostgreSQL)"):
+                load >> [ErpColumnCheckOperator(task_id="columns", spec=spec),
+                         ErpTableCheckOperator(task_id="table", spec=spec)]
     return dag
 
 
 def build_sync_dags(syncs_dir: str | Path) -> dict[str, DAG]:
     """Every spec in the folder. One broken spec fails the whole file loudly (an import error that
     names file and field) rather than silently dropping a sync from the schedule."""
-    return {spec.name: build_sync_dag(spec) for spec in load_specs(syncs_dir)}
+    expectations = Path(syncs_dir).parent / "expectations"
+    return {spec.name: build_sync_dag(spec, expectations) for spec in load_specs(syncs_dir)}

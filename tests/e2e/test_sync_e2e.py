@@ -260,7 +260,7 @@ def test_lineage_events_are_valid_openlineage_with_column_lineage_from_the_mappi
     from conduit.specs.model import load_spec
 
     events_file = airflow_stack.artifacts / "openlineage-events.jsonl"
-    validator = topology.REPO.parent / "shared" / "reference" / "openlineage-spec" / "validate_events.py"
+    validator = topology.REPO / "tests" / "fixtures" / "openlineage" / "validate_events.py"  # vendored
     assert events_file.exists() and validator.exists()
     result = subprocess.run([sys.executable, str(validator), str(events_file)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]

@@ -38,14 +38,9 @@ class SyncEnv:
 
     def edit_spec(self, **changes) -> None:
         """Change the spec for the next parse (e.g. quality policy)."""
-        data = yaml.safe_load(self.spec_path.read_text())
-        for dotted, value in changes.items():
-            node = data
-            *parents, leaf = dotted.split("__")
-            for part in parents:
-                node = node[part]
-            node[leaf] = value
-        self.spec_path.write_text(yaml.safe_dump(data))
+        from sync_helpers import edit_spec_file
+
+        edit_spec_file(self.spec_path, **changes)
 
     def spec(self):
         from conduit.specs.model import load_spec

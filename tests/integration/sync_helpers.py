@@ -10,10 +10,24 @@ from typing import Any
 import pandas as pd
 
 from conduit.pipeline import steps
-from conduit.pipeline.cursor import incremental_window
+from conduit.pipeline.run_plan import plan_run
 from conduit.pipeline.staging import RunStaging
 
 DAG_ID = "crm_to_erp_customer_sync"
+
+
+def edit_spec_file(path: Path, **changes) -> None:
+    """Change a spec file for the next parse; ``a__b=value`` sets ``data["a"]["b"]``."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(data))
 
 
 def run_dag(env, dag=None, **kwargs) -> tuple[Any, dict[str, Any]]:
@@ -86,6 +100,13 @@ def crm_hook(conn_id: str = "hubspot_default"):
     return HubSpotHook(hubspot_conn_id=conn_id)
 
 
+def crm_source(spec, hook=None):
+    """The spec's CRM source (what the operators use), calling ``hook`` if given."""
+    from conduit.sources.hubspot.source import HubSpotSource
+
+    return HubSpotSource(spec.source, hook=hook or crm_hook(spec.source.conn_id))
+
+
 def crm_records(spec, hook=None) -> list[dict]:
     """Every live CRM record, read through the list endpoint over HTTP (no search, no index lag)."""
     hook = hook or crm_hook()
@@ -150,17 +171,15 @@ def settle(crm, spec) -> None:
 
 def extract_and_transform(hook, target, spec, staging: RunStaging, *, full: bool = False,
                           search_hook=None) -> dict[str, Any]:
-    """What CrmExtractOperator + MappingTransformOperator do for one run, into ``staging``.
-    Returns the extract summary with ``watermark_ms`` as the operator computes it."""
-    cursor = spec.source.cursor
+    """What CrmExtractPlanOperator + CrmExtractOperator + MappingTransformOperator do for one
+    (manual) run, into ``staging``; ``full`` as the full_refresh param. Returns the extract summary
+    with ``watermark_ms`` as the operator computes it (``plan_run``)."""
     target.ensure_ready(spec)
-    watermark = None if full else target.read_watermark(spec)
-    run_start_ms = int(time.time() * 1000)
-    window = incremental_window(watermark.ts_ms if watermark else None, run_start_ms,
-                                lag_seconds=cursor.lag_seconds, overlap_seconds=cursor.overlap_seconds)
-    watermark_ms = window.upper_ms if window else run_start_ms - cursor.lag_seconds * 1000
-    summary = steps.extract(search_hook or hook, spec, staging, window=window, watermark_ms=watermark_ms)
-    assert summary["watermark_ms"] == watermark_ms
+    watermark = target.read_watermark(spec)
+    run = plan_run(spec, stored_watermark_ms=watermark.ts_ms if watermark else None,
+                   run_start_ms=int(time.time() * 1000), full_refresh=full)
+    summary = steps.extract(crm_source(spec, search_hook or hook), staging, run)
+    assert summary["watermark_ms"] == run.watermark_ms
     summary["mapped"] = steps.transform(spec, staging)
     return summary
 

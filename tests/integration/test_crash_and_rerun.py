@@ -21,6 +21,7 @@ from sync_helpers import (
     assert_erp_equals_crm,
     crm_hook,
     crm_ids,
+    crm_source,
     extract_and_transform,
     extract_summary,
     load,
@@ -243,7 +244,7 @@ def test_clearing_and_rerunning_an_old_run_loses_no_update(sync_env):
     pd.testing.assert_frame_equal(target.fetch_rows(spec), after_b)  # not even an audit column moved
     assert target.read_watermark(spec) == watermark_b  # never backwards
     # ... and A's reconcile, rerun after it, finds nothing wrong
-    steps.reconcile(crm_hook(), target, spec, staging_a, upper_ms=extract_a["watermark_ms"])
+    steps.reconcile(crm_source(spec), target, spec, staging_a, upper_ms=extract_a["watermark_ms"])
 
     # Run A cleared as a whole and rerun (same run id: every task again, reading the CRM as it is now)
     rerun = run_ok(sync_env, logical_date=run_a.logical_date, run_after=run_a.run_after)

@@ -1,4 +1,5 @@
-"""HubSpotHook against the stand-in CRM over real HTTP: paging, retries, errors, the cursor."""
+"""HubSpotHook and HubSpotSource against the stand-in CRM over real HTTP: paging, retries, errors,
+the cursor, the extract's work items."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import time
 import pytest
 
 from conduit.exceptions import CrmAuthError, CrmRequestError, CrmRetryableError
-from conduit.hooks.hubspot import HubSpotHook
-from conduit.pipeline.cursor import Window, id_ranges, iter_changed, iter_id_range, parse_ts_ms
+from conduit.pipeline.cursor import Window, id_ranges, parse_ts_ms
+from conduit.sources.hubspot.cursor import iter_changed, iter_id_range
+from conduit.sources.hubspot.hook import HubSpotHook
 from conduit.standin.testing import run_standin
 
 PROPS = ["email", "firstname", "lastmodifieddate"]
@@ -136,18 +138,21 @@ def test_id_ranges_read_every_record_once_in_parallel_partitions(hook):
 def test_records_named_by_webhooks_are_read_by_id_even_above_the_window(crm, hook, tmp_path):
     from pathlib import Path
 
+    from conduit.pipeline.run_plan import RunPlan
     from conduit.pipeline.staging import RunStaging
     from conduit.pipeline.steps import extract_item, plan_extract
+    from conduit.sources.hubspot.source import HubSpotSource
     from conduit.specs.model import load_spec
 
     spec = load_spec(Path(__file__).resolve().parents[2] / "include" / "syncs" / "crm_to_erp_customer_sync.yaml")
+    source = HubSpotSource(spec.source, hook=hook)
     record_id = all_ids(hook.iter_list_pages("contacts", ["email"], limit=100))[5]
     crm.admin.modify(record_id, {"firstname": "Fresh"})  # now: above a window that ends 60 s ago
     window = Window(lower_ms=0, upper_ms=crm.admin.clock_ms() - 60_000)
-    items = plan_extract(hook, spec, window=window, watermark_ms=window.upper_ms, object_ids=[record_id])
+    items = plan_extract(source, RunPlan(window, window.upper_ms), object_ids=[record_id])
     assert [i["kind"] for i in items] == ["changed", "ids", "archived"]
     staging = RunStaging(tmp_path)
-    assert extract_item(hook, spec, staging, items[1])["rows"] == 1
+    assert extract_item(source, staging, items[1])["rows"] == 1
     (frame,) = list(staging.read_frames("raw"))
     assert frame["id"].tolist() == [record_id] and frame["firstname"].tolist() == ["Fresh"]
 
@@ -229,7 +234,7 @@ def test_a_body_off_the_contract_fails_naming_the_request(hook):
 
 
 def hook_decoder():
-    from conduit.pipeline.pages import page_decoder
+    from conduit.sources.hubspot.pages import page_decoder
 
     return page_decoder(tuple(PROPS)).decode
 
@@ -238,18 +243,21 @@ def hook_decoder():
 def test_extract_items_stage_exactly_the_crms_records(hook, tmp_path, parallelism):
     from pathlib import Path
 
+    from conduit.pipeline.run_plan import RunPlan
     from conduit.pipeline.staging import RunStaging
     from conduit.pipeline.steps import extract_item, plan_extract, raw_properties, records_to_table
+    from conduit.sources.hubspot.source import HubSpotSource
     from conduit.specs.model import load_spec
 
     spec = load_spec(Path(__file__).resolve().parents[2] / "include" / "syncs" / "crm_to_erp_customer_sync.yaml")
+    source = HubSpotSource(spec.source, hook=hook)
     props = raw_properties(spec)
     crm_table = records_to_table([r for page in hook.iter_list_pages("contacts", props, limit=100) for r in page],
                                  props)
-    items = plan_extract(hook, spec, window=None, watermark_ms=0, parallelism=parallelism)
+    items = plan_extract(source, RunPlan(None, 0), parallelism=parallelism)
     assert [i["kind"] for i in items] == ["all"] * (parallelism == 1) + ["range"] * (parallelism > 1) * 3 + ["archived"]
     staging = RunStaging(tmp_path)
-    results = [extract_item(hook, spec, staging, item) for item in items]
+    results = [extract_item(source, staging, item) for item in items]
     assert sum(r["rows"] for r in results) == 1200
     import pyarrow as pa
 

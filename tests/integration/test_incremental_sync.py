@@ -22,8 +22,8 @@ from sync_helpers import (
     xcom,
 )
 
-from conduit.hooks.hubspot import HubSpotHook
 from conduit.pipeline.cursor import parse_ts_ms
+from conduit.sources.hubspot.hook import HubSpotHook
 
 pytestmark = pytest.mark.postgres
 

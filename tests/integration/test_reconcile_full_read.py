@@ -8,7 +8,7 @@ import os
 
 import psycopg
 import pytest
-from sync_helpers import crm_hook, crm_ids, extract_and_transform, run_ok, staging_dir, xcom
+from sync_helpers import crm_hook, crm_ids, crm_source, extract_and_transform, run_ok, staging_dir, xcom
 
 from conduit.exceptions import ReconciliationError
 from conduit.pipeline import steps
@@ -33,7 +33,7 @@ def full_sync(env, tmp_path, name: str):
 def test_a_clean_full_read_reconciles_by_key_checksum(sync_env, tmp_path):
     staging, summary = full_sync(sync_env, tmp_path, "full-1")
 
-    result = steps.reconcile(crm_hook(), sync_env.target(), sync_env.spec(), staging,
+    result = steps.reconcile(crm_source(sync_env.spec()), sync_env.target(), sync_env.spec(), staging,
                              upper_ms=summary["watermark_ms"], full_read=True)
 
     assert result["key_checksum_match"] is True
@@ -50,7 +50,7 @@ def test_an_extra_active_row_after_a_full_read_fails(sync_env, tmp_path):
 
     with pytest.raises(ReconciliationError, match=r"holds 601 active customers outside quarantine but the run "
                                                   r"staged 600: 1 written behind the sync's back"):
-        steps.reconcile(crm_hook(), sync_env.target(), sync_env.spec(), staging,
+        steps.reconcile(crm_source(sync_env.spec()), sync_env.target(), sync_env.spec(), staging,
                         upper_ms=summary["watermark_ms"], full_read=True)
 
 
@@ -60,7 +60,7 @@ def test_a_row_changed_behind_the_syncs_back_is_named(sync_env, tmp_path):
     assert erp_sql(sync_env, "UPDATE {table} SET row_hash = 'tampered' WHERE customer_number = %s", (key,)) == 1
 
     with pytest.raises(ReconciliationError, match=rf"1 of 600 loaded rows differ in the ERP \(customer_number: {key}\)"):
-        steps.reconcile(crm_hook(), sync_env.target(), sync_env.spec(), staging,
+        steps.reconcile(crm_source(sync_env.spec()), sync_env.target(), sync_env.spec(), staging,
                         upper_ms=summary["watermark_ms"], full_read=True)
 
 
@@ -70,11 +70,12 @@ def test_a_record_that_appears_twice_in_one_full_read_counts_once(sync_env, tmp_
     staging, summary = full_sync(sync_env, tmp_path, "full-1")
     first = crm_ids(spec)[0]
     webhook = {"kind": "ids", "ids": [first], "mode": "full", "watermark_ms": summary["watermark_ms"]}
-    steps.extract_item(hook, spec, staging, webhook)
+    steps.extract_item(crm_source(spec, hook), staging, webhook)
     assert steps.transform(spec, staging)["superseded_reads"] == 1  # staged once (issue 16)
     assert staging.count("mapped") == 600
 
-    result = steps.reconcile(hook, target, spec, staging, upper_ms=summary["watermark_ms"], full_read=True)
+    result = steps.reconcile(crm_source(spec, hook), target, spec, staging, upper_ms=summary["watermark_ms"],
+                             full_read=True)
 
     assert result["key_checksum_match"] is True and result["key_checksum_staged"].startswith("600:")
 

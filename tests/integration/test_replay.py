@@ -12,7 +12,8 @@ import psycopg
 import pytest
 from sync_helpers import bad_email_ids, seeded_mapped, xcom
 
-from conduit.pipeline.replay import chunks, group_entries, revalidate, select_spec
+from conduit.pipeline.replay import group_entries, revalidate, select_spec
+from conduit.sources.hubspot.source import chunks
 
 REPO = Path(__file__).resolve().parents[2]
 REPLAY_DAG_ID = "conduit_quarantine_replay"

@@ -25,8 +25,7 @@ from airflow_runs import (
 )
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sync_helpers import DAG_ID, active_rows, crm_ids, extract_summary, run_ok, staging_dir, xcom
-from sync_helpers import crm_hook as steps_hook
+from sync_helpers import DAG_ID, active_rows, crm_ids, crm_source, extract_summary, run_ok, staging_dir, xcom
 
 from conduit.triggers.redis_events import crm_changes_asset_name
 from conduit.webhooks.app import SECRET_ENV, webhook_app
@@ -154,9 +153,9 @@ def test_a_webhook_run_reading_a_record_twice_loads_it_once(webhook_env):
 def test_two_crm_records_with_one_erp_key_still_block_when_both_are_read_twice(sync_env, tmp_path):
     """Staging a record once must not hide a real clash: two CRM records whose mapped key is the
     same (here the key is built from the email), each read by the window and by id."""
-    from conduit.operators.sync import suite_path
     from conduit.pipeline import steps
     from conduit.pipeline.cursor import Window
+    from conduit.pipeline.run_plan import RunPlan
 
     sync_env.edit_spec(mapping__customer_number__transforms=[{"type": "template", "template": "E-{email}"}])
     spec, crm, target = sync_env.spec(), sync_env.crm, sync_env.target()
@@ -166,13 +165,14 @@ def test_two_crm_records_with_one_erp_key_still_block_when_both_are_read_twice(s
     for oid in (a, b):
         crm.admin.modify(oid, {"email": "shared@example.com"}, lastmodifieddate_ms=now - 90_000)
     staging = staging_dir(tmp_path, "clash")
-    items = steps.plan_extract(steps_hook(), spec, window=Window(now - 600_000, now - 60_000), watermark_ms=now,
+    items = steps.plan_extract(crm_source(spec), RunPlan(Window(now - 600_000, now - 60_000), now),
                                object_ids=[a, b])
     for item in items:
-        steps.extract_item(steps_hook(), spec, staging, item)
+        steps.extract_item(crm_source(spec), staging, item)
 
     assert steps.transform(spec, staging)["superseded_reads"] == 2
-    report, decision, summary = steps.gate(target, spec, staging, suite_path(spec), run_id="clash",
+    suite = sync_env.include / "expectations" / spec.quality.suite
+    report, decision, summary = steps.gate(target, spec, staging, suite, run_id="clash",
                                            full_extract=False)
 
     assert not decision.load and summary["passed"] is False

@@ -15,10 +15,10 @@ DAG_ID = "erp_customer_revenue_etl"
 def erp_etl_table_asset(spec: SyncSpec, table: str) -> Asset:
     """A table beside the sync's customer table, e.g. name
     ``conduit.erp_customer_revenue_etl.public.erp_customer_revenue``."""
-    target = spec.target
+    schema, _ = spec.target.location
     return Asset(
-        name=f"conduit.{DAG_ID}.{target.db_schema}.{table}",
-        uri=f"{ERP_TABLE_SCHEME}://{target.conn_id}/{target.db_schema}/{table}",
+        name=f"conduit.{DAG_ID}.{schema}.{table}",
+        uri=f"{ERP_TABLE_SCHEME}://{spec.target.conn_id}/{schema}/{table}",
     )
 
 

@@ -20,17 +20,10 @@ class ErpReportingHook(ErpHook):
 
     def get_engine(self) -> Engine:
         from conduit.etl.store import postgres_engine, sqlite_engine
-        from conduit.exceptions import TargetConfigError
-        from conduit.hooks.erp import postgres_dsn, sqlite_path
+        from conduit.targets.registry import sql_database
 
-        conn = self.get_connection(self.erp_conn_id)
-        if conn.conn_type in ("postgres", "postgresql"):
-            return postgres_engine(postgres_dsn(conn))
-        if conn.conn_type == "sqlite":
-            return sqlite_engine(sqlite_path(conn))
-        raise TargetConfigError(
-            f"connection {self.erp_conn_id!r} has type {conn.conn_type!r}; the ERP needs a postgres or sqlite connection"
-        )
+        db = sql_database(self.get_connection(self.erp_conn_id))
+        return postgres_engine(db.dsn) if db.kind == "postgres" else sqlite_engine(db.path)
 
     def get_store(self, *, schema: str, customers_table: str) -> RevenueStore:
         from conduit.etl.store import RevenueStore

@@ -40,7 +40,8 @@ class RevenueStepOperator(LineageReporting, BaseOperator):
 
     @cached_property
     def store(self) -> RevenueStore:
-        return self.erp_hook.get_store(schema=self.spec.target.db_schema, customers_table=self.spec.target.table)
+        schema, customers = self.spec.target.location
+        return self.erp_hook.get_store(schema=schema, customers_table=customers)
 
     @staticmethod
     def as_of(context: Context) -> datetime:
@@ -50,7 +51,7 @@ class RevenueStepOperator(LineageReporting, BaseOperator):
     def dataset(self, table: str):
         from conduit.lineage import openlineage as ol
 
-        return ol.erp_dataset(self.erp_hook.describe(), self.spec.target.db_schema, table)
+        return ol.erp_dataset(self.erp_hook.describe(), self.spec.target.location[0], table)
 
 
 class SeedOrdersOperator(RevenueStepOperator):
@@ -82,7 +83,7 @@ class SeedOrdersOperator(RevenueStepOperator):
 
         if not summary.get("seeded", True):
             return None
-        return seed_lineage(self.dataset(self.spec.target.table), self.dataset(ORDERS_TABLE),
+        return seed_lineage(self.dataset(self.spec.target.location[1]), self.dataset(ORDERS_TABLE),
                             row_count=summary.get("inserted"))
 
 
@@ -118,5 +119,5 @@ class CustomerRevenueOperator(RevenueStepOperator):
         from conduit.etl.lineage import revenue_lineage
         from conduit.etl.store import ORDERS_TABLE, REPORT_TABLE
 
-        return revenue_lineage(self.dataset(self.spec.target.table), self.dataset(ORDERS_TABLE),
+        return revenue_lineage(self.dataset(self.spec.target.location[1]), self.dataset(ORDERS_TABLE),
                                self.dataset(REPORT_TABLE), row_count=summary.get("written"))

@@ -2,7 +2,9 @@
 
 A ``postgres`` connection (host, port, login, password, schema = database) gives a
 ``PostgresErpTarget``; a ``sqlite`` connection (host = file path, as Airflow's own sqlite
-connections have it) gives a ``SqliteErpTarget``. For example::
+connections have it) gives a ``SqliteErpTarget``; a ``tryton`` connection gives the Tryton target,
+whose state lives in the ``state_conn_id`` connection (``conduit.targets.registry`` decides). For
+example::
 
     AIRFLOW_CONN_ERP_DEFAULT='postgresql://postgres@127.0.0.1:5432/erp'
     AIRFLOW_CONN_ERP_DEFAULT='sqlite://%2Fvar%2Flib%2Fconduit%2Ferp.db'
@@ -15,38 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
-from conduit.exceptions import TargetConfigError
+from conduit.targets.registry import postgres_dsn, sqlite_path  # noqa: F401 - importable from here too
 
 if TYPE_CHECKING:
-    from airflow.sdk.definitions.connection import Connection
-
     from conduit.targets.base import ErpTarget
-
-# libpq settings a postgres connection may carry in its extras; other extras are Airflow's own
-_LIBPQ_EXTRAS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "options", "application_name")
-
-
-def postgres_dsn(conn: Connection) -> str:
-    from psycopg.conninfo import make_conninfo
-
-    extra = conn.extra_dejson
-    settings = {
-        "host": conn.host or None,
-        "port": conn.port,
-        "user": conn.login or None,
-        "password": conn.password or None,
-        "dbname": conn.schema or None,
-        **{k: extra[k] for k in _LIBPQ_EXTRAS if extra.get(k) is not None},
-    }
-    return make_conninfo("", **{k: v for k, v in settings.items() if v is not None})
-
-
-def sqlite_path(conn: Connection) -> str:
-    """Airflow keeps a sqlite file in ``host``; ``sqlite:////abs/path.db`` puts it in ``schema``."""
-    path = conn.host or conn.schema
-    if not path:
-        raise TargetConfigError(f"sqlite connection {conn.conn_id!r} names no database file (set host to its path)")
-    return path
 
 
 class ErpHook(BaseHook):
@@ -57,9 +31,11 @@ class ErpHook(BaseHook):
     conn_type = "postgres"  # the production kind; sqlite connections are accepted as well
     hook_name = "Conduit ERP"
 
-    def __init__(self, erp_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+    def __init__(self, erp_conn_id: str = default_conn_name, *, state_conn_id: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.erp_conn_id = erp_conn_id
+        self.state_conn_id = state_conn_id
 
     def get_target(self) -> ErpTarget:
         return self._target
@@ -68,16 +44,10 @@ class ErpHook(BaseHook):
 
     @cached_property
     def _target(self) -> ErpTarget:
-        from conduit.targets.sql import PostgresErpTarget, SqliteErpTarget
+        from conduit.targets.registry import target_for
 
-        conn = self.get_connection(self.erp_conn_id)
-        if conn.conn_type in ("postgres", "postgresql"):
-            return PostgresErpTarget(postgres_dsn(conn))
-        if conn.conn_type == "sqlite":
-            return SqliteErpTarget(sqlite_path(conn))
-        raise TargetConfigError(
-            f"connection {self.erp_conn_id!r} has type {conn.conn_type!r}; the ERP needs a postgres or sqlite connection"
-        )
+        return target_for(self.get_connection(self.erp_conn_id), self.get_connection,
+                          state_conn_id=self.state_conn_id)
 
     def test_connection(self) -> tuple[bool, str]:
         try:

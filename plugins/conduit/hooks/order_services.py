@@ -12,13 +12,14 @@ undeliverable) is a :class:`~conduit.exceptions.BusinessRejection` and any other
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cached_property
 from typing import Any
 
 import requests
 from airflow.providers.http.hooks.http import HttpHook
 
-from conduit.exceptions import BusinessRejection, ServiceRequestError, ServiceRetryableError
+from conduit.exceptions import BusinessRejection, ServiceRequestError, ServiceRetryableError, mask_secrets
 from conduit.retries import (
     RETRYABLE_STATUS,
     Backoff,
@@ -68,6 +69,10 @@ class OrderServiceHook(HttpHook):
             session.headers.pop(name, None)
         return session
 
+    @property
+    def _secrets(self) -> tuple[str | None]:
+        return (self.get_connection(self.service_conn_id).password,)
+
     def get_conn(self, headers=None, extra_options=None) -> requests.Session:  # noqa: ARG002
         return self.session
 
@@ -82,7 +87,7 @@ class OrderServiceHook(HttpHook):
                                             timeout=self.settings["timeout"])
             if response.status_code < 400:
                 return response.json() if response.content else None
-            message = _message(response)
+            message = _message(response, self._secrets)
             if response.status_code in RETRYABLE_STATUS:
                 raise RetryableResponse(response.status_code, message,
                                         retry_after_seconds(response.headers.get("Retry-After")))
@@ -115,18 +120,20 @@ class OrderServiceHook(HttpHook):
         except requests.RequestException as exc:
             return False, f"{self.service} unreachable: {exc}"
         if response.status_code in (401, 403) or response.status_code >= 500:
-            return False, f"{self.service} answered {response.status_code}: {_message(response)}"
+            return False, f"{self.service} answered {response.status_code}: {_message(response, self._secrets)}"
         return True, f"{self.service} reachable"
 
 
-def _message(response: requests.Response) -> str:
+def _message(response: requests.Response, secrets: Iterable[str | None] = ()) -> str:
+    """The service's error text; ``secrets`` (the token) masked before it is cut short: an error
+    page may echo the request's headers."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:300] or response.reason
+        return mask_secrets(response.text, secrets)[:300] or response.reason
     if isinstance(body, dict):
-        return f"{body.get('error', '')}: {body.get('message', '')}".strip(": ")
-    return str(body)[:300]
+        return mask_secrets(f"{body.get('error', '')}: {body.get('message', '')}", secrets).strip(": ")
+    return mask_secrets(str(body), secrets)[:300]
 
 
 class InventoryHook(OrderServiceHook):

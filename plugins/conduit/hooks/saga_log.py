@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
-from conduit.exceptions import TargetConfigError
-
 if TYPE_CHECKING:
     from conduit.saga.log import SagaLog
 
@@ -45,19 +43,16 @@ class SagaLogHook(BaseHook):
     def engine(self):
         import sqlalchemy
 
-        from conduit.hooks.erp import postgres_dsn, sqlite_path
+        from conduit.targets.registry import sql_database
 
-        conn = self.get_connection(self.saga_conn_id)
-        if conn.conn_type in ("postgres", "postgresql"):
+        db = sql_database(self.get_connection(self.saga_conn_id), "the saga log")
+        if db.kind == "postgres":
             import psycopg
 
-            dsn = postgres_dsn(conn)
+            dsn = db.dsn
             return sqlalchemy.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn),
                                             pool_pre_ping=True)
-        if conn.conn_type == "sqlite":
-            return sqlalchemy.create_engine(f"sqlite:///{sqlite_path(conn)}", connect_args={"timeout": 30})
-        raise TargetConfigError(f"connection {self.saga_conn_id!r} has type {conn.conn_type!r}; "
-                                "the saga log needs a postgres or sqlite connection")
+        return sqlalchemy.create_engine(f"sqlite:///{db.path}", connect_args={"timeout": 30})
 
     def test_connection(self) -> tuple[bool, str]:
         try:

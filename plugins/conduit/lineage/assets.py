@@ -20,9 +20,10 @@ def erp_table_asset(spec: SyncSpec) -> Asset:
     """The ERP table the sync writes, e.g. name ``conduit.crm_to_erp_customer_sync.public.erp_customers``,
     URI ``x-conduit-erp://erp_default/public/erp_customers`` (connection, schema, table)."""
     target = spec.target
+    container, name = target.location  # (schema, table), or ("tryton", model)
     return Asset(
-        name=f"conduit.{spec.name}.{target.db_schema}.{target.table}",
-        uri=f"{ERP_TABLE_SCHEME}://{target.conn_id}/{target.db_schema}/{target.table}",
+        name=f"conduit.{spec.name}.{container}.{name}",
+        uri=f"{ERP_TABLE_SCHEME}://{target.conn_id}/{container}/{name}",
     )
 
 

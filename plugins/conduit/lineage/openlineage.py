@@ -77,7 +77,11 @@ def sqlite_dataset(path: str, table: str) -> DatasetRef:
 
 
 def erp_dataset(facts: Mapping[str, Any], schema: str, table: str) -> DatasetRef:
-    """An ERP table from ``ErpHook.describe()``'s plain facts (PostgreSQL or SQLite)."""
+    """Where the ERP rows land, from ``ErpHook.describe()``'s plain facts and the target spec's
+    ``location``: a PostgreSQL or SQLite table, or a Tryton model (``tryton://host:port``,
+    ``<database>.<model>``)."""
+    if facts["kind"] == "tryton":
+        return DatasetRef(f"tryton://{facts['host']}:{facts['port']}", f"{facts['database']}.{table}")
     if facts["kind"] == "sqlite":
         return sqlite_dataset(facts["path"], table)
     return postgres_dataset(facts["host"], facts["port"], facts["database"], schema, table)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from conduit.hooks.erp import ErpHook
-    from conduit.hooks.hubspot import HubSpotHook
+    from conduit.sources.base import CrmSource
 
 
 def as_bool(value: Any) -> bool:
@@ -37,16 +37,18 @@ class LineageReporting:
 
 
 class SyncHooks:
-    """The hooks of a sync, built lazily from ``self.spec`` (its source and target connections)."""
+    """What a sync's operators talk to, built lazily from ``self.spec``: its CRM source (chosen by
+    ``source.type``) and the ERP hook. Nothing connects before a task uses it."""
 
     @cached_property
     def erp_hook(self) -> ErpHook:
         from conduit.hooks.erp import ErpHook
 
-        return ErpHook(erp_conn_id=self.spec.target.conn_id)
+        target = self.spec.target
+        return ErpHook(erp_conn_id=target.conn_id, state_conn_id=target.state_conn_id)
 
     @cached_property
-    def crm_hook(self) -> HubSpotHook:
-        from conduit.hooks.hubspot import HubSpotHook
+    def source(self) -> CrmSource:
+        from conduit.sources import source_for
 
-        return HubSpotHook(hubspot_conn_id=self.spec.source.conn_id)
+        return source_for(self.spec)

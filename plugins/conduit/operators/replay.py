@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -27,10 +28,12 @@ class QuarantineReplayOperator(SyncHooks, LineageReporting, BaseOperator):
     template_fields: Sequence[str] = ("sync", "dry_run")
     ui_color = "#ffe3e3"
 
-    def __init__(self, *, sync: str, syncs_dir: str, dry_run: Any = False, **kwargs) -> None:
+    def __init__(self, *, sync: str, syncs_dir: str, expectations_dir: str | None = None, dry_run: Any = False,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.sync = sync
         self.syncs_dir = syncs_dir
+        self.expectations_dir = expectations_dir or str(Path(syncs_dir).parent / "expectations")
         self.dry_run = dry_run
 
     @cached_property
@@ -47,12 +50,12 @@ class QuarantineReplayOperator(SyncHooks, LineageReporting, BaseOperator):
             raise AirflowFailException(str(exc)) from exc
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from conduit.operators.sync import suite_path
         from conduit.pipeline.replay import replay
 
         spec = self.spec
-        summary = replay(self.crm_hook, self.erp_hook.get_target(), spec,
-                         suite_path(spec) if spec.quality else None, run_id=context["run_id"],
+        summary = replay(self.source, self.erp_hook.get_target(), spec,
+                         Path(self.expectations_dir) / spec.quality.suite if spec.quality else None,
+                         run_id=context["run_id"],
                          dry_run=as_bool(self.dry_run), logger=self.log)
         if summary["inserted"] + summary["updated"] and not summary["dry_run"]:
             from conduit.lineage.assets import erp_changes_alias, erp_table_asset
@@ -70,10 +73,9 @@ class QuarantineReplayOperator(SyncHooks, LineageReporting, BaseOperator):
         from conduit.lineage import openlineage as ol
         from conduit.targets.sql_render import BOOKKEEPING_COLUMNS
 
-        spec, hook = self.spec, self.crm_hook
-        hook._set_base_url(hook.connection)
-        crm = ol.hubspot_dataset(hook.base_url, spec.source.object, hook.settings["api_version"])
-        erp = ol.erp_dataset(self.erp_hook.describe(), spec.target.db_schema, spec.target.table)
+        spec = self.spec
+        crm = self.source.dataset()
+        erp = ol.erp_dataset(self.erp_hook.describe(), *spec.target.location)
         audit = {c.name: c.dtype for c in BOOKKEEPING_COLUMNS}
         written = summary.get("inserted", 0) + summary.get("updated", 0) if summary else None
         return OperatorLineage(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.standard.operators.branch import BranchMixIn
 from airflow.sdk import BaseOperator
 
+from conduit.crash import crash_point
 from conduit.operators.base import LineageReporting, SyncHooks, as_bool
 from conduit.pipeline.staging import RunStaging
 
@@ -43,12 +44,10 @@ class SyncStepOperator(SyncHooks, LineageReporting, BaseOperator):
         from conduit.pipeline.staging import staging_root
 
         if which == "crm":
-            hook = self.crm_hook
-            hook._set_base_url(hook.connection)
-            return ol.hubspot_dataset(hook.base_url, self.spec.source.object, hook.settings["api_version"])
+            return self.source.dataset()
         if which in ("raw", "mapped"):
             return ol.staged_dataset(socket.gethostname(), str(staging_root()), self.spec, which)
-        return ol.erp_dataset(self.erp_hook.describe(), self.spec.target.db_schema, self.spec.target.table)
+        return ol.erp_dataset(self.erp_hook.describe(), *self.spec.target.location)
 
     def staging(self, context: Context) -> RunStaging:
         return RunStaging.for_run(self.dag_id, context["run_id"])
@@ -69,29 +68,24 @@ class CrmExtractPlanOperator(SyncStepOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from conduit.pipeline import steps
-        from conduit.pipeline.cursor import incremental_window, is_full_read_day
+        from conduit.pipeline.run_plan import plan_run
 
-        cursor = self.spec.source.cursor
+        crash_point("plan_extract.start")
         target = self.erp_hook.get_target()
         target.ensure_ready(self.spec)
         dag_run = context["dag_run"]
-        periodic = dag_run.run_type == "scheduled" and is_full_read_day(
-            dag_run.run_after, self.spec.schedule.timezone, self.spec.source.full_read_weekday)
-        full = as_bool(self.full_refresh) or periodic
-        watermark = None if full else target.read_watermark(self.spec)
-        run_start_ms = int(time.time() * 1000)
-        window = incremental_window(watermark.ts_ms if watermark else None, run_start_ms,
-                                    lag_seconds=cursor.lag_seconds, overlap_seconds=cursor.overlap_seconds)
+        watermark = target.read_watermark(self.spec)
+        run = plan_run(self.spec, stored_watermark_ms=watermark.ts_ms if watermark else None,
+                       run_start_ms=int(time.time() * 1000), full_refresh=as_bool(self.full_refresh),
+                       scheduled_run_after=dag_run.run_after if dag_run.run_type == "scheduled" else None)
         staging = self.staging(context)
         staging.reset("raw")
         staging.reset("archived")
-        items = steps.plan_extract(self.crm_hook, self.spec, window=window,
-                                   watermark_ms=window.upper_ms if window else run_start_ms - cursor.lag_seconds * 1000,
-                                   parallelism=self.spec.source.parallelism,
+        # the items carry delete_missing: the load deletes what a full refresh or the periodic full read did not see
+        items = steps.plan_extract(self.source, run, parallelism=self.spec.source.parallelism,
                                    object_ids=steps.webhook_object_ids(context.get("triggering_asset_events")))
-        for item in items:  # the load deletes what a full refresh or the periodic full read did not see
-            item["delete_missing"] = full
-        self.log.info("extract plan: %s", items)
+        self.log.info("extract plan (%s): %s", run.reason, items)
+        crash_point("plan_extract.end")
         return items
 
 
@@ -114,9 +108,10 @@ class CrmExtractOperator(SyncStepOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from conduit.pipeline import steps
 
-        self.summary = steps.extract_item(self.crm_hook, self.spec, self.staging(context), self.item,
-                                          logger=self.log)
+        crash_point("extract.start")
+        self.summary = steps.extract_item(self.source, self.staging(context), self.item, logger=self.log)
         self.log.info("extracted %s", self.summary)
+        crash_point("extract.end")
         return self.summary
 
 
@@ -134,8 +129,10 @@ class MappingTransformOperator(SyncStepOperator):
     def execute(self, context: Context) -> dict[str, int]:
         from conduit.pipeline import steps
 
+        crash_point("transform.start")
         self.summary = steps.transform(self.spec, self.staging(context))
         self.log.info("mapped %s", self.summary)
+        crash_point("transform.end")
         return self.summary
 
 
@@ -160,6 +157,7 @@ class ErpPlanOperator(SyncStepOperator, BranchMixIn):
         from conduit.pipeline import steps
         from conduit.pipeline.plan import approval_markdown, approval_reason, plan_lines, plan_summary
 
+        crash_point("plan.start")
         staging = self.staging(context)
         approval = self.spec.approval
         plan = steps.plan(self.erp_hook.get_target(), self.spec, staging, run_id=context["run_id"],
@@ -173,6 +171,7 @@ class ErpPlanOperator(SyncStepOperator, BranchMixIn):
         (staging.root / "plan.json").write_text(json.dumps(summary, indent=2, default=str))
         context["ti"].xcom_push(key="plan", value=summary)
         self.summary = summary
+        crash_point("plan.end")
         if as_bool(self.plan_only):
             self.log.info("plan_only: nothing is loaded")
             return self.do_branch(context, None)
@@ -211,6 +210,7 @@ class ErpUpsertOperator(SyncStepOperator):
         from conduit.pipeline import steps
         from conduit.targets.base import LoadPlan
 
+        crash_point("load.start")
         # an approved plan is applied exactly or not at all; an unattended one only informs
         approved = self.load_plan if isinstance(self.load_plan, dict) and self.load_plan.get("needs_approval") else None
         result = steps.load(
@@ -229,6 +229,7 @@ class ErpUpsertOperator(SyncStepOperator):
             context["outlet_events"][erp_changes_alias(self.spec)].add(
                 erp_table_asset(self.spec), extra={**summary, "sync": self.spec.name, "run_id": context["run_id"]})
         self.summary = summary
+        crash_point("load.end")
         return summary
 
     def lineage(self, summary):
@@ -240,12 +241,6 @@ class ErpUpsertOperator(SyncStepOperator):
                             audit_columns={c.name: c.dtype for c in BOOKKEEPING_COLUMNS}, row_count=written)
 
 
-def suite_path(spec: SyncSpec):
-    from conduit.factory import include_dir
-
-    return include_dir() / "expectations" / spec.quality.suite
-
-
 class QualityGateOperator(SyncStepOperator):
     """Runs the spec's expectation suite on the mapped rows. Under ``block`` any failure stops the
     run; under ``quarantine`` failing rows are parked with their reasons and the rest loads (unless
@@ -254,23 +249,26 @@ class QualityGateOperator(SyncStepOperator):
     template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_plan")
     ui_color = "#ffd8d8"
 
-    def __init__(self, *, extract_plan: Any, **kwargs) -> None:
+    def __init__(self, *, extract_plan: Any, suite_path: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.extract_plan = extract_plan
+        self.suite_path = suite_path
 
     def execute(self, context: Context) -> dict[str, Any]:
         from conduit.exceptions import QualityGateFailed
         from conduit.pipeline import steps
         from conduit.quality.summary import summary_lines, to_ol_assertions
 
+        crash_point("quality_gate.start")
         report, decision, summary = steps.gate(
-            self.erp_hook.get_target(), self.spec, self.staging(context), suite_path(self.spec),
+            self.erp_hook.get_target(), self.spec, self.staging(context), self.suite_path,
             run_id=context["run_id"], full_extract=self.extract_plan[0]["mode"] == "full",
         )
         self.log.info("quality gate %s\n%s", self.spec.quality.suite, "\n".join(summary_lines(report)))
         self.summary = {**summary, "assertions": to_ol_assertions(report)}
         if not decision.load:
             raise QualityGateFailed(f"{decision.reason}\n" + "\n".join(summary_lines(report)))
+        crash_point("quality_gate.end")
         return summary
 
     def lineage(self, summary):
@@ -285,6 +283,10 @@ class DataDocsOperator(SyncStepOperator):
 
     ui_color = "#f3f0ff"
 
+    def __init__(self, *, suite_path: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.suite_path = suite_path
+
     def execute(self, context: Context) -> dict[str, Any]:
         import logging
 
@@ -293,7 +295,7 @@ class DataDocsOperator(SyncStepOperator):
 
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
         out_dir = data_docs_root() / self.dag_id / RunStaging.for_run(self.dag_id, context["run_id"]).root.name
-        _, validation = steps.data_docs(self.spec, self.staging(context), suite_path(self.spec), out_dir,
+        _, validation = steps.data_docs(self.spec, self.staging(context), self.suite_path, out_dir,
                                         run_name=context["run_id"])
         if validation is None:
             return {"data_docs": None, "rows_validated": 0, "reason": "no rows changed in this run"}
@@ -327,15 +329,18 @@ class ReconcileOperator(SyncStepOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from conduit.pipeline import steps
 
+        crash_point("reconcile.start")
         staging = self.staging(context)
         if as_bool(self.dry_run):
             summary = {"skipped": "dry run: the load was rolled back"}
         else:
-            summary = steps.reconcile(self.crm_hook, self.erp_hook.get_target(), self.spec, staging,
+            summary = steps.reconcile(self.source, self.erp_hook.get_target(), self.spec, staging,
                                       upper_ms=self.extract_plan[0]["watermark_ms"],
                                       full_read=self.extract_plan[0]["mode"] == "full")
         self.log.info("reconciled %s", summary)
         self.summary = summary
+        crash_point("reconcile.before_staging_removal")
         if not self.keep_staging:
             staging.remove()
+        crash_point("reconcile.end")
         return summary

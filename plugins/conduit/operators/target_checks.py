@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
     from conduit.specs.model import SyncSpec
 
-POSTGRES_CONN_TYPES = ("postgres", "postgresql")
 
 
 class _OnPostgresErpOnly:
@@ -28,10 +27,13 @@ class _OnPostgresErpOnly:
         from airflow.sdk import BaseHook
         from airflow.sdk.exceptions import AirflowSkipException
 
-        conn_type = BaseHook.get_connection(self.conn_id).conn_type
-        if conn_type not in POSTGRES_CONN_TYPES:
+        from conduit.targets.registry import sql_database
+
+        conn = BaseHook.get_connection(self.conn_id)
+        if sql_database(conn).kind != "postgres":
             raise AirflowSkipException(
-                f"connection {self.conn_id!r} is a {conn_type!r} connection: the SQL checks run on PostgreSQL ERP targets")
+                f"connection {self.conn_id!r} is a {conn.conn_type!r} connection: the SQL checks run on PostgreSQL "
+                "ERP targets")
         return super().execute(context)
 
 

@@ -1,74 +1,53 @@
-"""CRM record pages decoded straight from response bytes, without building a dict per record.
+"""CRM record pages as the extract stages them: ids plus one tuple of string values per record.
 
-HubSpot answers list, search and batch-read calls with ``{"results": [{"id", "properties": {...},
-...}], "paging": ..., "total": ...}``. The extract only needs each record's ``id`` and the requested
-properties, so a page is decoded with ``msgspec`` into structs generated for exactly those
-property names (everything else in the body is skipped while parsing, nothing is built as a
-dict) and kept as ids plus one tuple of values per record: :class:`RecordPage`. Pages become
-Arrow tables in batches (:func:`pages_to_table`): one conversion call for all properties, which
-matters when several extract threads share the GIL. Property values are strings or null, as the
-API contract says; any other JSON type fails the decode (the hook turns that into an error
-naming the request).
+A source (``conduit.sources``) reads pages of records, each ``{"id", "properties": {...}}`` with
+string-or-null values. Building a dict per record costs more than the rest of the extract, so
+sources decode their response bytes straight into a :class:`RecordPage` (ids plus, per record, a
+tuple of the requested properties' values), and pages become Arrow tables in batches
+(:func:`pages_to_table`): one conversion call for all properties, which matters when several
+extract threads share the GIL.
 
 A :class:`RecordPage` still reads as a sequence of ``{"id", "properties"}`` dicts (built on
-access), so code written for plain JSON pages keeps working; the cursor reads its ids and columns.
+access), so code written for plain JSON pages keeps working; cursors read its ids and columns.
+
+Staged text is Unicode: a value that is not (a lone surrogate, as Python's ``json`` decodes
+``"\\ud800"``) has each such code point replaced by U+FFFD (:func:`replace_lone_surrogates`);
+the mapping reports it (see ``conduit.transforms.mapping``). Everything else, NUL included, is
+staged as the source sent it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
-from functools import lru_cache
 from itertools import chain, compress
 from typing import TYPE_CHECKING, Any
-
-import msgspec
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-
-class _Next(msgspec.Struct, gc=False):
-    after: str | None = None
-
-
-class _Paging(msgspec.Struct, gc=False):
-    next: _Next | None = None
+REPLACEMENT = "\ufffd"  # U+FFFD REPLACEMENT CHARACTER
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class PageDecoder:
-    """Decodes one response body (list, search or batch read) for one list of property names."""
-
-    def __init__(self, properties: Sequence[str]):
-        self.properties = tuple(dict.fromkeys(properties))
-        fields = [f"p{i}" for i in range(len(self.properties))]
-        # Field names are generated: property names need not be Python identifiers.
-        props = msgspec.defstruct("Properties", [(f, str | None, None) for f in fields],
-                                  rename=dict(zip(fields, self.properties, strict=True)), gc=False)
-        record = msgspec.defstruct("Record", [("id", str), ("properties", props, msgspec.field(default_factory=props))],
-                                   gc=False)
-        page = msgspec.defstruct("Page", [("results", list[record], msgspec.field(default_factory=list)),
-                                          ("total", int | None, None), ("paging", _Paging | None, None)])
-        self._decoder = msgspec.json.Decoder(page)
-
-    def decode(self, content: bytes) -> RecordPage:
-        """Raises ``msgspec.DecodeError`` (a ``ValidationError`` for wrong types) on a bad body."""
-        page = self._decoder.decode(content)
-        results = page.results
-        rows = list(map(msgspec.structs.astuple, [r.properties for r in results]))
-        paging = page.paging
-        after = paging.next.after if paging is not None and paging.next is not None else None
-        return RecordPage([r.id for r in results], self.properties, rows, total=page.total, after=after)
-
-
-@lru_cache(maxsize=64)
-def page_decoder(properties: tuple[str, ...]) -> PageDecoder:
-    return PageDecoder(properties)
+def replace_lone_surrogates(value: Any) -> Any:
+    """``value`` (a str, or dicts, lists and tuples of them, keys included) with every surrogate
+    code point replaced by U+FFFD. Decoded JSON holds one only where an escape such as
+    ``\\ud800`` was not half of a pair: such text is not Unicode and cannot be encoded as UTF-8."""
+    if isinstance(value, str):
+        return _SURROGATE.sub(REPLACEMENT, value)
+    if isinstance(value, dict):
+        return {replace_lone_surrogates(k): replace_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(replace_lone_surrogates(v) for v in value)
+    return value
 
 
 class RecordPage(Sequence):
     """One page of records: ``ids`` and, per record, a tuple of its ``properties``' values.
 
-    ``total`` (search) and ``after`` (the next-page cursor of list and search) come from the body.
+    ``total`` (how many records the request matched) and ``after`` (the next page's cursor) are
+    the source's, when its answer carries them.
     Indexing or iterating gives ``{"id": ..., "properties": {...}}`` dicts, built on access.
     """
 
@@ -133,11 +112,6 @@ def as_record_page(page: Any, properties: Sequence[str]) -> RecordPage:
     return page if isinstance(page, RecordPage) else RecordPage.from_records(page, properties)
 
 
-def results_of(reply: Any) -> Any:
-    """The records of a search/list reply: a :class:`RecordPage` itself, or a JSON body's ``results``."""
-    return reply if isinstance(reply, RecordPage) else reply.get("results", [])
-
-
 def pages_to_table(pages: Sequence[RecordPage], properties: Sequence[str]) -> pa.Table:
     """One Arrow table (``id`` and every property, all strings) of the pages' records, in order.
     A property the pages were not asked for is all null."""
@@ -149,9 +123,14 @@ def pages_to_table(pages: Sequence[RecordPage], properties: Sequence[str]) -> pa
     rows = pages[0].rows if len(pages) == 1 else list(chain.from_iterable(p.rows for p in pages))
     ids = pages[0].ids if len(pages) == 1 else list(chain.from_iterable(p.ids for p in pages))
     # all properties in one conversion call: rows -> a struct array, whose fields are the columns
-    struct = pa.array(rows, type=pa.struct([(f"p{i}", pa.string()) for i in range(len(names))]))
+    struct_type = pa.struct([(f"p{i}", pa.string()) for i in range(len(names))])
+    try:
+        struct, id_array = pa.array(rows, type=struct_type), pa.array(ids, pa.string())
+    except UnicodeEncodeError:  # a lone surrogate (records decoded by Python's json): not Unicode
+        rows, ids = replace_lone_surrogates(list(rows)), replace_lone_surrogates(list(ids))
+        struct, id_array = pa.array(rows, type=struct_type), pa.array(ids, pa.string())
     values = dict(zip(names, struct.flatten(), strict=True))
-    columns = {"id": pa.array(ids, pa.string())}
+    columns = {"id": id_array}
     for name in properties:
         if name != "id":
             columns[name] = values[name] if name in values else pa.nulls(len(rows), pa.string())

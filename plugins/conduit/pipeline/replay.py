@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from conduit.crash import crash_point
 from conduit.pipeline.steps import raw_properties, records_to_table
 
 if TYPE_CHECKING:
@@ -28,15 +29,13 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
-    from conduit.hooks.hubspot import HubSpotHook
     from conduit.quality.suite import Suite
+    from conduit.sources.base import CrmSource
     from conduit.specs.model import SyncSpec
     from conduit.targets.base import ErpTarget
 
 log = logging.getLogger(__name__)
 
-BATCH_READ_IDS = 100
-"""HubSpot's batch read takes at most 100 ids per call."""
 SUMMARY_IDS = 20
 """Record ids listed per category in the task's (XCom) summary; the log lists all."""
 
@@ -76,18 +75,10 @@ def group_entries(entries: Iterable[dict[str, Any]]) -> tuple[dict[str, list[int
     return by_record, unidentified
 
 
-def chunks(items: list[str], size: int = BATCH_READ_IDS) -> Iterable[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def read_records(hook: HubSpotHook, spec: SyncSpec, crm_ids: list[str]) -> tuple[list[dict], list[str]]:
-    """The live CRM records of ``crm_ids`` (100 per call), and the ids the CRM did not return
-    (archived, deleted or never there)."""
-    records: dict[str, dict] = {}
-    for batch in chunks(crm_ids):
-        for record in hook.batch_read(spec.source.object, batch, raw_properties(spec)):
-            records[str(record["id"])] = record
+def read_records(source: CrmSource, crm_ids: list[str]) -> tuple[list[dict], list[str]]:
+    """The live CRM records of ``crm_ids``, and the ids the CRM did not return (archived, deleted
+    or never there)."""
+    records = {str(record["id"]): record for record in source.read_records(crm_ids)}
     return [records[i] for i in crm_ids if i in records], [i for i in crm_ids if i not in records]
 
 
@@ -120,7 +111,7 @@ def plan(spec: SyncSpec, records: list[dict], suite: Suite | None) -> tuple[pd.D
     return mapped.iloc[passing].reset_index(drop=True), [crm_ids[i] for i in passing], still_failing
 
 
-def replay(hook: HubSpotHook, target: ErpTarget, spec: SyncSpec, suite_path: Path | None, *, run_id: str,
+def replay(source: CrmSource, target: ErpTarget, spec: SyncSpec, suite_path: Path | None, *, run_id: str,
            dry_run: bool = False, logger: logging.Logger = log) -> dict[str, Any]:
     """Replay the spec's open quarantine entries (see the module's docstring); returns a small,
     JSON-able summary."""
@@ -131,7 +122,7 @@ def replay(hook: HubSpotHook, target: ErpTarget, spec: SyncSpec, suite_path: Pat
     entries = target.open_quarantine(spec)
     by_record, unidentified = group_entries(entries)
     logger.info("%s: %d open quarantine entries on %d CRM records", spec.name, len(entries), len(by_record))
-    records, not_in_crm = read_records(hook, spec, list(by_record)) if by_record else ([], [])
+    records, not_in_crm = read_records(source, list(by_record)) if by_record else ([], [])
 
     still_failing: dict[str, list[str]] = {}
     replayed: list[str] = []
@@ -141,9 +132,11 @@ def replay(hook: HubSpotHook, target: ErpTarget, spec: SyncSpec, suite_path: Pat
         rows, replayed, still_failing = plan(spec, records, suite)
         entry_ids = sorted(e for crm_id in replayed for e in by_record[crm_id])
         if entry_ids:
+            crash_point("replay.before_load")
             # watermark None: the sync's incremental cursor is the sync's business, not the replay's
             result = target.load(spec, [rows], run_id=run_id, watermark=None, dry_run=dry_run,
                                  replayed_quarantine_ids=entry_ids)
+            crash_point("replay.after_load")
 
     for crm_id in not_in_crm:
         logger.warning("not replayed: CRM %s record %s is archived or deleted (entries %s stay open)",

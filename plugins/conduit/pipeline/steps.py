@@ -1,21 +1,22 @@
-"""The sync's steps over hooks and staged files. Operators call these; so does the benchmark,
-so what is measured is exactly what runs in Airflow."""
+"""The sync's steps over a CRM source, the ERP target and staged files. Operators call these; so
+does the benchmark, so what is measured is exactly what runs in Airflow."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from conduit.pipeline.cursor import ID_PROPERTY, Window, id_ranges, iter_changed, iter_id_range
+from conduit.crash import crash_point
 from conduit.pipeline.staging import PartWriter, RunStaging
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-    from conduit.hooks.hubspot import HubSpotHook
+    from conduit.pipeline.run_plan import RunPlan
+    from conduit.sources.base import CrmSource
     from conduit.specs.model import SyncSpec
     from conduit.targets.base import ErpTarget, KeyChecksum
 
@@ -29,7 +30,10 @@ RAW_PART_ROWS = 2_000
 
 
 def raw_properties(spec: SyncSpec) -> list[str]:
-    return list(dict.fromkeys([*spec.source.properties, ID_PROPERTY]))
+    """The CRM properties staged for every record (the spec's, plus the source's id property)."""
+    from conduit.sources import source_for
+
+    return source_for(spec).raw_properties()
 
 
 def records_to_table(records: list[dict], properties: list[str]) -> pa.Table:
@@ -80,9 +84,11 @@ def write_pages(pages: Iterable[Any], writer: PartWriter, properties: list[str],
         if page:
             buffer.append(page)
             buffered += len(page)
+        crash_point("extract.between_pages")
         if buffered >= batch_rows:
             writer.write(pages_to_table(buffer, properties))
             buffer, buffered = [], 0
+            crash_point("extract.between_parts")
     if buffer:
         writer.write(pages_to_table(buffer, properties))
     return writer.rows
@@ -98,68 +104,42 @@ def webhook_object_ids(triggering_asset_events: Any) -> list[str]:
     return list(ids)
 
 
-def plan_extract(hook: HubSpotHook, spec: SyncSpec, *, window: Window | None, watermark_ms: int,
-                 parallelism: int = 1, object_ids: list[str] = ()) -> list[dict[str, Any]]:
-    """The extract's work items, each one mapped task: changed records in the window (or, without a
-    window, every record, split into ``parallelism`` id ranges), the archived listing, and records
-    webhooks named (read by id: a change seconds old is above the window's upper bound and may not
-    be in the search index yet). Every item carries the run's mode and the watermark to store."""
-    run = {"mode": "full" if window is None else "incremental", "watermark_ms": watermark_ms,
-           "window": [window.lower_ms, window.upper_ms] if window else None}
-    if window is not None or parallelism <= 1:
-        items = [{**run, "kind": "changed" if window else "all"}]
-    else:
-        first, last = (hook.search(spec.source.object, {"sorts": [{"propertyName": ID_PROPERTY, "direction": d}],
-                                                        "limit": 1, "properties": [ID_PROPERTY]})["results"]
-                       for d in ("ASCENDING", "DESCENDING"))
-        ranges = id_ranges(int(first[0]["id"]), int(last[0]["id"]), parallelism) if first else []
-        items = [{**run, "kind": "range", "lo": lo, "hi": hi} for lo, hi in ranges] or [{**run, "kind": "all"}]
-    if object_ids:
-        items.append({**run, "kind": "ids", "ids": list(object_ids)})
-    # Search never returns archived records, and the archived listing has no date filter.
-    return [*items, {**run, "kind": "archived"}]
+def plan_extract(source: CrmSource, run: RunPlan, *, parallelism: int = 1,
+                 object_ids: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The extract's work items, each one mapped task (:meth:`CrmSource.plan`): changed records in
+    the run's window (or, for a full read, every record, split into ``parallelism`` id ranges),
+    records webhooks named (read by id: a change seconds old is above the window's upper bound and
+    may not be in the search index yet), and the archived listing. Every item carries the run's
+    decision (:meth:`RunPlan.item_fields`: mode, window, the watermark to store, ``delete_missing``)."""
+    run_fields = run.item_fields()
+    return [{**run_fields, **item}
+            for item in source.plan(run.window, parallelism=parallelism, object_ids=list(object_ids))]
 
 
-def extract_item(hook: HubSpotHook, spec: SyncSpec, staging: RunStaging, item: dict[str, Any],
+def extract_item(source: CrmSource, staging: RunStaging, item: dict[str, Any],
                  logger: logging.Logger = log) -> dict[str, Any]:
     """Run one work item of :func:`plan_extract` into raw/ (or archived/), in its own subfolder."""
-    source = spec.source
-    props = raw_properties(spec)
+    props = source.raw_properties()
     kind = item["kind"]
-    requests_before, retries_before = hook.requests_sent, hook.retries  # one hook may serve many items
-    # Column-wise pages (RecordPage): decoded from the response bytes straight into columns.
-    if kind == "changed":
-        pages: Iterator[Any] = iter_changed(
-            lambda body: hook.search_page(source.object, body), Window(*item["window"]),
-            cursor_property=source.cursor.property, properties=props, limit=source.search_page_size)
-    elif kind == "range":
-        pages = iter_id_range(lambda body: hook.search_page(source.object, body), item["lo"], item["hi"],
-                              properties=props, limit=source.search_page_size)
-    elif kind == "ids":
-        pages = (hook.batch_read_page(source.object, item["ids"][i:i + 100], props)
-                 for i in range(0, len(item["ids"]), 100))
-    else:
-        pages = hook.iter_list_record_pages(source.object, props, archived=kind == "archived",
-                                            limit=source.page_size)
+    requests_before, retries_before = source.requests_sent, source.retries  # one source may serve many items
     name = f"{kind}-{item['lo']}" if kind == "range" else kind  # each item writes its own subfolder
-    progress = Progress(f"extract {source.object} {name}", logger)
-    rows = write_pages(pages, staging.writer("archived" if kind == "archived" else "raw", name), props, progress)
+    progress = Progress(f"extract {source.object_type} {name}", logger)
+    rows = write_pages(source.read(item), staging.writer("archived" if kind == "archived" else "raw", name),
+                       props, progress)
     logger.info("%s", progress.line())
     return {"kind": kind, "mode": item["mode"], "watermark_ms": item["watermark_ms"], "rows": rows,
-            "pages": progress.pages, "requests": hook.requests_sent - requests_before,
-            "retries": hook.retries - retries_before}
+            "pages": progress.pages, "requests": source.requests_sent - requests_before,
+            "retries": source.retries - retries_before}
 
 
-def extract(hook: HubSpotHook, spec: SyncSpec, staging: RunStaging, *, window: Window | None,
-            watermark_ms: int | None = None, logger: logging.Logger = log) -> dict[str, Any]:
-    """CRM -> raw/ and archived/ in one process (what the mapped extract tasks do in parallel).
-    The watermark defaults to the window's upper bound, or now for a full read."""
-    if watermark_ms is None:
-        watermark_ms = window.upper_ms if window else int(time.time() * 1000)
+def extract(source: CrmSource, staging: RunStaging, run: RunPlan, *, parallelism: int = 1,
+            logger: logging.Logger = log) -> dict[str, Any]:
+    """CRM -> raw/ and archived/ in one process (what the mapped extract tasks do in parallel), as
+    ``run`` (:func:`conduit.pipeline.run_plan.plan_run`) decided."""
     staging.reset("raw")
     staging.reset("archived")
-    results = [extract_item(hook, spec, staging, item, logger)
-               for item in plan_extract(hook, spec, window=window, watermark_ms=watermark_ms)]
+    results = [extract_item(source, staging, item, logger)
+               for item in plan_extract(source, run, parallelism=parallelism)]
     return summarize_extract(results)
 
 
@@ -185,6 +165,7 @@ def transform(spec: SyncSpec, staging: RunStaging) -> dict[str, int]:
         writer = staging.writer(mapped_kind)
         for frame in staging.read_frames(source_kind, min_rows=BATCH_ROWS, drop=superseded):
             writer.write(map_table(frame, spec))
+            crash_point("transform.between_batches")
         counts[mapped_kind] = writer.rows
     counts["superseded_reads"] = sum(len(rows) for rows in superseded.values())
     return counts
@@ -272,10 +253,11 @@ def gate(target: ErpTarget, spec: SyncSpec, staging: RunStaging, suite_path, *, 
                             previous_row_count=target.count(spec) if full_extract else None)
     quality = spec.quality
     decision = decide(report, quality.policy, quality.max_rejected_ratio, quality.max_defect_ratio,
-                      quality.defect_ratio_min_rows)
+                      quality.defect_ratio_min_rows, quality.rejected_ratio_min_rows)
     writer = staging.writer("rejected")  # emptied: a retried gate decides afresh
     if decision.load and decision.rejected_keys:
         _quarantine(target, spec, staging, writer, report, decision, run_id=run_id)
+        crash_point("quality_gate.quarantined")
     recorded = _record_defects(target, spec, staging, decision, run_id=run_id) if decision.load else {}
     summary = {"checked": report.row_count, "rejected": len(decision.rejected_keys), "passed": decision.load,
                "policy": quality.policy, "reason": decision.reason,
@@ -315,7 +297,7 @@ def _record_defects(target: ErpTarget, spec: SyncSpec, staging: RunStaging, deci
                 for k in frame[key][frame[key].astype(str).isin(open_keys)]}
         return read - kept_out
 
-    changes = record_defects(target, spec, found_defects(decision.defects), run_id=run_id, clean_keys=clean_keys)
+    changes = record_defects(target.state, spec, found_defects(decision.defects), run_id=run_id, clean_keys=clean_keys)
     return changes.counts()
 
 
@@ -354,30 +336,18 @@ def _unloaded_quarantine(target: ErpTarget, spec: SyncSpec) -> int:
     return len(keys) - int(stored["active"].astype(bool).sum())
 
 
-def _late_missing(hook: HubSpotHook, target: ErpTarget, spec: SyncSpec, upper_ms: int) -> int:
+def _late_missing(source: CrmSource, target: ErpTarget, spec: SyncSpec, upper_ms: int) -> int:
     """Records created before the run's upper bound but modified after it: this run could not read
     them, so the ERP may legitimately miss the ones it has never seen."""
-
     from conduit.transforms.mapping import map_frame
 
-    props = raw_properties(spec)
-    window = Window(lower_ms=upper_ms, upper_ms=int(time.time() * 1000) + 1)
-    records = [r for page in iter_changed(lambda b: hook.search(spec.source.object, b), window,
-                                          cursor_property=spec.source.cursor.property, properties=props)
-               for r in page]
-    created = [r for r in records
-               if (r["properties"].get("createdate") or "") and _created_ms(r) < upper_ms]
+    created = source.modified_since_created_before(upper_ms)
     if not created:
         return 0
-    keys = map_frame(records_to_table(created, props).to_pandas(), spec)[spec.target.key].astype(str)
+    raw = records_to_table(created, source.raw_properties()).to_pandas()
+    keys = map_frame(raw, spec)[spec.target.key].astype(str)
     stored = target.fetch_rows(spec, keys=keys.tolist())
     return len(keys) - int(stored["active"].astype(bool).sum()) if len(stored) else len(keys)
-
-
-def _created_ms(record: dict) -> int:
-    from conduit.pipeline.cursor import parse_ts_ms
-
-    return parse_ts_ms(record["properties"]["createdate"])
 
 
 def _staged_mismatches(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -> tuple[int, list[str]]:
@@ -451,7 +421,7 @@ def _key_checksums(target: ErpTarget, spec: SyncSpec, staging: RunStaging, skip:
     return staged_key_checksum(spec, staging, skip), erp
 
 
-def reconcile(hook: HubSpotHook, target: ErpTarget, spec: SyncSpec, staging: RunStaging, *,
+def reconcile(source: CrmSource, target: ErpTarget, spec: SyncSpec, staging: RunStaging, *,
               upper_ms: int, full_read: bool = False) -> dict[str, Any]:
     """Staged rows vs the ERP, then CRM vs ERP counts as of the run's upper bound.
 
@@ -477,13 +447,10 @@ def reconcile(hook: HubSpotHook, target: ErpTarget, spec: SyncSpec, staging: Run
             f"after a full read the ERP holds {erp_sum.count} active customers outside quarantine but the run "
             f"staged {staged_sum.count}: {erp_sum.count - staged_sum.count} written behind the sync's back or "
             f"not deleted; trigger the DAG with full_refresh to repair. {checksums}")
-    crm = hook.search(spec.source.object, {
-        "filterGroups": [{"filters": [{"propertyName": "createdate", "operator": "LT", "value": str(upper_ms)}]}],
-        "limit": 1, "properties": ["hs_object_id"],
-    })["total"]
+    crm = source.count_created_before(upper_ms)
     erp = target.count(spec)
     quarantined = _unloaded_quarantine(target, spec)
-    late = _late_missing(hook, target, spec, upper_ms) if erp + quarantined < crm else 0
+    late = _late_missing(source, target, spec, upper_ms) if erp + quarantined < crm else 0
     expected = crm - quarantined - late
     summary = {"staged_checked": checked, "staged_mismatched": len(bad), "crm_live": crm, "erp_active": erp,
                "quarantined_unloaded": quarantined, "modified_after_window": late,

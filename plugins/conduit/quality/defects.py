@@ -1,5 +1,5 @@
 """Defects: a value of one field that is wrong while the record itself is fine (a phone number that
-does not parse, an unknown country). The record loads; the defect is kept in the ERP's defects
+does not parse, an unknown country, text that held a NUL or was not Unicode). The record loads; the defect is kept in the ERP's defects
 table until a run reads a clean value for that record and column.
 
 Pure bookkeeping over plain data: which defects a gate found (:func:`found_defects`), and what
@@ -104,12 +104,20 @@ def found_defects(defects: pd.DataFrame) -> list[Defect]:
 
 
 def field_checks(spec: SyncSpec) -> dict[str, tuple[str, str, str]]:
-    """``{column: (transform, on_invalid, invalid column)}`` of the spec's columns whose transform
-    nulls or rejects values it cannot normalise (for ``Suite.with_field_checks``)."""
-    from conduit.transforms.mapping import checked_columns, invalid_column
+    """``{column: (transform, on_invalid, invalid column)}`` (for ``Suite.with_field_checks``), in
+    spec order: the columns whose transform nulls or rejects values it cannot normalise, and every
+    other column made from CRM text, whose damaged text (a NUL removed, a U+FFFD, see
+    ``conduit.transforms.mapping``) is a defect of rule ``clean_text``."""
+    from conduit.transforms.mapping import TEXT_RULE, checked_columns, invalid_column, judged_columns
 
-    return {column: (m.invalid_check.type, m.invalid_check.on_invalid, invalid_column(column))
-            for column, m in checked_columns(spec).items()}
+    checked = checked_columns(spec)
+
+    def check(column: str) -> tuple[str, str, str]:
+        step = checked[column].invalid_check if column in checked else None
+        rule, on_invalid = (step.type, step.on_invalid) if step is not None else (TEXT_RULE, "null")
+        return rule, on_invalid, invalid_column(column)
+
+    return {column: check(column) for column in judged_columns(spec)}
 
 
 def _text(value: Any) -> str | None:

@@ -471,14 +471,17 @@ def _reason(entry: Entry, value: Any) -> str:
 
 
 def decide(report: GateReport, policy: Policy, max_rejected_ratio: float = 0.0,
-           max_defect_ratio: float = 1.0, defect_ratio_min_rows: int = 0) -> GateDecision:
+           max_defect_ratio: float = 1.0, defect_ratio_min_rows: int = 0,
+           rejected_ratio_min_rows: int = 0) -> GateDecision:
     """Only ``critical`` expectations that reject count. A failed table-level one stops the load
     under every policy, and so does a defect rule (``on_failure: defect``) flagging more than
     ``max_defect_ratio`` of the rows of a run that checked at least ``defect_ratio_min_rows``:
     that is a broken source or mapping, not junk. Otherwise
     ``block`` stops on any failure, ``warn`` loads everything, and ``quarantine`` rejects the rows
     of failed row-level expectations and loads the rest, unless rejected/total exceeds
-    ``max_rejected_ratio`` (exactly at the ratio still loads). Rows that break an expectation
+    ``max_rejected_ratio`` (exactly at the ratio still loads) in a run that checked at least
+    ``rejected_ratio_min_rows`` (a record that stays bad must not fail every small incremental run
+    that reads it again). Rows that break an expectation
     which still passed thanks to ``mostly`` are tolerated and load. Defects never keep a row out;
     they are listed for the rows that load."""
     failed = [r for r in report.results if not r.success and r.expectation.blocking]
@@ -498,7 +501,7 @@ def decide(report: GateReport, policy: Policy, max_rejected_ratio: float = 0.0,
     rejected = _rejected_rows(rows)
     keys = frozenset(rejected["key"].dropna())
     total = report.row_count
-    if Fraction(len(rejected), total) > Fraction(str(max_rejected_ratio)):
+    if total >= rejected_ratio_min_rows and Fraction(len(rejected), total) > Fraction(str(max_rejected_ratio)):
         return GateDecision(
             False,
             f"policy quarantine: {len(rejected)} of {total} rows rejected "

@@ -28,11 +28,10 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from conduit.exceptions import SpecError
-from conduit.specs.model import validation_problems
+from conduit.specs.model import read_text, read_yaml, validation_problems
 
 NOW = "now"
 LIFECYCLE_STAGES = (
@@ -357,15 +356,16 @@ def parse_suite(data: Any, path: str) -> Suite:
 
 
 def load_suite(path: str | Path) -> Suite:
-    """Load ``*.yaml``/``*.yml``/``*.json``; raises :class:`SpecError` naming file and field."""
+    """Load ``*.yaml``/``*.yml``/``*.json``; raises :class:`SpecError` naming file and field. Read
+    like a spec (:func:`~conduit.specs.model.read_yaml`): size-capped, aliases bounded."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise SpecError(
-            str(path), [("(file)", f"not valid {path.suffix.lstrip('.').upper()}: {exc}")]
-        ) from None
-    except OSError as exc:
-        raise SpecError(str(path), [("(file)", str(exc))]) from None
+        data = json.loads(read_text(path)) if path.suffix == ".json" else read_yaml(path)
+    except json.JSONDecodeError as exc:
+        raise SpecError(str(path), [("(file)", f"not valid JSON: {exc}")]) from None
+    except RecursionError:
+        raise SpecError(str(path), [("(file)", "not valid JSON: nested too deeply")]) from None
+    except SpecError as exc:  # a suite names any problem of its text as the file's, with the line
+        raise SpecError(str(path), [("(file)", problem if where == "(file)" else f"{where}: {problem}")
+                                    for where, problem in exc.problems]) from None
     return parse_suite(data, str(path))

@@ -23,7 +23,7 @@ BUILTIN_TABLE_CHECKS = {
 
 
 def qualified_table(spec: SyncSpec) -> str:
-    return POSTGRES.qualify(spec.target.db_schema, spec.target.table)
+    return POSTGRES.qualify(*spec.target.location)
 
 
 def column_checks(spec: SyncSpec) -> dict[str, dict[str, dict[str, Any]]]:

@@ -42,6 +42,7 @@ class InlineSaga:
         except Exception as exc:
             self.log.action_failed(self.saga_id, name, f"{type(exc).__name__}: {exc}", final=self._final(exc))
             raise
+        crash_point("saga.action_done")
         self.log.action_succeeded(self.saga_id, name, result)
         self.results[name] = result
         return result

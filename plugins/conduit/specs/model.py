@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from conduit.exceptions import SpecError
 
@@ -191,10 +199,115 @@ class HubSpotSource(_Model):
         return self
 
 
-Source = Annotated[HubSpotSource, Field(discriminator="type")]
+SOURCE_TYPES = ("hubspot",)
+"""The ``source.type`` s a spec may name: one variant above each, and one reader each in
+``conduit.sources.SOURCES``."""
+
+
+def _known_source_type(value: Any) -> Any:
+    """A missing or unknown ``type`` is named as ``source.type``, with the known types (the
+    discriminated union itself would only name ``source``)."""
+    if isinstance(value, dict) and value.get("type") not in SOURCE_TYPES:
+        given = value.get("type")
+        problem = "missing" if given is None else f"unknown source type {given!r}"
+        raise ValueError(f"type: {problem}; known: {', '.join(SOURCE_TYPES)}")
+    return value
+
+
+Source = Annotated[HubSpotSource, Field(discriminator="type"), BeforeValidator(_known_source_type)]
 
 
 # --- target -------------------------------------------------------------------------------------
+
+
+# A target check is one boolean SQL expression that Airflow's common-sql operators paste into their
+# own SELECT. What may appear in it is allow-listed, so a spec can neither end that statement, start
+# another, comment out the rest, read other tables, nor call a function that acts (pg_sleep,
+# set_config, dblink, query_to_xml, ...).
+CHECK_SQL_MAX_CHARS = 1000
+_CHECK_SQL_TOKEN = re.compile(r"""
+      (?P<space>\s+)
+    | (?P<string>'(?:[^'\\]|'')*')                          # standard strings only: no backslash
+    | (?P<quoted>"[A-Za-z_][A-Za-z0-9_]*")                   # a quoted column name
+    | (?P<number>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)
+    | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
+    | (?P<comment>--|/\*|\*/)
+    | (?P<op><>|!=|<=|>=|\|\||::|[=<>+\-*/%(),.])
+""", re.VERBOSE | re.ASCII)
+# statements, clauses that make a subquery or a second query, and transaction/session control
+_CHECK_SQL_FORBIDDEN = frozenset("""
+    SELECT INSERT UPDATE DELETE MERGE UPSERT DROP CREATE ALTER TRUNCATE RENAME GRANT REVOKE COPY
+    EXECUTE EXEC CALL DO SET RESET SHOW COMMIT ROLLBACK BEGIN SAVEPOINT RELEASE LOCK VACUUM ANALYZE
+    REINDEX CLUSTER COMMENT ATTACH DETACH PRAGMA PREPARE DEALLOCATE LISTEN NOTIFY UNLISTEN LOAD
+    IMPORT REFRESH DECLARE FETCH CHECKPOINT DISCARD EXPLAIN WITH INTO UNION INTERSECT EXCEPT
+    RETURNING VALUES TABLE
+""".split())
+# the only names that may be followed by "(": pure functions and the keywords that take a group
+_CHECK_SQL_FUNCTIONS = frozenset("""
+    COUNT SUM MIN MAX AVG BOOL_AND BOOL_OR EVERY COALESCE NULLIF GREATEST LEAST ABS ROUND FLOOR CEIL
+    CEILING MOD LENGTH CHAR_LENGTH CHARACTER_LENGTH OCTET_LENGTH LOWER UPPER TRIM BTRIM LTRIM RTRIM
+    SUBSTRING SUBSTR POSITION STRPOS LEFT RIGHT REPLACE CONCAT CAST EXTRACT DATE_PART DATE_TRUNC
+    NOW AGE TO_CHAR
+""".split())
+_CHECK_SQL_GROUPING = frozenset("AND OR NOT IN WHERE FILTER WHEN THEN ELSE CASE BETWEEN LIKE ILIKE IS ANY ALL "
+                                "SOME AS DISTINCT".split())
+
+
+def _check_sql_tokens(sql: str) -> list[tuple[str, str, int]]:
+    """(kind, text, offset) of each token but spaces; ValueError at the first one that is not allowed."""
+    tokens: list[tuple[str, str, int]] = []
+    pos = 0
+    while pos < len(sql):
+        match = _CHECK_SQL_TOKEN.match(sql, pos)
+        if match is None:
+            char = sql[pos]
+            if char == ";":
+                raise ValueError(f"`;` at character {pos + 1} would end the check's statement: a check is one "
+                                 "boolean SQL expression, e.g. COUNT(*) FILTER (WHERE crm_id <= 0) = 0")
+            if char == "'":
+                raise ValueError(f"the string at character {pos + 1} is not closed, or holds a backslash")
+            raise ValueError(f"{char!r} at character {pos + 1} is not allowed in a check")
+        kind, text = match.lastgroup or "", match.group()
+        if kind == "comment":
+            raise ValueError(f"`{text}` at character {pos + 1} starts or ends a SQL comment; not allowed in a check")
+        if kind == "string" and tokens and tokens[-1][0] == "word" and tokens[-1][2] + len(tokens[-1][1]) == pos:
+            raise ValueError(f"a prefixed string ({tokens[-1][1]}'...') at character {tokens[-1][2] + 1} is "
+                             "not allowed in a check; use a plain '...' string")
+        if kind != "space":
+            tokens.append((kind, text, pos))
+        pos = match.end()
+    return tokens
+
+
+def check_sql(sql: str | None) -> str | None:
+    """Validate a target check's ``check_statement`` / ``partition_clause`` (see the rules above)."""
+    if sql is None:
+        return None
+    if len(sql) > CHECK_SQL_MAX_CHARS:
+        raise ValueError(f"is {len(sql)} characters long; a check is one SQL condition of at most "
+                         f"{CHECK_SQL_MAX_CHARS}")
+    tokens = _check_sql_tokens(sql)
+    depth = 0
+    for i, (kind, text, pos) in enumerate(tokens):
+        word = text.upper()
+        if kind == "word" and word in _CHECK_SQL_FORBIDDEN:
+            raise ValueError(f"{text} (at character {pos + 1}) is not allowed: a check is one boolean SQL "
+                             f'expression, not a statement or a query (quote a column of that name: "{text.lower()}")')
+        if kind == "quoted" and i + 1 < len(tokens) and tokens[i + 1][1] == "(":
+            raise ValueError(f"the quoted name {text} (at character {pos + 1}) cannot be called in a check")
+        if kind == "word" and i + 1 < len(tokens) and tokens[i + 1][1] == "(":
+            if i and tokens[i - 1][1] == ".":
+                raise ValueError(f"the schema-qualified function call {tokens[i - 2][1]}.{text}() (at character "
+                                 f"{tokens[i - 2][2] + 1}) is not allowed in a check")
+            if word not in _CHECK_SQL_FUNCTIONS | _CHECK_SQL_GROUPING:
+                raise ValueError(f"the function {text}() (at character {pos + 1}) is not allowed in a check; "
+                                 f"allowed: {', '.join(sorted(_CHECK_SQL_FUNCTIONS))}")
+        depth += {"(": 1, ")": -1}.get(text, 0) if kind == "op" else 0
+        if depth < 0:
+            raise ValueError(f"the `)` at character {pos + 1} closes no `(`")
+    if depth:
+        raise ValueError(f"{depth} `(` not closed")
+    return sql
 
 
 class ColumnCheck(_Model):
@@ -207,6 +320,11 @@ class ColumnCheck(_Model):
     leq_to: int | float | None = None
     tolerance: float | None = Field(default=None, ge=0)
     partition_clause: str | None = Field(default=None, description="extra WHERE condition, e.g. `active`")
+
+    @field_validator("partition_clause")
+    @classmethod
+    def _one_sql_condition(cls, value: str | None) -> str | None:
+        return check_sql(value)
 
     @model_validator(mode="after")
     def _bounded_once(self) -> ColumnCheck:
@@ -228,6 +346,11 @@ class TableCheck(_Model):
                                                            "(COUNT(*) FILTER (WHERE ...) = 0) also hold on an empty table")
     partition_clause: str | None = None
 
+    @field_validator("check_statement", "partition_clause")
+    @classmethod
+    def _one_sql_condition(cls, value: str | None) -> str | None:
+        return check_sql(value)
+
 
 class TargetChecks(_Model):
     """SQL checks on the ERP table after each load (PostgreSQL targets), beside Conduit's own."""
@@ -238,7 +361,9 @@ class TargetChecks(_Model):
 
 
 class SqlTarget(_Model):
-    """A customer-master table in a SQL database (PostgreSQL in production, SQLite embedded)."""
+    """A customer-master table in a SQL database (PostgreSQL in production, SQLite embedded). The
+    sync's state (watermark, quarantine, defects) lives beside it, in the same schema, and commits
+    with the rows."""
 
     type: Literal["sql"]
     conn_id: str = "erp_default"
@@ -249,17 +374,112 @@ class SqlTarget(_Model):
     batch_size: int = Field(default=10_000, ge=100)
     checks: TargetChecks = Field(default_factory=TargetChecks)
 
+    @property
+    def location(self) -> tuple[str, str]:
+        """(container, object) where the rows land: here (schema, table)."""
+        return self.db_schema, self.table
 
-Target = Annotated[SqlTarget, Field(discriminator="type")]
+    @property
+    def state_conn_id(self) -> str:
+        return self.conn_id
+
+    @property
+    def state_schema(self) -> str:
+        return self.db_schema
+
+    def mapping_problems(self, mapping: dict[str, FieldMapping]) -> list[str]:
+        from conduit.targets.sql_render import BOOKKEEPING_COLUMNS
+
+        table_columns = {*mapping, *(c.name for c in BOOKKEEPING_COLUMNS)}
+        return [f"target.checks.columns.{column}: the ERP table has no such column "
+                f"(it has {', '.join(sorted(table_columns))})"
+                for column in self.checks.columns if column not in table_columns]
+
+
+class StateStoreSpec(_Model):
+    """Where a sync whose target cannot hold it keeps its state (watermark, quarantine, defects,
+    load progress): a PostgreSQL or SQLite connection and a schema."""
+
+    conn_id: str = "conduit_state_default"
+    db_schema: str = Field(default="public", alias="schema", pattern=IDENTIFIER)
+
+
+class PartyFields(_Model):
+    """Which mapped column fills which part of a Tryton party (``code`` is ``target.key``)."""
+
+    name: str | None = None
+    email: str | None = Field(default=None, description="an email contact mechanism")
+    phone: str | None = Field(default=None, description="a phone contact mechanism")
+    country: str | None = Field(default=None, description="ISO alpha-2 code: the country of the party's address")
+    source_id: str | None = Field(default=None, description="an identifier holding the source record's id")
+
+
+class TrytonTarget(_Model):
+    """Parties in a Tryton ERP, written over its REST API; the sync's state in a SQL database."""
+
+    type: Literal["tryton"]
+    conn_id: str = "tryton_default"
+    model: Literal["party.party"] = "party.party"
+    key: str = Field(pattern=IDENTIFIER, description="the mapped column that becomes the party's code")
+    fields: PartyFields = Field(default_factory=PartyFields)
+    delete_mode: Literal["soft", "hard"] = Field(
+        default="soft", description="soft deactivates the party (active = false), hard deletes it")
+    state: StateStoreSpec = Field(default_factory=StateStoreSpec)
+    batch_size: int = Field(default=200, ge=1, le=1000, description="parties read or written per round")
+    max_concurrent_requests: int = Field(default=4, ge=1, le=16)
+
+    @property
+    def location(self) -> tuple[str, str]:
+        return "tryton", self.model
+
+    @property
+    def state_conn_id(self) -> str:
+        return self.state.conn_id
+
+    @property
+    def state_schema(self) -> str:
+        return self.state.db_schema
+
+    def mapping_problems(self, mapping: dict[str, FieldMapping]) -> list[str]:
+        used = {self.key: "key", **{column: part for part, column in self.fields.model_dump().items() if column}}
+        problems = [f"target.fields.{part}: {column!r} has no entry in `mapping`"
+                    for column, part in used.items() if column not in mapping]
+        # every mapped column must land somewhere: reconcile compares what Tryton holds with it
+        problems += [f"mapping.{column}: a Tryton party has no place for it (map it in target.fields "
+                     "or drop it)" for column in mapping if column not in used]
+        return problems
+
+
+Target = Annotated[SqlTarget | TrytonTarget, Field(discriminator="type")]
 
 
 # --- quality ------------------------------------------------------------------------------------
+
+
+PLAIN_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}")
+
+
+def plain_file_name(value: str, folder: str, suffixes: tuple[str, ...]) -> str:
+    """A file reference in a spec: one file's name in ``include/<folder>/``, never a path."""
+    example = f"e.g. erp_customers{suffixes[0]}"
+    if "/" in value or "\\" in value or ".." in value or value.startswith("~"):
+        raise ValueError(f"{value!r} must be a plain file name in include/{folder}/ (no '/', '\\', '..' or "
+                         f"'~'), {example}")
+    if not PLAIN_FILE_NAME.fullmatch(value) or not value.endswith(suffixes):
+        raise ValueError(f"{value!r} must be a file name of letters, digits, '_', '-' and '.' ending in "
+                         f"{', '.join(suffixes)}, {example}")
+    return value
 
 
 class QualitySpec(_Model):
     suite: str = Field(description="file name under include/expectations/")
     policy: Literal["block", "quarantine", "warn"] = "block"
     max_rejected_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    rejected_ratio_min_rows: int = Field(
+        default=100, ge=0,
+        description="runs that check fewer rows are not held to max_rejected_ratio: a record that stays bad "
+                    "in the CRM must not fail every small incremental run that reads it again",
+    )
     max_defect_ratio: float = Field(
         default=1.0, ge=0.0, le=1.0,
         description="the largest share of checked rows one defect rule (an `on_failure: defect` expectation or "
@@ -270,6 +490,11 @@ class QualitySpec(_Model):
         description="runs that check fewer rows are not held to max_defect_ratio: a few edited contacts "
                     "with junk phones are not a broken source",
     )
+
+    @field_validator("suite")
+    @classmethod
+    def _suite_is_a_file_name(cls, value: str) -> str:
+        return plain_file_name(value, "expectations", (".yaml", ".yml", ".json"))
 
 
 class ApprovalSpec(_Model):
@@ -358,13 +583,9 @@ class SyncSpec(_Model):
                     f"mapping.{column}: reads {', '.join(map(repr, missing))}, "
                     "which source.properties does not list"
                 )
-        from conduit.targets.sql_render import BOOKKEEPING_COLUMNS
-
-        table_columns = {*self.mapping, *(c.name for c in BOOKKEEPING_COLUMNS)}
-        for column in self.target.checks.columns:
-            if column not in table_columns:
-                raise ValueError(f"target.checks.columns.{column}: the ERP table has no such column "
-                                 f"(it has {', '.join(sorted(table_columns))})")
+        problems = self.target.mapping_problems(self.mapping)
+        if problems:
+            raise ValueError(problems[0])
         return self
 
     @property
@@ -376,7 +597,7 @@ class SyncSpec(_Model):
 
 
 _UNION_TAGS = frozenset({
-    "hubspot", "sql", "trim", "lower", "upper", "title", "email", "phone_e164", "country_iso2",
+    "hubspot", "sql", "tryton", "trim", "lower", "upper", "title", "email", "phone_e164", "country_iso2",
     "template", "concat", "map_values", "timestamp",
 })
 
@@ -419,16 +640,112 @@ def parse_spec(data: Any, path: str) -> SyncSpec:
         raise SpecError(path, validation_problems(exc, _UNION_TAGS, ("source", "target"))) from None
 
 
-def read_yaml(path: Path, error: type[SpecError] = SpecError) -> Any:
-    """A YAML file's data; an unreadable file or bad YAML raises ``error`` naming the file and line."""
+# Specs, suites and rules files are a few KiB. These bounds refuse hostile files before they cost
+# memory or time: a huge file, a "billion laughs" of nested aliases, a bottomless nesting.
+MAX_FILE_BYTES = 1024 * 1024
+MAX_YAML_VALUES = 50_000  # counted with every alias expanded, as the code reading the data walks it
+MAX_YAML_DEPTH = 50
+
+
+class _RefusedYaml(yaml.YAMLError):
+    def __init__(self, where: str, problem: str):
+        super().__init__(problem)
+        self.where, self.problem = where, problem
+
+
+def _at(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+
+
+class _BoundedSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses deep nesting, recursive aliases, documents whose aliases
+    expand beyond :data:`MAX_YAML_VALUES` values, and values that do not construct (names the line)."""
+
+    _depth = 0
+    _nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _RefusedYaml(_at(self.peek_event().start_mark), f"nested deeper than {MAX_YAML_DEPTH} levels")
+            if self._nodes > MAX_YAML_VALUES:
+                raise _RefusedYaml(_at(self.peek_event().start_mark), f"holds more than {MAX_YAML_VALUES} values")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node: Any) -> Any:
+        _expanded(node, {}, set(), 1)
+        return super().construct_document(node)
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:  # e.g. 2026-13-45, or an int of 5,000 digits
+            raise _RefusedYaml(_at(node.start_mark), f"cannot read the value: {str(exc)[:200]}") from None
+
+
+def _expanded(node: Any, seen: dict[int, tuple[int, int]], open_nodes: set[int], depth: int) -> tuple[int, int]:
+    """(values, levels) of a composed YAML node with every alias written out, as the code that
+    reads the data will walk it; refuses a recursive alias and what exceeds the bounds."""
+    if id(node) in open_nodes:
+        raise _RefusedYaml(_at(node.start_mark), "an alias refers to a node that contains it (recursive)")
+    if depth > MAX_YAML_DEPTH:
+        raise _RefusedYaml(_at(node.start_mark), f"nested deeper than {MAX_YAML_DEPTH} levels once its aliases "
+                                                 "are expanded")
+    size, height = seen.get(id(node)) or (1, 1)
+    if id(node) not in seen:
+        open_nodes.add(id(node))
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        for child in children:
+            child_size, child_height = _expanded(child, seen, open_nodes, depth + 1)
+            size, height = size + child_size, max(height, child_height + 1)
+            if size > MAX_YAML_VALUES:
+                raise _RefusedYaml("(file)", f"holds more than {MAX_YAML_VALUES} values once its aliases are "
+                                             "expanded (a YAML bomb?); write the values out instead")
+        open_nodes.discard(id(node))
+        seen[id(node)] = size, height
+    if depth + height - 1 > MAX_YAML_DEPTH:
+        raise _RefusedYaml(_at(node.start_mark), f"nested deeper than {MAX_YAML_DEPTH} levels once its aliases "
+                                                 "are expanded")
+    return size, height
+
+
+def read_text(path: Path, error: type[SpecError] = SpecError) -> str:
+    """A spec, suite or rules file's UTF-8 text, at most :data:`MAX_FILE_BYTES`; else ``error``."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not path.is_file():
+            raise error(str(path), [("(file)", "no such file" if not path.exists() else "not a regular file")])
+        with path.open("rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise error(str(path), [("(file)", str(exc))]) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise error(str(path), [("(file)", f"larger than {MAX_FILE_BYTES} bytes (1 MiB); a spec, suite or rules "
+                                           "file is a few KiB, this one is not read")])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(str(path), [("(file)", f"not UTF-8 text (byte {exc.start}: {exc.reason})")]) from None
+
+
+def read_yaml(path: Path, error: type[SpecError] = SpecError) -> Any:
+    """A YAML file's data; an unreadable, oversized or hostile file, or bad YAML, raises ``error``
+    naming the file and line (see :func:`read_text` and :class:`_BoundedSafeLoader`)."""
+    loader = _BoundedSafeLoader(read_text(path, error))
+    try:
+        return loader.get_single_data()
+    except _RefusedYaml as exc:
+        raise error(str(path), [(exc.where, exc.problem)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
         raise error(str(path), [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
-    except OSError as exc:
-        raise error(str(path), [("(file)", str(exc))]) from None
+    finally:
+        loader.dispose()
 
 
 def load_spec(path: str | Path) -> SyncSpec:

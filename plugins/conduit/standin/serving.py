@@ -78,13 +78,18 @@ def server_process(module: str, options: dict, *, what: str, probe: str,
         try:
             yield _wait_ready(process, stderr, startup_timeout, what, probe), process
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
             process.stdout.close()
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, and SIGKILL if it has not ended within ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _wait_ready(process: subprocess.Popen, stderr, timeout: float, what: str, probe: str) -> str:

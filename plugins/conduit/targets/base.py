@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 
 SOURCE_MODIFIED_AT = "source_modified_at"
 ROW_HASH = "row_hash"
+TRACKING_COLUMNS = (SOURCE_MODIFIED_AT, ROW_HASH)
+"""What the transform adds to the mapped columns of every row: the source's modification time and
+a hash of the mapped values."""
+BOOKKEEPING_COLUMNS = (*TRACKING_COLUMNS, "active", "deleted_at", "created_at", "updated_at", "last_run_id")
+"""What a target keeps per row besides the mapped columns: the one list of these names."""
 
 
 @dataclass(frozen=True, order=True)
@@ -75,21 +80,78 @@ class LoadPlan:
                    dict(data.get("changed_columns", {})), dict(data.get("samples", {})))
 
 
-class ErpTarget(ABC):
-    """An ERP customer master that Conduit loads into.
+class SyncStateStore(ABC):
+    """A sync's bookkeeping: how far the source has been read (the watermark), the records the
+    quality gate parked (quarantine) and, through :attr:`state`, the defects table. A SQL target
+    keeps it beside the rows and commits both together; a target behind an HTTP API keeps it in
+    a SQL database of its own (:class:`~conduit.targets.sql.SqlErpTarget` used as a store)."""
 
-    Implementations must make :meth:`load` all-or-nothing: rows, deletes, the watermark and
-    replay marks become visible together, or not at all.
-    """
-
-    @abstractmethod
-    def ensure_ready(self, spec: SyncSpec) -> None:
-        """Create what the spec needs if missing (idempotent, safe to run concurrently).
-        Raises ``TargetConfigError`` when what exists does not fit the spec."""
+    @property
+    def state(self) -> Any:
+        """The SQL store holding this sync's state tables (``conduit.targets.defects`` writes
+        there). A SQL target is its own store."""
+        return self
 
     @abstractmethod
     def read_watermark(self, spec: SyncSpec) -> Watermark | None:
         """The watermark stored by the last load of this sync, or None before the first."""
+
+    @abstractmethod
+    def quarantine(self, spec: SyncSpec, rows: list[dict[str, Any]], *, run_id: str) -> int:
+        """Park rejected records. Each row has ``expectation`` and optionally ``record_key``,
+        ``crm_id``, ``column_name``, ``reason``, ``raw_record`` (JSON-able). The same finding
+        quarantined twice by one run is kept once. Returns how many rows were added."""
+
+    @abstractmethod
+    def open_quarantine(self, spec: SyncSpec) -> list[dict[str, Any]]:
+        """Quarantined records not yet replayed, oldest first, each with its ``id``."""
+
+    @abstractmethod
+    def mark_replayed(self, spec: SyncSpec, quarantine_ids: Iterable[int], *, run_id: str) -> int:
+        """Mark entries replayed by ``run_id`` (each at most once); returns how many were marked.
+        To make a replay exactly-once, pass the ids to :meth:`ErpTarget.load` instead."""
+
+
+class RecordSink(ABC):
+    """Where the records land: upsert and delete (:meth:`ErpTarget.load`), and read back for
+    reconciliation (:meth:`count`, :meth:`key_checksum`, :meth:`fetch_rows`)."""
+
+    @abstractmethod
+    def ensure_ready(self, spec: SyncSpec) -> None:
+        """Create what the spec needs if missing (idempotent, safe to run concurrently), the
+        state store's tables included. Raises ``TargetConfigError`` when what exists does not
+        fit the spec."""
+
+    @abstractmethod
+    def count(self, spec: SyncSpec, *, active_only: bool = True) -> int: ...
+
+    @abstractmethod
+    def key_checksum(self, spec: SyncSpec) -> KeyChecksum:
+        """Order-independent checksum of (key, row_hash) over active rows; equals
+        :func:`frame_key_checksum` of a frame holding the same rows."""
+
+    @abstractmethod
+    def fetch_rows(self, spec: SyncSpec, keys: Iterable[str] | None = None) -> pd.DataFrame:
+        """Stored rows (all, or those with ``keys``), ordered by key: the mapped columns, then
+        the bookkeeping ones (:data:`BOOKKEEPING_COLUMNS`)."""
+
+    @abstractmethod
+    def test_connection(self) -> tuple[bool, str]: ...
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Plain facts about where the data lands, for lineage: ``kind`` and where it applies
+        ``host``, ``port``, ``database``, ``path``, ``url``. Never credentials."""
+
+
+class ErpTarget(RecordSink, SyncStateStore):
+    """An ERP customer master that Conduit loads into: a record sink and the sync's state store.
+
+    :meth:`load` is exactly-once: rows, deletes, the watermark and replay marks all take effect,
+    or the watermark does not move and a retried load finishes the same changes without
+    duplicating any (a SQL target: one transaction; an HTTP target: idempotent writes keyed by
+    ``spec.target.key`` and the watermark written last).
+    """
 
     @abstractmethod
     def load(
@@ -136,43 +198,6 @@ class ErpTarget(ABC):
         sample_rows: int = 5,
     ) -> LoadPlan:
         """What :meth:`load` with the same arguments would change, without changing anything."""
-
-    @abstractmethod
-    def count(self, spec: SyncSpec, *, active_only: bool = True) -> int: ...
-
-    @abstractmethod
-    def key_checksum(self, spec: SyncSpec) -> KeyChecksum:
-        """Order-independent checksum of (key, row_hash) over active rows; equals
-        :func:`frame_key_checksum` of a frame holding the same rows."""
-
-    @abstractmethod
-    def fetch_rows(self, spec: SyncSpec, keys: Iterable[str] | None = None) -> pd.DataFrame:
-        """Stored rows (all, or those with ``keys``), ordered by key: the mapped columns, then
-        the bookkeeping ones (``source_modified_at``, ``row_hash``, ``active``, ``deleted_at``,
-        ``created_at``, ``updated_at``, ``last_run_id``)."""
-
-    @abstractmethod
-    def quarantine(self, spec: SyncSpec, rows: list[dict[str, Any]], *, run_id: str) -> int:
-        """Park rejected records. Each row has ``expectation`` and optionally ``record_key``,
-        ``crm_id``, ``column_name``, ``reason``, ``raw_record`` (JSON-able). The same finding
-        quarantined twice by one run is kept once. Returns how many rows were added."""
-
-    @abstractmethod
-    def open_quarantine(self, spec: SyncSpec) -> list[dict[str, Any]]:
-        """Quarantined records not yet replayed, oldest first, each with its ``id``."""
-
-    @abstractmethod
-    def mark_replayed(self, spec: SyncSpec, quarantine_ids: Iterable[int], *, run_id: str) -> int:
-        """Mark entries replayed by ``run_id`` (each at most once); returns how many were marked.
-        To make a replay exactly-once, pass the ids to :meth:`load` instead."""
-
-    @abstractmethod
-    def test_connection(self) -> tuple[bool, str]: ...
-
-    @abstractmethod
-    def describe(self) -> dict[str, Any]:
-        """Plain facts about where the data lands, for lineage: ``kind``, ``host``, ``port``,
-        ``database``, ``path`` (None where they do not apply). Never credentials."""
 
 
 # --- key checksum -------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def insert(d: Dialect, schema: str) -> str:
 
 
 def ensure_table(target: Any, spec: SyncSpec) -> None:
-    schema = spec.target.db_schema
+    schema = spec.target.state_schema
     with target._errors_as("preparing the defects table"), target._transaction(_lock(schema)) as cur:
         for statement in create_defects_table(target.dialect, schema):
             cur.execute(statement)
@@ -105,7 +105,7 @@ def record_defects(target: Any, spec: SyncSpec, found: Iterable[Defect], *, run_
     """Apply a run's defects to the table in one transaction (creating it if needed): open new
     ones, mark repeated ones seen again, resolve fixed ones. ``clean_keys`` gets the record keys
     of the open defects and returns those this run read and loads (see ``plan_defects``)."""
-    d, schema = target.dialect, spec.target.db_schema
+    d, schema = target.dialect, spec.target.state_schema
     found = list(found)
     with target._errors_as("recording defects"), target._transaction(_lock(schema)) as cur:
         for statement in create_defects_table(d, schema):
@@ -128,7 +128,7 @@ def record_defects(target: Any, spec: SyncSpec, found: Iterable[Defect], *, run_
 
 def read_defects(target: Any, spec: SyncSpec, *, open_only: bool = False) -> list[dict[str, Any]]:
     """The sync's defects (all, or the open ones), oldest first, as dicts of :data:`COLUMNS`."""
-    d, schema = target.dialect, spec.target.db_schema
+    d, schema = target.dialect, spec.target.state_schema
     ensure_table(target, spec)
     with target._errors_as("reading defects"), target._transaction(None, commit=False) as cur:
         cur.execute(select_all(d, schema), {"sync_name": spec.name})

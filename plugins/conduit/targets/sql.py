@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conduit.crash import crash_point
 from conduit.exceptions import StalePlanError, TargetConfigError, TargetError
 from conduit.targets import sql_render as render
 from conduit.targets.base import ErpTarget, KeyChecksum, LoadPlan, LoadResult, Watermark, key_checksum_of
@@ -98,8 +99,35 @@ class SqlErpTarget(ErpTarget):
                     "add it (or map to another table) before loading"
                 )
 
+    # --- as the state store of a target that cannot hold the sync's state (an HTTP API) -------
+
+    def ensure_state(self, spec: SyncSpec) -> None:
+        """The state tables (watermark, quarantine, sink ledger) in ``spec.target.state_schema``."""
+        from conduit.targets import ledger
+
+        d, schema = self.dialect, spec.target.state_schema
+        with self._errors_as(f"preparing the sync state in {schema}"), \
+                self._transaction(f"conduit:ready:{schema}") as cur:
+            for statement in (render.create_state_table(d, schema), *render.create_quarantine_table(d, schema),
+                              *ledger.create_table(d, schema)):
+                cur.execute(statement)
+
+    def commit_load(self, spec: SyncSpec, *, run_id: str, watermark: Watermark | None,
+                    replayed_quarantine_ids: Iterable[int] = ()) -> None:
+        """The last step of another sink's load, once every change is in it: the watermark and the
+        replay marks, in one transaction."""
+        d, schema = self.dialect, spec.target.state_schema
+        params = {"now": self._timestamp_value(datetime.now(UTC)), "run_id": run_id}
+        replayed = list(replayed_quarantine_ids)
+        with self._errors_as("committing the load's state"), self._transaction(None) as cur:
+            if watermark is not None:
+                cur.execute(render.advance_watermark(d, schema),
+                            {**params, "sync_name": spec.name, "ts_ms": watermark.ts_ms, "id": watermark.id})
+            if replayed:
+                cur.execute(render.mark_replayed(d, schema), {**params, "ids": self._list_value(replayed)})
+
     def read_watermark(self, spec: SyncSpec) -> Watermark | None:
-        row = self._fetch_one(render.read_watermark(self.dialect, spec.target.db_schema), {"sync_name": spec.name})
+        row = self._fetch_one(render.read_watermark(self.dialect, spec.target.state_schema), {"sync_name": spec.name})
         return Watermark(int(row[0]), int(row[1])) if row else None
 
     def load(
@@ -123,7 +151,9 @@ class SqlErpTarget(ErpTarget):
             if expected is not None:  # under the load lock: nothing can move between this check and the load
                 self._check_unchanged(cur, layout, expected)
             staged = self._stage_incoming(cur, layout, batches)
+            crash_point("load.after_copy")
             result = self._merge(cur, spec, layout, staged, list(deleted_keys), full_refresh, kept_keys, params)
+            crash_point("load.after_merge")
             if expected is not None and result != expected.result:
                 raise StalePlanError(f"{layout.table}: the load would make {result} but the approved plan said "
                                      f"{expected.result}; nothing changed, run the sync again to plan anew")
@@ -135,6 +165,7 @@ class SqlErpTarget(ErpTarget):
             replayed = list(replayed_quarantine_ids)
             if replayed:
                 cur.execute(render.mark_replayed(d, layout.schema), {**params, "ids": self._list_value(replayed)})
+            crash_point("load.before_commit")
         return result
 
     def plan(
@@ -184,6 +215,7 @@ class SqlErpTarget(ErpTarget):
 
     def _stage_incoming(self, cur, layout: TableLayout, batches: Iterable[pd.DataFrame]) -> int:
         cur.execute(render.create_staging_table(self.dialect, layout))
+        crash_point("load.before_copy")
         return self._stage(cur, layout, batches)
 
     def _merge(self, cur, spec, layout: TableLayout, staged: int, deleted_keys: list, full_refresh: bool,
@@ -260,11 +292,11 @@ class SqlErpTarget(ErpTarget):
             for row in rows
         ]
         with self._errors_as("quarantining rows"), self._transaction(None) as cur:
-            cur.executemany(render.insert_quarantine(self.dialect, spec.target.db_schema), values)
+            cur.executemany(render.insert_quarantine(self.dialect, spec.target.state_schema), values)
             return cur.rowcount
 
     def open_quarantine(self, spec: SyncSpec) -> list[dict[str, Any]]:
-        sql = render.select_open_quarantine(self.dialect, spec.target.db_schema)
+        sql = render.select_open_quarantine(self.dialect, spec.target.state_schema)
         with self._errors_as("reading the quarantine"), self._transaction(None, commit=False) as cur:
             cur.execute(sql, {"sync_name": spec.name})
             names = [c[0] for c in cur.description]
@@ -280,7 +312,7 @@ class SqlErpTarget(ErpTarget):
             return 0
         params = {"ids": self._list_value(ids), "run_id": run_id, "now": self._timestamp_value(datetime.now(UTC))}
         with self._errors_as("marking quarantine entries replayed"), self._transaction(None) as cur:
-            cur.execute(render.mark_replayed(self.dialect, spec.target.db_schema), params)
+            cur.execute(render.mark_replayed(self.dialect, spec.target.state_schema), params)
             return cur.rowcount
 
     def test_connection(self) -> tuple[bool, str]:
@@ -355,9 +387,12 @@ class PostgresErpTarget(SqlErpTarget):
         with cur.copy(render.copy_into_staging(layout)) as copy:
             for frame in batches:
                 sink = pa.BufferOutputStream()
-                pyarrow.csv.write_csv(_arrow_table(frame, layout), sink, options)
+                table = _arrow_table(frame, layout)
+                _refuse_nul(table, layout.key)
+                pyarrow.csv.write_csv(table, sink, options)
                 copy.write(memoryview(sink.getvalue()))
                 staged += len(frame)
+                crash_point("load.mid_copy")
         return staged
 
     def _stage_deleted_keys(self, cur, keys: list[tuple[str, Any]]) -> None:
@@ -479,7 +514,20 @@ def _iso_utc(value: datetime) -> str:
 
 
 def _json_dumps(value: Any) -> str:
-    return json.dumps(value, default=str, ensure_ascii=False)
+    """JSON text both databases store: PostgreSQL's ``jsonb`` cannot hold ``\\u0000``, so a NUL
+    in a string (a raw CRM value in the quarantine) is shown as ␀ (U+2400), as in defects."""
+    dumped = json.dumps(value, default=str, ensure_ascii=False)
+    return dumped if "\\u0000" not in dumped else json.dumps(_nul_shown(value), default=str, ensure_ascii=False)
+
+
+def _nul_shown(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\u2400")
+    if isinstance(value, dict):
+        return {_nul_shown(k): _nul_shown(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nul_shown(v) for v in value]
+    return value
 
 
 def _arrow_type(dtype: str) -> pa.DataType:
@@ -506,6 +554,32 @@ def _arrow_table(frame: pd.DataFrame, layout: TableLayout) -> pa.Table:
             raise TargetConfigError(f"batch column {column.name!r} does not hold {column.dtype} values: {exc}") from exc
         arrays.append(pc.cast(array, pa.timestamp("us")) if column.dtype == "timestamp" else array)
     return pa.Table.from_arrays(arrays, names=[c.name for c in columns])
+
+
+def _refuse_nul(table: pa.Table, key: str) -> None:
+    """PostgreSQL text cannot hold NUL, and COPY would fail naming no row: fail naming the first
+    one. The mapping removes NULs (``conduit.transforms.mapping``), so only rows that bypassed it
+    (a custom source or caller) can get here."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if not pa.types.is_string(column.type):
+            continue
+        offset = 0
+        for chunk in column.chunks:  # a fast look at the bytes, then the rows only if needed
+            data, offset = chunk.buffers()[2], offset + len(chunk)
+            if data is None or not (np.frombuffer(data, np.uint8) == 0).any():
+                continue
+            rows = pc.fill_null(pc.match_substring(chunk, "\x00"), False)
+            if pc.any(rows).as_py():
+                at = offset - len(chunk) + pc.index(rows, True).as_py()
+                keys = table.column(key).combine_chunks()
+                raise TargetConfigError(
+                    f"column {name!r} of {key} {keys[at].as_py()!r} holds a NUL character, which PostgreSQL "
+                    "text cannot store (the sync's mapping removes them and records a defect; "
+                    "rows that bypass it must too); nothing was loaded")
 
 
 def _sqlite_rows(table: pa.Table) -> list[tuple]:

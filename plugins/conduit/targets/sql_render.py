@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from conduit.targets.base import BOOKKEEPING_COLUMNS as BOOKKEEPING
 from conduit.targets.base import ROW_HASH, SOURCE_MODIFIED_AT
 
 STATE_TABLE = "conduit_sync_state"
@@ -89,15 +90,12 @@ class Column:
     nullable: bool = True
 
 
-TRACKING_COLUMNS = (Column(SOURCE_MODIFIED_AT, "timestamp", nullable=False), Column(ROW_HASH, "string", nullable=False))
-BOOKKEEPING_COLUMNS = (
-    *TRACKING_COLUMNS,
-    Column("active", "boolean", nullable=False),
-    Column("deleted_at", "timestamp"),
-    Column("created_at", "timestamp", nullable=False),
-    Column("updated_at", "timestamp", nullable=False),
-    Column("last_run_id", "string"),
-)
+_BOOKKEEPING_TYPES = {SOURCE_MODIFIED_AT: ("timestamp", False), ROW_HASH: ("string", False),
+                      "active": ("boolean", False), "deleted_at": ("timestamp", True),
+                      "created_at": ("timestamp", False), "updated_at": ("timestamp", False),
+                      "last_run_id": ("string", True)}
+BOOKKEEPING_COLUMNS = tuple(Column(name, *_BOOKKEEPING_TYPES[name]) for name in BOOKKEEPING)
+TRACKING_COLUMNS = BOOKKEEPING_COLUMNS[:2]
 
 
 @dataclass(frozen=True)

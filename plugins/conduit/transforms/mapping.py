@@ -9,12 +9,34 @@ says which values it could not normalise: the mapped rows then carry, per such c
 column :func:`invalid_column` holding the value that entered the step where it was invalid (null
 elsewhere). Under ``null`` the column itself is null there. The gate turns these into defects or
 rejections; the load ignores them.
+
+CRM text that cannot be stored as it came. Text loads exactly as the CRM holds it: tabs,
+newlines, carriage returns, backslashes, quotes, ``\\.`` lines, emoji, right-to-left text and
+bidi controls, values of a megabyte, byte for byte in PostgreSQL (CSV ``COPY``) and SQLite. Two
+kinds of text cannot:
+
+* NUL (U+0000): PostgreSQL ``text`` cannot hold it. It is removed from every CRM property before
+  any step runs (for every target, so PostgreSQL and SQLite hold the same values and row hashes).
+* Text that is not Unicode (bytes that are not UTF-8, a lone surrogate escape such as
+  ``\\ud800``) cannot even be decoded: the page decoder (``conduit.sources.hubspot.pages``)
+  replaces each such sequence with U+FFFD, the replacement character, and the page loads.
+
+A property that held a NUL or holds a U+FFFD is *damaged*, and so is every column made from its
+text (its ``source``, ``template`` and ``concat`` properties; not a phone's ``region_from``). A
+damaged column whose step sets ``on_invalid`` (e-mail, phone, country) counts as a value that does
+not normalise: a damaged contact detail is not guessed at (``null``: nulled and a defect;
+``reject``: the record is quarantined). Any other column loads the cleaned text and records a
+defect with rule ``clean_text`` (:data:`TEXT_RULE`). The defect's value is the CRM's text with each
+NUL shown as ␀ (U+2400); its reason reads e.g. ``first_name 'Ann␀a' could not be normalised by
+clean_text``, and it stays open until the CRM holds clean text. A U+FFFD the CRM itself stores is
+reported the same way: it always stands for text lost before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import string
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -39,12 +61,14 @@ from conduit.specs.model import (
     Trim,
     Upper,
 )
-from conduit.transforms import columns
+from conduit.targets.base import TRACKING_COLUMNS
+from conduit.transforms import columns, text
 from conduit.transforms.digit_automata import utf8_data
 from conduit.transforms.phones import invalid_results, phones_to_e164
 
-MAPPED_EXTRA_COLUMNS = ("source_modified_at", "row_hash")
+MAPPED_EXTRA_COLUMNS = TRACKING_COLUMNS  # what the transform adds after the mapped columns
 INVALID_PREFIX = "conduit_invalid:"  # never a spec column: those are plain identifiers
+TEXT_RULE = "clean_text"  # the defect rule of damaged text in columns without an on_invalid step
 _INVALID_ROWS = {
     Email: columns.invalid_emails,
     PhoneE164: invalid_results,
@@ -60,6 +84,33 @@ def invalid_column(column: str) -> str:
 def checked_columns(spec: SyncSpec) -> dict[str, FieldMapping]:
     """The spec's columns whose values that do not normalise are nulled or rejected."""
     return {name: m for name, m in spec.mapping.items() if m.invalid_check is not None}
+
+
+def text_checked_columns(spec: SyncSpec) -> dict[str, FieldMapping]:
+    """The spec's other columns made from CRM text: damaged text there is a ``clean_text`` defect."""
+    return {name: m for name, m in spec.mapping.items() if m.invalid_check is None and text_sources(m)}
+
+
+def judged_columns(spec: SyncSpec) -> list[str]:
+    """The columns that carry an :func:`invalid_column`, in spec order."""
+    judged = checked_columns(spec).keys() | text_checked_columns(spec).keys()
+    return [name for name in spec.mapping if name in judged]
+
+
+def text_sources(mapping: FieldMapping) -> list[str]:
+    """The CRM properties whose text flows into the column (a phone's ``region_from`` only picks
+    the numbering plan)."""
+    return list(dict.fromkeys(_text_sources(mapping)))
+
+
+def _text_sources(mapping: FieldMapping) -> Iterator[str]:
+    if mapping.source:
+        yield mapping.source
+    for step in mapping.transforms:
+        if isinstance(step, Template):
+            yield from (name for _, name, _, _ in string.Formatter().parse(step.template) if name)
+        elif isinstance(step, Concat):
+            yield from step.sources
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),
@@ -79,16 +130,19 @@ def mapped_schema(spec: SyncSpec) -> pa.Schema:
         pa.field("source_modified_at", columns.UTC_MICROS),
         pa.field("row_hash", pa.string(), nullable=False),
     ]
-    fields_ += [pa.field(invalid_column(name), pa.string()) for name in checked_columns(spec)]
+    fields_ += [pa.field(invalid_column(name), pa.string()) for name in judged_columns(spec)]
     return pa.schema(fields_)
 
 
 class _Properties:
-    """The raw CRM properties of a batch as Arrow text, blanks as null; absent ones all null."""
+    """The raw CRM properties of a batch as Arrow text, NULs removed, blanks as null; absent ones
+    all null. Which rows of a property were damaged, and their text as shown, are kept aside."""
 
     def __init__(self, raw: pd.DataFrame):
         self._raw = raw
         self._cache: dict[str, pa.Array] = {}
+        self._damage: dict[str, pa.Array] = {}
+        self._shown: dict[str, pa.Array] = {}
 
     def __len__(self) -> int:
         return len(self._raw)
@@ -97,10 +151,27 @@ class _Properties:
         if name not in self._cache:
             if name in self._raw.columns:
                 values = pa.array(self._raw[name], from_pandas=True)
-                self._cache[name] = columns.blank_to_null(_text(values))
+                if isinstance(values, pa.ChunkedArray):
+                    values = values.combine_chunks()
+                values = _text(values)
+                damage = text.damaged(values)
+                if damage is not None:
+                    self._damage[name], self._shown[name] = damage, text.shown(values)
+                    values = text.without_nul(values)
+                self._cache[name] = columns.blank_to_null(values)
             else:
                 self._cache[name] = pa.nulls(len(self), pa.string())
         return self._cache[name]
+
+    def damage(self, name: str) -> pa.Array | None:
+        """The rows whose ``name`` held a NUL or holds a U+FFFD; None when no row's does."""
+        self[name]
+        return self._damage.get(name)
+
+    def shown(self, name: str) -> pa.Array:
+        """``name`` as the CRM holds it, NULs shown as ␀ (clean values: as mapped)."""
+        self[name]
+        return self._shown.get(name, self._cache[name])
 
 
 def _text(values: pa.Array) -> pa.Array:
@@ -124,11 +195,7 @@ def _template(step: Template, props: _Properties) -> pa.Array:
 def _concat(step: Concat, props: _Properties) -> pa.Array:
     """The non-blank values (trimmed) joined by the separator; null when all are blank."""
     parts = [columns.blank_to_null(pc.utf8_trim_whitespace(props[name])) for name in step.sources]
-    joined = parts[0]
-    # not null_handling="skip": pyarrow 26 then drops rows whose values are all null
-    for part in parts[1:]:
-        joined = pc.coalesce(pc.binary_join_element_wise(joined, part, step.separator), joined, part)
-    return joined
+    return text.joined(parts, step.separator)
 
 
 def _map_values(step: MapValues, values: pa.Array) -> pa.Array:
@@ -184,16 +251,31 @@ def _typed(values: pa.Array, dtype: DType) -> pa.Array:
     return _text(values)
 
 
+class _Damage:
+    """The rows of one column made from damaged CRM text (None: no row is), and that text as shown."""
+
+    def __init__(self, mapping: FieldMapping, props: _Properties):
+        self._sources, self._props = text_sources(mapping), props
+        self.rows = text.any_of([props.damage(name) for name in self._sources])
+
+    def shown(self) -> pa.Array:
+        return text.joined([self._props.shown(name) for name in self._sources])
+
+
 def _map_column(mapping: FieldMapping, props: _Properties) -> tuple[pa.Array, pa.Array | None]:
-    """The column's values and, when a step sets ``on_invalid``, the values it could not
-    normalise (as they entered it; null elsewhere)."""
+    """The column's values and what the gate judges: the values its ``on_invalid`` step could
+    not normalise (as they entered it) and, in any column, the damaged CRM text it was made from
+    (as shown); null elsewhere, or None when no row has either."""
     values = props[mapping.source] if mapping.source else pa.nulls(len(props), pa.string())
     check, invalid_raw = mapping.invalid_check, None
+    damage = _Damage(mapping, props)
     for step in mapping.transforms:
         result = _apply(step, values, props)
         if step is check:
-            invalid_raw, result = _judge(step, _text(values), result)
+            invalid_raw, result = _judge(step, _text(values), result, damage)
         values = result
+    if check is None and damage.rows is not None:
+        invalid_raw = pc.if_else(damage.rows, damage.shown(), pa.scalar(None, pa.string()))
     typed = _typed(values, mapping.dtype)
     if mapping.default is not None:
         default = _typed(pa.array([str(mapping.default)]), mapping.dtype)[0]
@@ -201,11 +283,15 @@ def _map_column(mapping: FieldMapping, props: _Properties) -> tuple[pa.Array, pa
     return typed, invalid_raw
 
 
-def _judge(step: Transform, given: pa.Array, result: pa.Array) -> tuple[pa.Array, pa.Array]:
+def _judge(step: Transform, given: pa.Array, result: pa.Array, damage: _Damage) -> tuple[pa.Array, pa.Array]:
     """(the given values where ``step`` could not normalise them, else null; the step's result,
-    nulled there under ``on_invalid: null``)."""
+    nulled there under ``on_invalid: null``). Damaged text counts as not normalised, shown as
+    the CRM holds it."""
     invalid = pa.array(_INVALID_ROWS[type(step)](result), pa.bool_())
     raw = pc.if_else(invalid, given, pa.scalar(None, pa.string()))
+    if damage.rows is not None:
+        invalid = pc.or_(invalid, damage.rows)
+        raw = pc.if_else(damage.rows, damage.shown(), raw)
     if step.on_invalid == "null":
         result = pc.if_else(invalid, pa.scalar(None, result.type), result)
     return raw, result
@@ -251,15 +337,16 @@ def map_table(raw: pd.DataFrame, spec: SyncSpec) -> pa.Table:
     mapped = {name: values for name, (values, _) in results.items()}
     mapped["source_modified_at"] = columns.parse_timestamps(props[spec.source.cursor.property])
     mapped["row_hash"] = row_hashes([mapped[name] for name in spec.mapping])
-    for name in checked_columns(spec):
-        mapped[invalid_column(name)] = results[name][1]
+    for name in judged_columns(spec):
+        judged = results[name][1]
+        mapped[invalid_column(name)] = judged if judged is not None else pa.nulls(len(props), pa.string())
     return pa.Table.from_arrays(list(mapped.values()), schema=mapped_schema(spec))
 
 
 def map_frame(raw: pd.DataFrame, spec: SyncSpec) -> pd.DataFrame:
     """The spec's columns (in order, typed: string -> str/None objects, integer -> Int64,
     timestamp -> datetime64[us, UTC], boolean -> boolean), then ``source_modified_at`` and
-    ``row_hash``, then the :func:`invalid_column` of each checked column."""
+    ``row_hash``, then the :func:`invalid_column` of each :func:`judged_columns` column."""
     table = map_table(raw, spec)
     return pd.DataFrame(
         {name: _to_pandas(table.column(name).combine_chunks()) for name in table.column_names}

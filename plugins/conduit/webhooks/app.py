@@ -7,6 +7,7 @@ the only gate. Everything is checked before a single event reaches Redis:
 sync name not ``[a-z][a-z0-9_]*``                     404
 no secret configured for the sync                     503
 body over ``MAX_BODY_BYTES`` (header or bytes read)   413
+body shorter than its Content-Length (client gone)    400
 bad/missing signature, stale or future timestamp      401
 body not a JSON array of HubSpot events               400
 same signature already accepted (a replay)            409
@@ -38,6 +39,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, HTTPException, Request
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.requests import ClientDisconnect
 
 from conduit.webhooks.payload import HubSpotEvent, InvalidPayload, parse_events
 from conduit.webhooks.signature import MAX_AGE_MS, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_v3
@@ -83,17 +85,22 @@ def check_content_length(header: str | None, limit: int) -> None:
         return  # chunked body: read_limited enforces the limit on the bytes themselves
     if not (header.isascii() and header.isdigit()):
         raise HTTPException(400, "Content-Length is not a number")
-    if int(header) > limit:
+    digits = header.lstrip("0")  # length first: int() of thousands of digits raises
+    if len(digits) > len(str(limit)) or int(digits or "0") > limit:
         raise HTTPException(413, f"body larger than {limit} bytes")
 
 
 async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
-    """Read a body, stopping as soon as it exceeds ``limit`` (a lying Content-Length included)."""
+    """Read a body, stopping as soon as it exceeds ``limit`` (a lying Content-Length included).
+    A client that goes away mid-body (or sends a broken chunked body) gets a 400, not a traceback."""
     body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > limit:
-            raise HTTPException(413, f"body larger than {limit} bytes")
+    try:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > limit:
+                raise HTTPException(413, f"body larger than {limit} bytes")
+    except ClientDisconnect:
+        raise HTTPException(400, "the body ended before its announced length") from None
     return bytes(body)
 
 

@@ -13,14 +13,18 @@ class InvalidPayload(ValueError):
     """The body is not a JSON array of HubSpot events; the message says what is wrong."""
 
 
+MAX_INT64 = 2**63 - 1
+
+
 class HubSpotEvent(BaseModel):
     # strict: "123" is not an id and 1.5 is not a timestamp
     model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
-    event_id: int = Field(alias="eventId", ge=0)
-    object_id: int = Field(alias="objectId", ge=0)
+    # HubSpot's ids and epoch-millisecond times are 64-bit integers; a larger number is not HubSpot's
+    event_id: int = Field(alias="eventId", ge=0, le=MAX_INT64)
+    object_id: int = Field(alias="objectId", ge=0, le=MAX_INT64)
     subscription_type: str = Field(alias="subscriptionType", pattern=r"^[a-z_]+\.[A-Za-z_]+$", max_length=100)
-    occurred_at: int = Field(alias="occurredAt", ge=0)
+    occurred_at: int = Field(alias="occurredAt", ge=0, le=MAX_INT64)
 
     def stream_fields(self) -> dict[str, str]:
         """The entry written to the sync's Redis stream, keyed by HubSpot's own field names."""

@@ -16,6 +16,8 @@ import time
 SIGNATURE_HEADER = "X-HubSpot-Signature-v3"
 TIMESTAMP_HEADER = "X-HubSpot-Request-Timestamp"
 MAX_AGE_MS = 5 * 60 * 1000
+# epoch milliseconds have 13 digits until the year 2286; int() of thousands of digits raises
+MAX_TIMESTAMP_DIGITS = 15
 
 # HubSpot decodes these before signing (developers.hubspot.com, "Validating requests", v3).
 _DECODE = {"%3A": ":", "%2F": "/", "%3F": "?", "%40": "@", "%21": "!", "%24": "$", "%27": "'",
@@ -42,7 +44,7 @@ def verify_v3(
     if not signature or not timestamp:
         return "missing signature or timestamp header"
     # int() alone would also take " 12", "1_2" or non-ASCII digits, none of which HubSpot sends
-    if not (timestamp.isascii() and timestamp.isdigit()):
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > MAX_TIMESTAMP_DIGITS:
         return "timestamp header is not epoch milliseconds"
     ts = int(timestamp)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms

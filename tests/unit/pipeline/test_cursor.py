@@ -1,23 +1,11 @@
-"""The (timestamp, id) cursor as pure functions; behaviour against the CRM is in tests/integration."""
+"""The incremental window, the full read day and id ranges as pure functions (HubSpot's search
+cursor: tests/unit/sources/test_hubspot_cursor.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from conduit.pipeline.cursor import (
-    CursorState,
-    Window,
-    advance,
-    id_range_body,
-    id_ranges,
-    incremental_window,
-    parse_ts_ms,
-    search_body,
-)
-
-
-def rec(id_: int, ts: int) -> dict:
-    return {"id": str(id_), "properties": {"lastmodifieddate": str(ts), "hs_object_id": str(id_)}}
+from conduit.pipeline.cursor import Window, id_ranges, incremental_window, parse_ts_ms
 
 
 def test_window_none_without_watermark():
@@ -41,46 +29,6 @@ def test_parse_ts_iso_and_epoch():
         parse_ts_ms(None)
 
 
-def test_range_body_is_bounded_and_sorted_by_cursor():
-    body = search_body(CursorState(100, -1, "range"), cursor_property="lastmodifieddate", upper_ms=900,
-                       properties=["email"], limit=200)
-    (group,) = body["filterGroups"]
-    assert {(f["operator"], f["value"]) for f in group["filters"]} == {("GT", "100"), ("LT", "900")}
-    assert body["sorts"] == [{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}]
-    assert "after" not in body  # fresh query per page: no deep paging into the 10k cap
-
-
-def test_ties_body_pages_by_id_inside_one_millisecond():
-    body = search_body(CursorState(100, 42, "ties"), cursor_property="lastmodifieddate", upper_ms=900,
-                       properties=[], limit=200)
-    filters = body["filterGroups"][0]["filters"]
-    assert {"propertyName": "lastmodifieddate", "operator": "EQ", "value": "100"} in filters
-    assert {"propertyName": "hs_object_id", "operator": "GT", "value": "42"} in filters
-    assert body["sorts"][0]["propertyName"] == "hs_object_id"
-
-
-def test_full_range_page_holds_back_the_last_millisecond():
-    page = [rec(1, 10), rec(2, 11), rec(9, 12), rec(3, 12)]
-    emit, state = advance(CursorState(0, -1, "range"), page, cursor_property="lastmodifieddate", limit=4)
-    assert [r["id"] for r in emit] == ["1", "2"]
-    assert state == CursorState(12, -1, "ties")
-
-
-def test_page_of_one_millisecond_makes_progress_through_ties():
-    page = [rec(5, 12), rec(3, 12)]
-    emit, state = advance(CursorState(0, -1, "range"), page, cursor_property="lastmodifieddate", limit=2)
-    assert emit == [] and state == CursorState(12, -1, "ties")
-    emit, state = advance(state, [rec(3, 12), rec(5, 12)], cursor_property="lastmodifieddate", limit=2)
-    assert [r["id"] for r in emit] == ["3", "5"] and state == CursorState(12, 5, "ties")
-    emit, state = advance(state, [rec(7, 12)], cursor_property="lastmodifieddate", limit=2)
-    assert [r["id"] for r in emit] == ["7"] and state == CursorState(12, 5, "range")
-
-
-def test_short_range_page_ends_the_window():
-    emit, state = advance(CursorState(0, -1, "range"), [rec(1, 10)], cursor_property="lastmodifieddate", limit=4)
-    assert [r["id"] for r in emit] == ["1"] and state is None
-
-
 @pytest.mark.parametrize(("lo", "hi", "parts"), [(1, 100, 4), (10_001, 1_010_000, 7), (5, 5, 3), (1, 3, 8)])
 def test_id_ranges_cover_every_id_once(lo, hi, parts):
     ranges = id_ranges(lo, hi, parts)
@@ -88,13 +36,6 @@ def test_id_ranges_cover_every_id_once(lo, hi, parts):
     assert all(a < b for a, b in ranges)
     assert all(prev[1] == nxt[0] for prev, nxt in zip(ranges, ranges[1:], strict=False))
     assert len(ranges) == min(parts, hi - lo + 1)
-
-
-def test_id_range_body_is_a_fresh_id_cursor_query():
-    body = id_range_body(41, 900, properties=["email"], limit=200)
-    filters = body["filterGroups"][0]["filters"]
-    assert {(f["operator"], f["value"]) for f in filters} == {("GT", "41"), ("LT", "900")}
-    assert body["sorts"] == [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]
 
 
 def test_webhook_object_ids_from_triggering_asset_events():

@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conduit.pipeline.cursor import CursorState, advance
-from conduit.pipeline.pages import PageDecoder, RecordPage, as_record_page, page_decoder, pages_to_table
+from conduit.pipeline.pages import RecordPage, as_record_page, pages_to_table
 from conduit.pipeline.staging import RunStaging
 from conduit.pipeline.steps import Progress, records_to_table, write_pages
+from conduit.sources.hubspot.cursor import CursorState, advance
+from conduit.sources.hubspot.pages import PageDecoder, page_decoder
 
 PROPS = ["email", "firstname", "lastmodifieddate", "hs_object_id"]
 

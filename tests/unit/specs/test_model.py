@@ -60,7 +60,7 @@ def test_on_invalid_defaults_to_keep_raw_and_reads_unquoted_yaml_null(data):
         (lambda d: d["mapping"].update(x={"source": "nosuch"}), "mapping.x", "nosuch"),
         (lambda d: d["mapping"].update(x={"dtype": "string"}), "mapping.x.source", "needs a `source`"),
         (lambda d: d["source"]["cursor"].update(property="zzz"), "source.cursor.property", "zzz"),
-        (lambda d: d["source"].update(type="salesforce"), "source", "salesforce"),
+        (lambda d: d["source"].update(type="salesforce"), "source.type", "unknown source type 'salesforce'"),
         (lambda d: d["schedule"].update(timezone="Mars/Olympus"), "schedule.timezone", "Mars/Olympus"),
         (lambda d: d["schedule"].update(cron="0 25 * * *"), "schedule.cron", "cron"),
         (lambda d: d["source"].update(page_size=500), "source.page_size", "100"),

@@ -20,7 +20,9 @@ from conduit.transforms.mapping import (
     row_hashes,
 )
 
-CHECKED = [invalid_column(c) for c in ("email", "phone", "country_code")]  # the flagship's on_invalid: null
+# every flagship column is judged: on_invalid: null (email, phone, country_code) or clean_text (the rest)
+CHECKED = [invalid_column(c) for c in ("customer_number", "crm_id", "email", "first_name", "last_name", "full_name",
+                                       "phone", "country_code", "company_name", "lifecycle_stage", "crm_created_at")]
 
 REPO = Path(__file__).resolve().parents[3]
 FLAGSHIP = REPO / "include" / "syncs" / "crm_to_erp_customer_sync.yaml"
@@ -90,7 +92,7 @@ def test_flagship_spec_end_to_end():
     assert invalid == [
         dict.fromkeys(CHECKED),
         {**dict.fromkeys(CHECKED), invalid_column("email"): "not-an-email"},
-        {invalid_column("email"): None, invalid_column("phone"): "call me",
+        {**dict.fromkeys(CHECKED), invalid_column("phone"): "call me",
          invalid_column("country_code"): "Atlantis"},
     ]
     created = datetime(2024, 1, 15, 10, 30, 0, 123000, tzinfo=UTC)
@@ -252,7 +254,8 @@ def test_mapped_schema_types():
         }
     )
     schema = mapped_schema(spec)
-    assert schema.names == ["key", "n", "b", "t", "source_modified_at", "row_hash"]
+    judged = [invalid_column(c) for c in ("key", "n", "b", "t")]  # made from CRM text: clean_text
+    assert schema.names == ["key", "n", "b", "t", "source_modified_at", "row_hash", *judged]
     assert [str(t) for t in schema.types] == [
         "string",
         "int64",
@@ -260,6 +263,7 @@ def test_mapped_schema_types():
         "timestamp[us, tz=UTC]",
         "timestamp[us, tz=UTC]",
         "string",
+        *["string"] * len(judged),
     ]
 
 

@@ -1,0 +1,69 @@
+"""Named crash points: where the crash-matrix tests kill a task process with SIGKILL.
+
+Every point is one ``crash_point("name")`` call and is inert unless a test arms it: with
+``CONDUIT_CRASH_AT=<name>`` and ``CONDUIT_CRASH_ONCE=<marker file>`` in the environment, the first
+process that reaches the point creates the marker file and SIGKILLs itself (no ``finally``, no
+``atexit``, no rollback sent: as a worker killed by the OOM killer). The marker keeps the retry
+clean: a later process passing the same point carries on. Unarmed, a point costs one environment
+lookup.
+
+``tests/reliability/test_crash_matrix.py`` kills a sync at each point and checks that the retry
+leaves the ERP, the state store (watermark) and the quarantine exactly as one clean run does.
+
+=================================  ===============================================  ==========================================
+name                               where                                            what a kill there leaves behind
+=================================  ===============================================  ==========================================
+plan_extract.start                 ``CrmExtractPlanOperator.execute``, first line   nothing; the retry plans the run
+plan_extract.end                   ``CrmExtractPlanOperator.execute``, planned      raw/ and archived/ emptied; no XCom
+extract.start                      ``CrmExtractOperator.execute``, first line       the item's earlier parts (a previous try)
+extract.between_pages              ``steps.write_pages``, a page buffered           a part folder with some parts or none
+extract.between_parts              ``steps.write_pages``, a part written            complete parts, more pages unread
+extract.end                        ``CrmExtractOperator.execute``, item staged      the item's parts; no XCom
+transform.start                    ``MappingTransformOperator.execute``             raw/ as staged
+transform.between_batches          ``steps.transform``, a batch mapped              mapped/ partly written
+transform.end                      ``MappingTransformOperator.execute``, mapped     mapped/ complete; no XCom
+quality_gate.start                 ``QualityGateOperator.execute``                  mapped/; nothing in the quarantine
+quality_gate.quarantined           ``steps.gate``, after the quarantine insert      quarantine rows (committed); no defects
+quality_gate.end                   ``QualityGateOperator.execute``, decided         quarantine and defects written; no XCom
+plan.start                         ``ErpPlanOperator.execute``                      nothing new
+plan.end                           ``ErpPlanOperator.execute``, planned             plan.json; the plan's transaction gone
+load.start                         ``ErpUpsertOperator.execute``                    nothing new
+load.before_copy                   ``SqlErpTarget.load``, lock held, temp table     an open transaction (rolled back)
+load.mid_copy                      ``PostgresErpTarget._stage``, 1st batch copied   a COPY in progress (rolled back)
+load.after_copy                    ``SqlErpTarget.load``, before the merge          staged rows in a temp table (rolled back)
+load.after_merge                   ``SqlErpTarget.load``, before the watermark      upserts and deletes, uncommitted
+load.before_commit                 ``SqlErpTarget.load``, last statement done       rows + watermark + marks, uncommitted
+load.end                           ``ErpUpsertOperator.execute``, committed         the committed load; no XCom, no event
+reconcile.start                    ``ReconcileOperator.execute``                    the loaded ERP, staged files
+reconcile.before_staging_removal   ``ReconcileOperator.execute``, checked           the staged files
+reconcile.end                      ``ReconcileOperator.execute``, files removed     no staged files; no XCom
+replay.before_load                 ``pipeline.replay.replay``, records re-checked   open entries, nothing loaded
+replay.after_load                  ``pipeline.replay.replay``, load committed       loaded rows, entries closed; no summary
+tryton.batch_written               ``TrytonTarget._apply``, a batch in Tryton       parties the ledger does not know yet
+tryton.before_watermark            ``TrytonTarget.load``, every change applied      all parties and ledger; old watermark
+saga.action_done                   ``InlineSaga.step``, the action returned         an effect whose result is not logged
+=================================  ===============================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+ARM = "CONDUIT_CRASH_AT"
+ONCE = "CONDUIT_CRASH_ONCE"
+
+
+def crash_point(name: str) -> None:
+    """SIGKILL this process at ``name`` if a test armed it (see the module's table); else nothing."""
+    if os.environ.get(ARM) != name:
+        return
+    marker = os.environ.get(ONCE)
+    if not marker:
+        return
+    try:
+        Path(marker).touch(exist_ok=False)  # atomic: of two processes at the point, one dies
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)

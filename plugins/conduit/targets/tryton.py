@@ -1,0 +1,470 @@
+"""Customers as parties of a Tryton ERP, written over its REST API.
+
+Tryton has no transaction spanning requests, so exactly-once comes from three rules:
+
+* every write is idempotent by the party's ``code`` (``spec.target.key``): the load reads the
+  parties it is about to touch, creates only codes Tryton does not hold, and writes only parties
+  whose values differ from what Tryton holds (a second run writes nothing);
+* a create that races another writer ("The code on party must be unique") re-reads the party and
+  updates it;
+* the sync's state lives in a SQL state store (:class:`~conduit.targets.sql.SqlErpTarget` used as
+  a store): the sink ledger (:mod:`conduit.targets.ledger`) is written after each batch is in
+  Tryton, and the watermark and replay marks only once every change is.
+
+A load killed half way therefore leaves the watermark where it was; the retried load compares with
+Tryton again and finishes the same changes, without duplicating a party. Reconciliation reads the
+parties back and hashes them exactly as the transform hashed the mapped rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from conduit.crash import crash_point
+from conduit.exceptions import StalePlanError, TargetConfigError, TrytonRequestError
+from conduit.targets import ledger
+from conduit.targets.base import (
+    BOOKKEEPING_COLUMNS,
+    ROW_HASH,
+    SOURCE_MODIFIED_AT,
+    ErpTarget,
+    KeyChecksum,
+    LoadPlan,
+    LoadResult,
+    Watermark,
+    frame_key_checksum,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from conduit.hooks.tryton import TrytonHook
+    from conduit.specs.model import SyncSpec
+    from conduit.targets.sql import SqlErpTarget
+
+log = logging.getLogger(__name__)
+
+PARTY = "party.party"
+PARTY_FIELDS = ["code", "name", "active", "contact_mechanisms.type", "contact_mechanisms.value",
+                "contact_mechanisms.value_compact", "addresses.country.code", "identifiers.type",
+                "identifiers.code"]
+ALL_RECORDS = {"active_test": False}  # inactive (soft-deleted) parties too
+UNIQUE_CODE = "must be unique"
+
+
+# --- parties <-> rows (pure) --------------------------------------------------------------------
+
+
+def _mechanism(party: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((m for m in party.get("contact_mechanisms") or () if m.get("type") == kind), None)
+
+
+def _source_identifier(party: dict[str, Any]) -> dict[str, Any] | None:
+    """The identifier the sync writes: the first without a type (Tryton's types are tax numbers)."""
+    return next((i for i in party.get("identifiers") or () if not i.get("type")), None)
+
+
+def _address(party: dict[str, Any]) -> dict[str, Any] | None:
+    return next(iter(party.get("addresses") or ()), None)
+
+
+def party_row(party: dict[str, Any], spec: SyncSpec) -> dict[str, Any]:
+    """The mapped columns a party holds, typed as the spec maps them (what reconcile compares)."""
+    parts = spec.target.fields
+    row: dict[str, Any] = {spec.target.key: party.get("code")}
+    if parts.name:
+        row[parts.name] = party.get("name") or None
+    if parts.email:
+        email = _mechanism(party, "email")
+        row[parts.email] = (email or {}).get("value") or None
+    if parts.phone:
+        phone = _mechanism(party, "phone")  # Tryton formats phone values; the compact one is E.164
+        row[parts.phone] = ((phone or {}).get("value_compact") or (phone or {}).get("value")) or None
+    if parts.country:
+        country = (_address(party) or {}).get("country")
+        row[parts.country] = country.get("code") if isinstance(country, dict) else None
+    if parts.source_id:
+        code = (_source_identifier(party) or {}).get("code")
+        row[parts.source_id] = _typed(code, spec.mapping[parts.source_id].dtype)
+    return row
+
+
+def _typed(value: Any, dtype: str) -> Any:
+    if value is None or value == "":
+        return None
+    return int(value) if dtype == "integer" else value
+
+
+def party_values(row: dict[str, Any], spec: SyncSpec, country_ids: dict[str, int]) -> dict[str, Any]:
+    """A new party's values (one2many parts as Tryton's ``create`` commands)."""
+    parts = spec.target.fields
+    values: dict[str, Any] = {"code": row[spec.target.key], "active": True}
+    if parts.name:
+        values["name"] = row.get(parts.name)
+    mechanisms = [{"type": kind, "value": row[column]} for kind, column in (("email", parts.email),
+                                                                           ("phone", parts.phone))
+                  if column and row.get(column)]
+    if mechanisms:
+        values["contact_mechanisms"] = [["create", mechanisms]]
+    if parts.country and row.get(parts.country):
+        values["addresses"] = [["create", [{"country": country_ids[row[parts.country]]}]]]
+    if parts.source_id and row.get(parts.source_id) is not None:
+        values["identifiers"] = [["create", [{"code": str(row[parts.source_id])}]]]
+    return values
+
+
+def party_changes(party: dict[str, Any], row: dict[str, Any], spec: SyncSpec,
+                  country_ids: dict[str, int]) -> dict[str, Any]:
+    """What to write so that ``party`` holds ``row`` (and is active): only what differs."""
+    parts, have = spec.target.fields, party_row(party, spec)
+    values: dict[str, Any] = {} if party.get("active", True) else {"active": True}
+    if parts.name and have[parts.name] != row.get(parts.name):
+        values["name"] = row.get(parts.name)
+    mechanisms: list[list[Any]] = []
+    for kind, column in (("email", parts.email), ("phone", parts.phone)):
+        if column and have[column] != row.get(column):
+            mechanisms.append(_one2many(_mechanism(party, kind), {"type": kind, "value": row.get(column)},
+                                        {"value": row.get(column)}, row.get(column)))
+    if mechanisms:
+        values["contact_mechanisms"] = mechanisms
+    if parts.country and have[parts.country] != row.get(parts.country):
+        country = row.get(parts.country)
+        wanted = country_ids[country] if country else None
+        address = _address(party)
+        values["addresses"] = [["write", [address["id"]], {"country": wanted}] if address
+                               else ["create", [{"country": wanted}]]]
+    if parts.source_id and have[parts.source_id] != row.get(parts.source_id):
+        code = row.get(parts.source_id)
+        values["identifiers"] = [_one2many(_source_identifier(party), {"code": str(code)},
+                                           {"code": str(code)}, code)]
+    return values
+
+
+def _one2many(current: dict[str, Any] | None, create: dict[str, Any], write: dict[str, Any],
+              wanted: Any) -> list[Any]:
+    if current is None:
+        return ["create", [create]]
+    if wanted is None:
+        return ["delete", [current["id"]]]
+    return ["write", [current["id"]], write]
+
+
+def rows_frame(rows: list[dict[str, Any]], spec: SyncSpec) -> pd.DataFrame:
+    """Party rows as the transform's mapped frame (typed, in spec order) with their ``row_hash``."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from conduit.transforms.mapping import mapped_schema, row_hashes
+
+    schema = mapped_schema(spec)
+    arrays = [pa.array([r.get(c) for r in rows], schema.field(c).type) for c in spec.mapping]
+    frame = pd.DataFrame({c: [r.get(c) for r in rows] for c in spec.mapping})
+    frame[ROW_HASH] = row_hashes(arrays).to_pylist() if rows else []
+    return frame
+
+
+def _plain(value: Any) -> Any:
+    """pandas/numpy values as JSON's (None for missing)."""
+    import pandas as pd
+
+    if value is None or (not isinstance(value, (list, dict, str)) and pd.isna(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return value
+
+
+# --- the load's changes -------------------------------------------------------------------------
+
+
+@dataclass
+class Changes:
+    """What a load would do to Tryton, and the ledger entries that go with it."""
+
+    creates: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)  # (party, row)
+    deletes: list[dict[str, Any]] = field(default_factory=list)  # parties
+    unchanged: list[dict[str, Any]] = field(default_factory=list)  # rows
+    ledger_behind: list[dict[str, Any]] = field(default_factory=list)
+    """Unchanged rows the ledger does not know as written (a killed load wrote them to Tryton)."""
+    stale: int = 0
+    modified_at: dict[str, datetime] = field(default_factory=dict)
+
+    @property
+    def result(self) -> LoadResult:
+        return LoadResult(inserted=len(self.creates), updated=len(self.updates), unchanged=len(self.unchanged),
+                          deleted=len(self.deletes), stale_skipped=self.stale)
+
+
+class TrytonTarget(ErpTarget):
+    """Parties in Tryton (``spec.target``: :class:`~conduit.specs.model.TrytonTarget`); the sync's
+    state in ``state``, a SQL store."""
+
+    def __init__(self, hook: TrytonHook, state: SqlErpTarget):
+        self.hook = hook
+        self._state = state
+
+    @property
+    def state(self) -> SqlErpTarget:
+        return self._state
+
+    # --- state: the SQL store's ----------------------------------------------------------------
+
+    def ensure_ready(self, spec: SyncSpec) -> None:
+        self._state.ensure_state(spec)
+        self.hook.search(PARTY, [["id", "=", 0]], ["code"], limit=1)  # the model is there and readable
+
+    def read_watermark(self, spec: SyncSpec) -> Watermark | None:
+        return self._state.read_watermark(spec)
+
+    def quarantine(self, spec: SyncSpec, rows: list[dict[str, Any]], *, run_id: str) -> int:
+        return self._state.quarantine(spec, rows, run_id=run_id)
+
+    def open_quarantine(self, spec: SyncSpec) -> list[dict[str, Any]]:
+        return self._state.open_quarantine(spec)
+
+    def mark_replayed(self, spec: SyncSpec, quarantine_ids: Iterable[int], *, run_id: str) -> int:
+        return self._state.mark_replayed(spec, quarantine_ids, run_id=run_id)
+
+    # --- reading parties -----------------------------------------------------------------------
+
+    def _chunks(self, spec: SyncSpec, items: list[Any]) -> Iterator[list[Any]]:
+        size = spec.target.batch_size
+        for i in range(0, len(items), size):
+            yield items[i:i + size]
+
+    def _parallel(self, spec: SyncSpec, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        """``fn`` over ``items`` with at most ``max_concurrent_requests`` requests in flight."""
+        items = list(items)
+        if len(items) <= 1 or spec.target.max_concurrent_requests == 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(spec.target.max_concurrent_requests) as pool:
+            return list(pool.map(fn, items))
+
+    def _parties(self, spec: SyncSpec, codes: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The parties (active or not) holding these codes, by code."""
+        codes = sorted({str(c) for c in codes})
+
+        def read(chunk: list[str]) -> list[dict[str, Any]]:
+            return self.hook.search(PARTY, [["code", "in", chunk]], PARTY_FIELDS, context=ALL_RECORDS)
+
+        return {p["code"]: p for found in self._parallel(spec, read, self._chunks(spec, codes)) for p in found}
+
+    def _countries(self, spec: SyncSpec, codes: set[str], keys_by_code: dict[str, str]) -> dict[str, int]:
+        codes = {c for c in codes if c}
+        if not codes:
+            return {}
+        found = {c["code"]: c["id"] for c in self.hook.search("country.country", [["code", "in", sorted(codes)]],
+                                                                ["code"])}
+        missing = sorted(codes - set(found))
+        if missing:
+            raise TargetConfigError(
+                f"Tryton ({self.hook.tryton_conn_id}) has no country {', '.join(missing)} (e.g. for "
+                f"{spec.target.key} {keys_by_code[missing[0]]}); import the countries into Tryton "
+                "(trytond_import_countries) before loading")
+        return found
+
+    def _stored_rows(self, spec: SyncSpec, keys: Iterable[str] | None) -> tuple[list[dict], dict]:
+        """(rows with their bookkeeping, ledger) of the sync's parties (or of ``keys``)."""
+        entries = ledger.read(self._state, spec.target.state_schema, spec.name, keys)
+        codes = set(entries) if keys is None else {str(k) for k in keys}
+        parties = self._parties(spec, codes)
+        rows = []
+        for code in sorted(parties):
+            party, entry = parties[code], entries.get(code)
+            rows.append({**party_row(party, spec), "active": bool(party.get("active", True)),
+                         SOURCE_MODIFIED_AT: entry.source_modified_at if entry else None,
+                         "deleted_at": entry.deleted_at if entry else None,
+                         "created_at": entry.created_at if entry else None,
+                         "updated_at": entry.updated_at if entry else None,
+                         "last_run_id": entry.last_run_id if entry else None})
+        return rows, entries
+
+    def fetch_rows(self, spec: SyncSpec, keys: Iterable[str] | None = None) -> pd.DataFrame:
+        import pandas as pd
+
+        rows, _ = self._stored_rows(spec, keys)
+        frame = rows_frame(rows, spec)
+        for name in BOOKKEEPING_COLUMNS:
+            if name != ROW_HASH:
+                frame[name] = [r[name] for r in rows]
+        frame[SOURCE_MODIFIED_AT] = pd.to_datetime(frame[SOURCE_MODIFIED_AT], utc=True)
+        return frame[[*spec.mapping, *BOOKKEEPING_COLUMNS]]
+
+    def count(self, spec: SyncSpec, *, active_only: bool = True) -> int:
+        rows, _ = self._stored_rows(spec, None)
+        return sum(1 for r in rows if r["active"] or not active_only)
+
+    def key_checksum(self, spec: SyncSpec) -> KeyChecksum:
+        frame = self.fetch_rows(spec)
+        return frame_key_checksum(frame[frame["active"].astype(bool)], spec.target.key)
+
+    # --- planning and loading ------------------------------------------------------------------
+
+    def _changes(self, spec: SyncSpec, batches: Iterable[pd.DataFrame], deleted_keys, full_refresh: bool,
+                 kept_keys: Iterable[str]) -> tuple[Changes, dict[str, int]]:
+        key = spec.target.key
+        incoming: dict[str, dict[str, Any]] = {}
+        for frame in batches:  # of several rows of one key, the newest wins
+            for row in frame[[*spec.mapping, SOURCE_MODIFIED_AT]].to_dict("records"):
+                row = {name: _plain(value) for name, value in row.items()}
+                code = str(row[key])
+                if code not in incoming or row[SOURCE_MODIFIED_AT] >= incoming[code][SOURCE_MODIFIED_AT]:
+                    incoming[code] = row
+        deleted = {}
+        for item in deleted_keys:
+            code, archived_at = (item, None) if isinstance(item, str) else item
+            deleted[str(code)] = archived_at
+        entries = ledger.read(self._state, spec.target.state_schema, spec.name)
+        if full_refresh:  # every record of the sync this load did not bring
+            kept = {str(k) for k in kept_keys} | set(incoming)
+            deleted.update({code: None for code, e in entries.items() if e.active and code not in kept})
+        parties = self._parties(spec, set(incoming) | set(deleted))
+        country = spec.target.fields.country
+        country_ids = self._countries(spec, {r[country] for r in incoming.values() if country and r[country]},
+                                      {r[country]: code for code, r in incoming.items() if country}) \
+            if country else {}
+        changes = Changes()
+        for code, row in incoming.items():
+            party, entry = parties.get(code), entries.get(code)
+            changes.modified_at[code] = row[SOURCE_MODIFIED_AT]
+            if party is None:
+                changes.creates.append(row)
+            elif entry and entry.source_modified_at and entry.source_modified_at > row[SOURCE_MODIFIED_AT]:
+                changes.stale += 1  # Tryton holds a newer version of this record
+            elif party_changes(party, row, spec, country_ids):
+                changes.updates.append((party, row))
+            else:
+                changes.unchanged.append(row)
+                if entry is None or not entry.active or entry.source_modified_at != row[SOURCE_MODIFIED_AT]:
+                    changes.ledger_behind.append(row)
+        for code, archived_at in deleted.items():
+            party, entry = parties.get(code), entries.get(code)
+            if party is None or code in incoming or (spec.target.delete_mode == "soft" and not party.get("active")):
+                continue
+            if archived_at and entry and entry.source_modified_at and entry.source_modified_at > archived_at:
+                continue  # recreated in the source after it was archived: the newer version stays
+            changes.deletes.append(party)
+        return changes, country_ids
+
+    def plan(self, spec: SyncSpec, batches: Iterable[pd.DataFrame], *, run_id: str,
+             deleted_keys: Iterable[str | tuple[str, datetime | None]] = (), full_refresh: bool = False,
+             kept_keys: Iterable[str] = (), sample_rows: int = 5) -> LoadPlan:
+        """The load's changes, computed against what Tryton holds; nothing is written."""
+        checksum = self.key_checksum(spec)
+        changes, _ = self._changes(spec, batches, deleted_keys, full_refresh, kept_keys)
+        per_column: dict[str, int] = {}
+        update_samples = []
+        for party, row in changes.updates:
+            have = party_row(party, spec)
+            changed = [c for c in spec.mapping if have.get(c) != row.get(c)]
+            for column in changed:
+                per_column[column] = per_column.get(column, 0) + 1
+            if len(update_samples) < sample_rows:
+                update_samples.append({"key": row[spec.target.key], "changed": changed,
+                                       "before": {c: have.get(c) for c in changed},
+                                       "after": {c: row.get(c) for c in changed}})
+        samples = {"insert": [{c: _json(row.get(c)) for c in spec.mapping} for row in changes.creates[:sample_rows]],
+                   "update": update_samples,
+                   "delete": [party_row(p, spec) for p in changes.deletes[:sample_rows]]}
+        return LoadPlan(changes.result, checksum.count, checksum, per_column, samples)
+
+    def load(self, spec: SyncSpec, batches: Iterable[pd.DataFrame], *, run_id: str,
+             deleted_keys: Iterable[str | tuple[str, datetime | None]] = (), watermark: Watermark | None = None,
+             full_refresh: bool = False, kept_keys: Iterable[str] = (), dry_run: bool = False,
+             replayed_quarantine_ids: Iterable[int] = (), expected: LoadPlan | None = None) -> LoadResult:
+        if expected is not None:
+            now = self.key_checksum(spec)
+            if now != expected.erp_checksum:
+                raise StalePlanError(f"Tryton's parties changed since the plan ({expected.erp_checksum} -> {now}): "
+                                     "nothing changed; run the sync again to plan anew")
+        changes, country_ids = self._changes(spec, batches, deleted_keys, full_refresh, kept_keys)
+        if expected is not None and changes.result != expected.result:
+            raise StalePlanError(f"the load would make {changes.result} but the approved plan said "
+                                 f"{expected.result}; nothing changed, run the sync again to plan anew")
+        if dry_run:
+            return changes.result
+        self._apply(spec, changes, country_ids, run_id=run_id)
+        crash_point("tryton.before_watermark")
+        # the last step: only now is every change in Tryton
+        self._state.commit_load(spec, run_id=run_id, watermark=watermark,
+                                replayed_quarantine_ids=replayed_quarantine_ids)
+        return changes.result
+
+    def _apply(self, spec: SyncSpec, changes: Changes, country_ids: dict[str, int], *, run_id: str) -> None:
+        key, schema, total = spec.target.key, spec.target.state_schema, len(changes.creates) + len(
+            changes.updates) + len(changes.deletes)
+        done, started = 0, time.monotonic()
+
+        def record(rows: list[dict[str, Any]], *, active: bool = True, forget: Iterable[str] = ()) -> None:
+            now = datetime.now(UTC)
+            ledger.record(self._state, schema, spec.name, [
+                ledger.LedgerEntry(str(r[key]), r.get(SOURCE_MODIFIED_AT), active, None if active else now)
+                for r in rows], run_id=run_id, forget=forget)
+
+        def progress(what: str, n: int) -> None:
+            nonlocal done
+            done += n
+            log.info("tryton %s: %s %d parties (%d/%d changes, %.0f s)", spec.name, what, n, done, total,
+                     time.monotonic() - started)
+
+        for chunk in self._chunks(spec, changes.creates):
+            self._create(spec, chunk, country_ids)
+            crash_point("tryton.batch_written")
+            record(chunk)
+            progress("created", len(chunk))
+        for chunk in self._chunks(spec, changes.updates):
+            self._parallel(spec, lambda item: self.hook.write(
+                PARTY, item[0]["id"], party_changes(item[0], item[1], spec, country_ids), context=ALL_RECORDS), chunk)
+            record([row for _, row in chunk])
+            progress("updated", len(chunk))
+        record(changes.ledger_behind)
+        for chunk in self._chunks(spec, changes.deletes):
+            if spec.target.delete_mode == "hard":
+                self._parallel(spec, lambda party: self.hook.delete(PARTY, party["id"], context=ALL_RECORDS), chunk)
+                record([], forget=[p["code"] for p in chunk])
+            else:
+                self._parallel(spec, lambda party: self.hook.write(PARTY, party["id"], {"active": False},
+                                                                       context=ALL_RECORDS), chunk)
+                record([{key: p["code"], SOURCE_MODIFIED_AT: changes.modified_at.get(p["code"])} for p in chunk],
+                       active=False)
+            progress("deleted" if spec.target.delete_mode == "hard" else "deactivated", len(chunk))
+
+    def _create(self, spec: SyncSpec, rows: list[dict[str, Any]], country_ids: dict[str, int]) -> None:
+        """One request per batch; when another writer created one of the codes meanwhile, party by
+        party: create, or re-read and update."""
+        try:
+            self.hook.create_many(PARTY, [party_values(r, spec, country_ids) for r in rows], context=ALL_RECORDS)
+            return
+        except TrytonRequestError as exc:
+            if UNIQUE_CODE not in str(exc):
+                raise
+        for row in rows:
+            code = str(row[spec.target.key])
+            try:
+                self.hook.create(PARTY, party_values(row, spec, country_ids), ["id"], context=ALL_RECORDS)
+            except TrytonRequestError as exc:
+                if UNIQUE_CODE not in str(exc):
+                    raise
+                party = self._parties(spec, [code])[code]
+                values = party_changes(party, row, spec, country_ids)
+                if values:
+                    self.hook.write(PARTY, party["id"], values, context=ALL_RECORDS)
+
+    def test_connection(self) -> tuple[bool, str]:
+        return self.hook.test_connection()
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "tryton", **self.hook.describe()}
+
+
+def _json(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
