@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from conduit.crash import crash_point
 from conduit.saga.model import CompensationDecision, compensation_order
 from conduit.saga.operators import StepContext
 
