@@ -17,12 +17,12 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from conduit.standin.data import DEFAULT_ANCHOR_MS, generate, iso_ms
 from conduit.standin.errors import ApiError, not_found, validation_error
-from conduit.standin.faults import FaultInjector, Faults, Limits, RateLimiter
+from conduit.standin.faults import BodyFault, FaultInjector, Faults, Limits, RateLimiter
 from conduit.standin.search import execute, parse_search
 from conduit.standin.store import (
     DELETED,
@@ -80,6 +80,7 @@ class Standin:
         self.limiter = RateLimiter(config.limits, config.enforce_rate_limits)
         self.requests: Counter[str] = Counter()
         self.sent: Counter[str] = Counter()
+        self.last_records: dict[tuple, dict] = {}  # per endpoint, the last record served (repeat_record)
         self.set_faults(config.faults)
         self.reset()
 
@@ -163,6 +164,46 @@ async def _json_body(request: Request) -> dict:
 
 def _json(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
     return Response(dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+class _ConnectionDropped(Exception):
+    """Raised mid-body: the server closes the connection with the body half sent."""
+
+
+async def _spoiled(fault: BodyFault, status: int, body: dict, headers: dict[str, str],
+                   previous: dict | None) -> Response:
+    """A reply spoiled as ``fault`` says (see :class:`~conduit.standin.faults.BodyFault`)."""
+    kind = fault.kind
+    if kind == "stall":
+        await asyncio.sleep(fault.stall_ms / 1000)
+        return _json(status, body, headers)
+    if kind in ("no_properties", "wrong_types", "repeat_record") and isinstance(body.get("results"), list):
+        results = [dict(r) for r in body["results"]]
+        if kind == "no_properties":
+            for record in results:
+                record.pop("properties", None)
+        elif kind == "wrong_types":
+            for i, record in enumerate(results):
+                names = list(record.get("properties") or {})
+                if names:
+                    record["properties"] = {**record["properties"], names[i % len(names)]: [i] if i % 2 else i}
+        elif previous is not None:
+            results.insert(0, previous)
+        return _json(status, {**body, "results": results}, headers)
+    content = dumps(body)
+    if kind == "truncate":
+        return Response(content[: len(content) // 2], status_code=status, headers=headers,
+                        media_type="application/json")
+    if kind == "malformed":
+        return Response(b"<html><body>502 Bad Gateway</body></html>", status_code=status, headers=headers,
+                        media_type="application/json")
+
+    async def half_then_drop():
+        yield content[: len(content) // 2]
+        raise _ConnectionDropped("the stand-in dropped the connection mid-body (fault: reset)")
+
+    return StreamingResponse(half_then_drop(), status_code=status, media_type="application/json",
+                             headers={**headers, "Content-Length": str(len(content))})
 
 
 # --- admin request bodies ---------------------------------------------------------------------------
@@ -250,12 +291,21 @@ def create_app(config: StandinConfig | None = None) -> FastAPI:
                     else:
                         error = ApiError(fault.status, "INTERNAL_ERROR", "internal error")
                     return _json(fault.status, error.body(), headers)
+                spoil = standin.injector.spoil()
                 try:
                     status, body = await handler(request, **params)
                 except ApiError as exc:
                     standin.sent[str(exc.status)] += 1
                     return _json(exc.status, exc.body(), headers)
-                return _json(status, body, headers)
+                results, previous = body.get("results") if isinstance(body, dict) else None, None
+                if isinstance(results, list):  # per endpoint: a live record never shows up as archived
+                    endpoint = (object_type, name, _flag(request, "archived"))
+                    previous = standin.last_records.get(endpoint)
+                    standin.last_records[endpoint] = results[-1] if results else previous
+                if spoil is None:
+                    return _json(status, body, headers)
+                standin.sent[f"spoiled:{spoil.kind}"] += 1
+                return await _spoiled(spoil, status, body, headers, previous)
 
             return endpoint
 

@@ -6,6 +6,7 @@ Faults count CRM requests from the moment they are set; admin requests never cou
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
@@ -35,11 +36,35 @@ class RateLimitFault(_Model):
 
 
 class ServerErrorFault(_Model):
-    """5xx on every ``every``-th request and/or on the next ``burst`` requests."""
+    """5xx on every ``every``-th request, on the next ``burst`` requests and/or on a random ``ratio``
+    of them (drawn from ``seed``: the same requests fail on every run)."""
 
     every: int = Field(default=0, ge=0)
     burst: int = Field(default=0, ge=0)
+    ratio: float = Field(default=0.0, ge=0, le=1)
+    seed: int = 0
     status: Literal[500, 502, 503, 504] | None = Field(default=None, description="default: cycle 500, 502, 503")
+
+
+BodyFaultKind = Literal["stall", "reset", "truncate", "malformed", "no_properties", "wrong_types", "repeat_record"]
+
+
+class BodyFault(_Model):
+    """Spoil the reply to every ``every``-th CRM request and/or the next ``burst`` (a request a 429
+    or 5xx fault answers is not spoiled, and does not use up the burst):
+
+    * ``stall``: answer after ``stall_ms`` (a read timeout for a client that waits less);
+    * ``reset``: send the headers and half the body, then drop the connection;
+    * ``truncate``: a complete 200 whose JSON stops half way; ``malformed``: a 200 that is not JSON;
+    * ``no_properties``: the page's records come without ``properties``;
+    * ``wrong_types``: the page's records carry numbers and lists where strings belong;
+    * ``repeat_record``: the last record the same endpoint served before, again first on this page.
+    """
+
+    kind: BodyFaultKind
+    every: int = Field(default=0, ge=0)
+    burst: int = Field(default=0, ge=0)
+    stall_ms: int = Field(default=2000, ge=0)
 
 
 class Faults(_Model):
@@ -48,6 +73,7 @@ class Faults(_Model):
     slow_ms: int = Field(default=0, ge=0, description="delay every CRM reply")
     equal_timestamps: bool = Field(default=False, description="admin changes all get one millisecond")
     search_lag_ms: int = Field(default=0, ge=0, description="changes younger than this are invisible to search")
+    body: list[BodyFault] = Field(default_factory=list, description="spoiled replies (BodyFault)")
 
 
 @dataclass(frozen=True)
@@ -69,7 +95,9 @@ class FaultInjector:
         self._count = 0
         self._rate_limit_burst = self.faults.rate_limit.burst if self.faults.rate_limit else 0
         self._server_error_burst = self.faults.server_errors.burst if self.faults.server_errors else 0
+        self._random = random.Random(self.faults.server_errors.seed if self.faults.server_errors else 0)
         self._fired_5xx = 0
+        self._body_bursts = [fault.burst for fault in self.faults.body]
 
     def next(self, is_search: bool) -> Injected | None:
         self._count += 1
@@ -78,10 +106,19 @@ class FaultInjector:
             self._rate_limit_burst = max(0, self._rate_limit_burst - 1)
             policy = limit.policy or ("SECONDLY" if is_search else "TEN_SECONDLY_ROLLING")
             return Injected(429, policy, limit.retry_after_s)
-        if errors and (self._server_error_burst or (errors.every and self._count % errors.every == 0)):
+        if errors and (self._server_error_burst or (errors.every and self._count % errors.every == 0)
+                       or (errors.ratio and self._random.random() < errors.ratio)):
             self._server_error_burst = max(0, self._server_error_burst - 1)
             self._fired_5xx += 1
             return Injected(errors.status or _CYCLED_5XX[(self._fired_5xx - 1) % len(_CYCLED_5XX)])
+        return None
+
+    def spoil(self) -> BodyFault | None:
+        """The body fault for the request :meth:`next` just let through, if one fires."""
+        for i, fault in enumerate(self.faults.body):
+            if self._body_bursts[i] or (fault.every and self._count % fault.every == 0):
+                self._body_bursts[i] = max(0, self._body_bursts[i] - 1)
+                return fault
         return None
 
 

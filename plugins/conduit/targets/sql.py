@@ -346,11 +346,19 @@ class SqlErpTarget(ErpTarget):
 class PostgresErpTarget(SqlErpTarget):
     dialect = POSTGRES
 
-    def __init__(self, dsn: str, *, connect_timeout: int = 10):
+    lock_timeout_ms = 30_000
+    """How long a write waits for a table lock another session holds (an ERP job's ``LOCK TABLE``,
+    a migration's ``ALTER TABLE``) before it fails, retryably, naming the lock timeout. The load
+    lock itself (writers of this sync, one at a time) is waited for without a limit: the other
+    load ends, and the task's ``execution_timeout`` bounds the wait."""
+
+    def __init__(self, dsn: str, *, connect_timeout: int = 10, lock_timeout_ms: int | None = None):
         import psycopg
 
         self._dsn = dsn
         self._connect_timeout = connect_timeout
+        if lock_timeout_ms is not None:
+            self.lock_timeout_ms = lock_timeout_ms
         self._db_errors = (psycopg.Error,)
         self._config_errors = (
             psycopg.errors.InvalidSchemaName,
@@ -371,6 +379,8 @@ class PostgresErpTarget(SqlErpTarget):
                 cur.execute("SET TIME ZONE 'UTC'; SET work_mem = '256MB'; SET temp_buffers = '256MB'")
                 if lock:
                     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%(lock)s))", {"lock": lock})
+                    # after the load lock: only waits for other sessions' locks are bounded
+                    cur.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}")
                 yield cur
             if commit:
                 conn.commit()

@@ -124,3 +124,23 @@ def test_reconciliation_questions():
     assert [r["id"] for r in late] == ["2"]  # modified after the bound, created before it
     assert "createdate" in hook.calls[-1][2]["properties"]
     assert (src.requests_sent, src.retries) == (hook.requests_sent, 0)
+
+
+def test_a_body_cut_short_is_retried_and_one_that_is_not_json_is_not():
+    import msgspec
+    import requests
+
+    from conduit.sources.hubspot import hook
+
+    def error(body: bytes) -> Exception:
+        try:
+            msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            return exc
+        raise AssertionError(body)
+
+    assert hook._cut_short(error(b'{"results": [{"id": "1", "prop'))
+    assert not hook._cut_short(error(b"<html>502 Bad Gateway</html>"))
+    assert not hook._cut_short(ValueError("Input data was truncated"))
+    # a body cut off mid-transfer, as requests' session raises it (behind a proxy), is retried too
+    assert requests.exceptions.ChunkedEncodingError in hook._RETRY_ON

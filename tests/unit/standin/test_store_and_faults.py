@@ -158,3 +158,24 @@ def test_webhook_events_follow_hubspot_shapes():
     changes = change_events("companies", "propertyChange", 8, 124, {"name": "Acme", "phone": None})
     assert [(e["subscriptionType"], e["propertyName"], e["propertyValue"]) for e in changes] == [
         ("company.propertyChange", "name", "Acme"), ("company.propertyChange", "phone", None)]
+
+
+def test_a_ratio_of_server_errors_is_drawn_from_the_seed():
+    def fired(seed: int) -> list[bool]:
+        injector = FaultInjector(Faults(server_errors=ServerErrorFault(ratio=0.3, seed=seed)))
+        return [injector.next(is_search=False) is not None for _ in range(1000)]
+
+    assert fired(5) == fired(5) != fired(6)
+    assert 250 < sum(fired(5)) < 350
+
+
+def test_body_faults_spoil_requests_the_status_faults_let_through():
+    from conduit.standin.faults import BodyFault
+
+    injector = FaultInjector(Faults(server_errors=ServerErrorFault(every=2),
+                                    body=[BodyFault(kind="truncate", every=3), BodyFault(kind="reset", burst=1)]))
+    spoiled = []
+    for _ in range(6):
+        status = injector.next(is_search=True)
+        spoiled.append("5xx" if status else (fault.kind if (fault := injector.spoil()) else None))
+    assert spoiled == ["reset", "5xx", "truncate", "5xx", None, "5xx"]

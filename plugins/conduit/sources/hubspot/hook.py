@@ -40,7 +40,8 @@ from conduit.sources.hubspot.pages import page_decoder
 _HOOK_EXTRAS = ("api_version", "max_retries", "backoff_max")
 _JSON_BODY = {"Content-Type": "application/json"}
 # What a request retries: 429/5xx answers and network failures (refused, reset, timed out).
-_RETRY_ON = (RetryableResponse, requests.ConnectionError, requests.Timeout)
+# ChunkedEncodingError: a body cut off mid-transfer, as the session (not the direct transport) raises it.
+_RETRY_ON = (RetryableResponse, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 def objects_path(api_version: str, object_type: str) -> str:
@@ -67,6 +68,13 @@ def error_message(response: requests.Response, secrets: Iterable[str | None] = (
         message += f" [correlationId {body['correlationId']}]"
     category = body.get("category")
     return mask_secrets(message, secrets), None if category is None else mask_secrets(str(category), secrets)
+
+
+def _cut_short(exc: Exception) -> bool:
+    """A body that was valid JSON until it stopped (msgspec says so only in its message): what a
+    proxy or server that dies mid-reply sends, unlike a page that is not JSON or has the wrong shape."""
+    return (isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError)
+            and str(exc).startswith("Input data was truncated"))
 
 
 class _DirectTransport:
@@ -243,6 +251,8 @@ class HubSpotHook(HttpHook):
             try:
                 return decode(content) if decode is not None else msgspec.json.decode(content)
             except (msgspec.DecodeError, ValueError) as exc:  # not JSON, or not the shape the API promises
+                if _cut_short(exc):  # the transport's fault, not the request's: retried like a dropped connection
+                    raise RetryableResponse(response.status_code, f"response body cut short: {exc}") from None
                 raise CrmRequestError(response.status_code, method, url, f"unreadable response body: {exc}") from None
         message, category = error_message(response, secrets=(self.connection.password,))
         if response.status_code in RETRYABLE_STATUS:
@@ -253,8 +263,9 @@ class HubSpotHook(HttpHook):
 
     def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
                 decode: Callable[[bytes], Any] | None = None) -> Any:
-        """One API call. 429/5xx/network errors are retried; other 4xx fail at once. The body of a
-        success is parsed JSON, or ``decode(body bytes)``; an unreadable body is a ``CrmRequestError``."""
+        """One API call. 429/5xx/network errors and bodies cut short are retried; other 4xx fail at
+        once. The body of a success is parsed JSON, or ``decode(body bytes)``; any other unreadable
+        body (not JSON, or JSON of another shape) is a ``CrmRequestError``."""
 
         def log_retry(attempt: int, exc: BaseException, wait: float) -> None:
             self.retries += 1

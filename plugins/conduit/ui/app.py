@@ -1,0 +1,367 @@
+"""Conduit's sync health view: a FastAPI app the API server mounts at ``/conduit-ui``.
+
+===========================================  ============================================================
+``GET /``                                     the overview page: every sync the user may read
+``GET /syncs/{dag_id}``                       one sync's page (a DAG that is no sync: a sentence saying so)
+``GET /api/syncs``                            the overview as JSON (``limit``, ``offset``)
+``GET /api/syncs/{dag_id}``                   one sync as JSON: runs, charts, gate, quarantine, plan, lineage
+``GET /data-docs/{dag_id}/{run_id}/{path}``   the run's Great Expectations Data Docs, CDN URLs rewritten to
+                                              the vendored files under ``/static/vendor/``
+``GET /static/...``                           the pages' own CSS/JS and the vendored libraries (no data)
+===========================================  ============================================================
+
+Airflow does not authenticate plugin apps, so every route above except ``/static`` resolves the
+Airflow user itself (``GetUserDep``: the Bearer header or the UI's ``_token`` cookie; none: 401,
+a bad token: 403) and asks the auth manager (``get_auth_manager()``: ``AuthManagerDep`` reads the
+root app's state, which a mounted app does not have) whether the user may read the DAG, its runs,
+task instances and XComs. The overview lists only such DAGs; a sync the user may not read is a
+403 with no data. The replay button is shown to users who may trigger the replay DAG, and the
+page triggers it through Airflow's own REST API with the user's cookie, so Airflow checks that
+permission again and records the action. Responses never carry connection details: the state
+store's errors name only the connection id and the exception type.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from airflow.api_fastapi.core_api.security import GetUserDep
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from conduit.ui import data, health
+from conduit.ui.assets import STATIC, rewrite_cdn_urls
+
+MOUNT = "/conduit-ui"
+HERE = Path(__file__).parent
+OVERVIEW_LIMIT, OVERVIEW_MAX = 100, 500
+RUNS_LIMIT = 30
+QUARANTINE_SHOWN = 500
+PAGE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+            "font-src 'self'; frame-ancestors 'self'; base-uri 'self'; form-action 'self'; object-src 'none'")
+# GX's pages style and set up their tables inline; nothing may come from elsewhere
+DATA_DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+                 "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; frame-ancestors 'self'; "
+                 "base-uri 'self'; object-src 'none'")
+
+templates = Jinja2Templates(directory=HERE / "templates")
+
+# No /docs or /openapi.json: a smaller surface; the routes are listed in this module's docstring.
+ui_app = FastAPI(title="Conduit sync health", docs_url=None, redoc_url=None, openapi_url=None)
+ui_app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+# --- who may see what --------------------------------------------------------------------------------
+
+
+def _auth_manager():
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return get_auth_manager()
+
+
+def _read_requests(dag_id: str) -> list[dict[str, Any]]:
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+    from airflow.models.dag import DagModel
+
+    details = DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id))
+    return [{"method": "GET", "access_entity": entity, "details": details}
+            for entity in (None, DagAccessEntity.RUN, DagAccessEntity.TASK_INSTANCE, DagAccessEntity.XCOM)]
+
+
+def can_read(user: Any, dag_id: str) -> bool:
+    """The DAG, its runs, task instances and XComs: what the view shows of a sync."""
+    return _auth_manager().batch_is_authorized_dag(_read_requests(dag_id), user=user)
+
+
+def require_read(user: Any, dag_id: str) -> None:
+    if not can_read(user, dag_id):
+        raise HTTPException(403, "Forbidden")
+
+
+def readable(user: Any, dag_ids: Iterable[str], session: Any) -> list[str]:
+    wanted = set(dag_ids)
+    allowed = _auth_manager().get_authorized_dag_ids(user=user, method="GET", session=session) & wanted
+    return sorted(d for d in allowed if can_read(user, d))
+
+
+def can_trigger(user: Any, dag_id: str) -> bool:
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+    from airflow.models.dag import DagModel
+
+    return _auth_manager().is_authorized_dag(
+        method="POST", access_entity=DagAccessEntity.RUN,
+        details=DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id)), user=user)
+
+
+# --- where things are ----------------------------------------------------------------------------------
+
+
+def bases(request: Request) -> dict[str, str]:
+    """URL prefixes: this app's (``/conduit-ui`` or below Airflow's ``[api] base_url`` path) and
+    Airflow's own (for links to runs and for the REST API)."""
+    ui = request.scope.get("root_path", "").rstrip("/")
+    airflow = ui[: -len(MOUNT)] if ui.endswith(MOUNT) else ""
+    return {"ui": ui, "airflow": airflow + "/", "static": f"{ui}/static"}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- the overview ----------------------------------------------------------------------------------------
+
+
+def overview(user: Any, *, limit: int = OVERVIEW_LIMIT, offset: int = 0) -> dict[str, Any]:
+    from airflow.utils.session import create_session
+
+    specs = data.load_sync_specs()
+    now = _now()
+    with create_session() as session:
+        names = readable(user, specs, session)
+        page = names[offset: offset + limit]
+        facts = data.dag_facts(session, page)
+        runs = data.latest_runs(session, page)
+        replays = data.replay_runs(session, limit=5)
+    replay_version = tuple((r["run_id"], r["state"]) for r in replays)
+    versions = {n: (tuple((r.run_id, r.state) for r in runs.get(n, [])), replay_version) for n in page}
+    states = data.read_states([specs[n] for n in page], versions)
+    rows = [_overview_row(specs[n], runs.get(n, []), states[n], facts.get(n), now) for n in page]
+    rows.sort(key=lambda r: (health.verdict_order(r["verdict"]), r["name"]))
+    return {"generated_at": health._iso(now), "total": len(names), "limit": limit, "offset": offset,
+            "verdicts": {v: sum(r["verdict"] == v for r in rows) for v in health.VERDICTS}, "syncs": rows}
+
+
+def _overview_row(spec, runs, state: data.StateFacts, facts: data.DagFacts | None, now: datetime) -> dict[str, Any]:
+    schedule = spec.schedule
+    error = state.error if state.error and _ever_loaded(runs) else None  # no run yet: no state tables yet
+    paused = bool(facts and facts.paused)
+    next_run = None if paused else (facts.next_run if facts and facts.next_run
+                                    else health.next_cron_time(schedule.cron, schedule.timezone, now))
+    row = health.overview_row(
+        name=spec.name, cron=schedule.cron, timezone=schedule.timezone, lag_seconds=spec.source.cursor.lag_seconds,
+        target_type=spec.target.type, runs=runs, watermark_ms=state.watermark_ms,
+        quarantine_open=None if state.error else len(state.quarantine), next_run=next_run,
+        paused=paused, now=now, state_error=error)
+    row["description"] = (spec.description.strip().splitlines() or [""])[0]
+    return row
+
+
+def _ever_loaded(runs: list[health.RunRecord]) -> bool:
+    return any(isinstance(r.summaries.get("load"), dict) for r in runs)
+
+
+# --- one sync --------------------------------------------------------------------------------------------
+
+
+def sync_detail(user: Any, dag_id: str, request: Request, *, limit: int = RUNS_LIMIT,
+                gate_run: str | None = None) -> dict[str, Any] | None:
+    """Everything the sync page shows, or None for a DAG that is not a Conduit sync. The gate's
+    results are the latest gated run's, or ``gate_run``'s (one of the runs shown)."""
+    from airflow.utils.session import create_session
+
+    specs = data.load_sync_specs()
+    spec = specs.get(dag_id)
+    if spec is None:
+        return None
+    now, urls = _now(), bases(request)
+    with create_session() as session:
+        facts = data.dag_facts(session, [dag_id, data.REPLAY_DAG_ID])
+        runs = data.recent_runs(session, dag_id, limit)
+        replays = [r for r in data.replay_runs(session) if r["sync"] == dag_id]
+    state = data.read_state(spec)
+    row = _overview_row(spec, runs, state, facts.get(dag_id), now)
+    expectations = health.expectations_of(data.suite_entries(spec))
+    by_run = health.group_by_run(state.quarantine)
+    gated = next((r for r in runs if isinstance(r.summaries.get("quality_gate"), dict)
+                  and gate_run in (None, r.run_id)), None)
+    plan = health.latest_plan(runs)
+    docs_run = next((r for r in runs if _docs_exist(dag_id, r)), None)
+    return {
+        **row,
+        "owner": spec.owner,
+        "source": {"type": spec.source.type, "object": getattr(spec.source, "object", None),
+                   "cursor": spec.source.cursor.property, "lag_seconds": spec.source.cursor.lag_seconds},
+        "target": {"type": spec.target.type, "location": ".".join(spec.target.location), "key": spec.target.key,
+                   "delete_mode": spec.target.delete_mode},
+        "quality": spec.quality.model_dump() if spec.quality else None,
+        "runs": _with_links(health.run_rows(runs), dag_id, urls),
+        "charts": {"rows": health.chart_series(runs),
+                   "pass_rate": health.pass_rate_history(runs, expectations, by_run)},
+        "gate": {"run_id": gated.run_id, "checked": gated.summaries["quality_gate"].get("checked"),
+                 "rejected": gated.summaries["quality_gate"].get("rejected"),
+                 "passed": gated.summaries["quality_gate"].get("passed"),
+                 "data_docs": _docs_url(urls, dag_id, gated.run_id) if _docs_exist(dag_id, gated) else None,
+                 "expectations": health.expectation_results(
+                     expectations, gated.summaries["quality_gate"], by_run.get(gated.run_id, ()), spec.mapping)}
+        if gated else None,
+        "quarantine": {"open": None if state.error else len(state.quarantine),
+                       "entries": health.quarantine_rows(state.quarantine, spec.mapping, now, QUARANTINE_SHOWN)},
+        "plan": {"run_id": plan[0], **_plain_plan(plan[1])} if plan else None,
+        "lineage": health.lineage_rows(spec.mapping, _landing_fields(spec)),
+        "replay": {"dag_id": data.REPLAY_DAG_ID, "exists": data.REPLAY_DAG_ID in facts,
+                   "paused": bool(facts.get(data.REPLAY_DAG_ID) and facts[data.REPLAY_DAG_ID].paused),
+                   "can_trigger": data.REPLAY_DAG_ID in facts and can_trigger(user, data.REPLAY_DAG_ID),
+                   "conf": {"sync": dag_id, "dry_run": False},
+                   "latest": _replay_brief(replays[0]) if replays else None},
+        "links": {"dag": f"{urls['airflow']}dags/{dag_id}",
+                  "replay_dag": f"{urls['airflow']}dags/{data.REPLAY_DAG_ID}",
+                  "data_docs": _docs_url(urls, dag_id, docs_run.run_id) if docs_run else None,
+                  "api": f"{urls['ui']}/api/syncs/{dag_id}"},
+    }
+
+
+def _with_links(rows: list[dict[str, Any]], dag_id: str, urls: dict[str, str]) -> list[dict[str, Any]]:
+    from urllib.parse import quote
+
+    for row in rows:
+        row["url"] = f"{urls['airflow']}dags/{dag_id}/runs/{quote(row['run_id'], safe='')}"
+        row["gate_url"] = f"{urls['ui']}/syncs/{dag_id}?run_id={quote(row['run_id'], safe='')}#gate"
+        row["data_docs_url"] = _docs_url(urls, dag_id, row["run_id"]) if row.pop("data_docs") and \
+            data.data_docs_dir(dag_id, row["run_id"]).is_dir() else None
+    return rows
+
+
+def _docs_exist(dag_id: str, run: health.RunRecord) -> bool:
+    docs = run.summaries.get("data_docs")
+    return isinstance(docs, dict) and bool(docs.get("data_docs")) and \
+        (data.data_docs_dir(dag_id, run.run_id) / "index.html").is_file()
+
+
+def _docs_url(urls: dict[str, str], dag_id: str, run_id: str) -> str:
+    from urllib.parse import quote
+
+    return f"{urls['ui']}/data-docs/{dag_id}/{quote(run_id, safe='')}/index.html"
+
+
+def _plain_plan(plan: Any) -> dict[str, Any]:
+    keep = ("inserted", "updated", "unchanged", "deleted", "stale_skipped", "active_before", "changed_columns",
+            "samples", "needs_approval", "approval_reason")
+    return {k: plan.get(k) for k in keep} if isinstance(plan, dict) else {}
+
+
+def _landing_fields(spec) -> dict[str, str] | None:
+    fields = getattr(spec.target, "fields", None)
+    return fields.model_dump() if fields is not None else None
+
+
+def _replay_brief(run: dict[str, Any]) -> dict[str, Any]:
+    return {"run_id": run["run_id"], "state": run["state"], "start_date": health._iso(run["start_date"]),
+            "end_date": health._iso(run["end_date"])}
+
+
+# --- routes ----------------------------------------------------------------------------------------------
+
+
+def _page(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    response = templates.TemplateResponse(request, template, {"bases": bases(request), **context},
+                                          status_code=status_code)
+    response.headers["Content-Security-Policy"] = PAGE_CSP
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _json(payload: Any) -> JSONResponse:
+    return JSONResponse(payload, headers={"Cache-Control": "no-store"})
+
+
+def _spec_problem() -> str | None:
+    from conduit.exceptions import SpecError
+
+    try:
+        data.load_sync_specs()
+    except SpecError as exc:
+        return str(exc)
+    return None
+
+
+@ui_app.get("/api/syncs")
+def api_syncs(user: GetUserDep, limit: int = Query(OVERVIEW_LIMIT, ge=1, le=OVERVIEW_MAX),
+              offset: int = Query(0, ge=0)) -> JSONResponse:
+    if problem := _spec_problem():
+        raise HTTPException(500, f"the sync specs do not load: {problem}")
+    return _json(overview(user, limit=limit, offset=offset))
+
+
+@ui_app.get("/api/syncs/{dag_id}")
+def api_sync(dag_id: str, request: Request, user: GetUserDep,
+             limit: int = Query(RUNS_LIMIT, ge=1, le=data.MAX_RUNS), run_id: str | None = None) -> JSONResponse:
+    require_read(user, dag_id)
+    if problem := _spec_problem():
+        raise HTTPException(500, f"the sync specs do not load: {problem}")
+    detail = sync_detail(user, dag_id, request, limit=limit, gate_run=run_id)
+    if detail is None:
+        raise HTTPException(404, f"{dag_id} is not a Conduit sync")
+    return _json(detail)
+
+
+@ui_app.get("/", response_class=HTMLResponse)
+@ui_app.get("/syncs", response_class=HTMLResponse, include_in_schema=False)
+def overview_page(request: Request, user: GetUserDep, limit: int = Query(OVERVIEW_LIMIT, ge=1, le=OVERVIEW_MAX),
+                  offset: int = Query(0, ge=0)) -> HTMLResponse:
+    if problem := _spec_problem():
+        return _page(request, "message.html", {"title": "Conduit syncs", "message": problem}, 500)
+    return _page(request, "overview.html", {"view": overview(user, limit=limit, offset=offset)})
+
+
+@ui_app.get("/syncs/{dag_id}", response_class=HTMLResponse)
+def sync_page(dag_id: str, request: Request, user: GetUserDep,
+              limit: int = Query(RUNS_LIMIT, ge=1, le=data.MAX_RUNS), run_id: str | None = None) -> HTMLResponse:
+    require_read(user, dag_id)
+    if problem := _spec_problem():
+        return _page(request, "message.html", {"title": dag_id, "message": problem}, 500)
+    detail = sync_detail(user, dag_id, request, limit=limit, gate_run=run_id)
+    if detail is None:  # the tab shows on every DAG page
+        return _page(request, "message.html", {
+            "title": dag_id, "message": f"{dag_id} is not a Conduit sync: no spec in include/syncs names it."})
+    boot = {"name": dag_id, "charts": detail["charts"], "replay": detail["replay"], "bases": bases(request),
+            "api": detail["links"]["api"]}
+    return _page(request, "sync.html", {"sync": detail, "boot": boot})
+
+
+@ui_app.get("/data-docs/{dag_id}/{run_id}/{path:path}")
+def data_docs(dag_id: str, run_id: str, path: str, request: Request, user: GetUserDep) -> Response:
+    require_read(user, dag_id)
+    site = data.data_docs_dir(dag_id, run_id).resolve()
+    wanted = (site / (path or "index.html")).resolve()
+    if not wanted.is_relative_to(site) or not wanted.is_file():
+        raise HTTPException(404, "no such Data Docs file")
+    if wanted.suffix.lower() not in (".html", ".htm"):
+        media_type = mimetypes.guess_type(wanted.name)[0] or "application/octet-stream"
+        return FileResponse(wanted, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+    urls = bases(request)
+    site_url = f"{urls['ui']}/data-docs/{dag_id}/{request.path_params['run_id']}/"
+    html = rewrite_cdn_urls(wanted.read_text(errors="replace"), f"{urls['static']}/vendor/",
+                            f"{site_url}static/images/")
+    return HTMLResponse(html, headers={"Content-Security-Policy": DATA_DOCS_CSP, "Cache-Control": "no-store"})
+
+
+# --- errors: JSON for the API, a short page for a browser -----------------------------------------------
+
+
+@ui_app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    wants_page = not request.url.path.removeprefix(request.scope.get("root_path", "")).startswith("/api/") and \
+        "text/html" in request.headers.get("accept", "")
+    if not wants_page:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    message = {401: "Log in to Airflow to see Conduit's sync health.",
+               403: "You may not read this DAG (or your login is no longer valid)."}.get(exc.status_code, str(exc.detail))
+    login = _login_url(request) if exc.status_code in (401, 403) else None
+    return _page(request, "message.html", {"title": f"{exc.status_code}", "message": message, "login": login},
+                 exc.status_code)
+
+
+def _login_url(request: Request) -> str | None:
+    try:
+        return bases(request)["airflow"].rstrip("/") + "/" + _auth_manager().get_url_login(
+            next_url=str(request.url)).lstrip("/")
+    except Exception:  # noqa: BLE001 - no auth manager (tests of the app alone): no link
+        return None
