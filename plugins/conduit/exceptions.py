@@ -67,6 +67,11 @@ class CrmRequestError(AirflowFailException):
         super().__init__(f"CRM {method} {url} answered {status}{f' {category}' if category else ''}: {message}")
 
 
+class CrmContractError(AirflowFailException):
+    """The CRM answered, but not as its contract says (e.g. a search result without the cursor
+    property): retrying the same request returns the same answer. The message names the record."""
+
+
 class CrmAuthError(CrmRequestError):
     """401/403 from the CRM: the token in the connection is missing, wrong or lacks a scope."""
 

@@ -125,10 +125,10 @@ def test_a_crm_page_off_the_contract_fails_loudly_and_the_next_run_repairs(bench
 def test_a_page_whose_records_lack_properties_never_loads_them_empty(bench):
     """Records without ``properties`` (no timestamp, no name): the window's cursor cannot place them,
     so the extract fails (every try) and nothing loads; last night's rows are never overwritten
-    with nulls. The next run, the CRM answering properly again, repairs. (The message does not name
-    the record or the request: reported, see the module's docstring.)"""
+    with nulls. The extract fails at once (``CrmContractError``, no retry), naming the record. The
+    next run, the CRM answering properly again, repairs."""
     storm(bench, "crm: records without properties", faults={"body": [{"kind": "no_properties", "every": 2}]},
-          fails="record has no timestamp")
+          fails="has no readable lastmodifieddate")
 
 
 def test_timestamps_in_the_future_are_loaded_once_their_time_comes(bench):

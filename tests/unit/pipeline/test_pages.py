@@ -113,9 +113,11 @@ def test_ties_pages_move_the_id_cursor_on_either_form(form):
     assert state == CursorState(12, 5, "range")
 
 
-def test_range_page_without_a_timestamp_fails():
+def test_range_page_without_a_timestamp_fails_at_once_naming_the_record():
+    from conduit.exceptions import CrmContractError
+
     page = RecordPage.from_records([record(1, 10), {"id": "2", "properties": {}}], PROPS)
-    with pytest.raises(ValueError, match="no timestamp"):
+    with pytest.raises(CrmContractError, match="CRM record 2 has no readable lastmodifieddate"):
         advance(CursorState(0, -1, "range"), page, cursor_property="lastmodifieddate", limit=2)
 
 

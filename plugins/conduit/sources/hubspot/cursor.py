@@ -79,6 +79,22 @@ def _values(page: Page, name: str) -> Sequence[str | None]:
     return [r["properties"].get(name) for r in page]
 
 
+def _stamps(page: Page, cursor_property: str) -> list[int]:
+    """Each record's cursor timestamp; a record without a readable one breaks the search's
+    contract (the cursor cannot move past it): a non-retryable error naming the record."""
+    from conduit.exceptions import CrmContractError
+
+    stamps = []
+    for i, value in enumerate(_values(page, cursor_property)):
+        try:
+            stamps.append(parse_ts_ms(value))
+        except ValueError:
+            record_id = page.ids[i] if isinstance(page, RecordPage) else page[i].get("id")
+            raise CrmContractError(f"CRM record {record_id} has no readable {cursor_property} ({value!r}): "
+                                   "an incremental search cannot page past it") from None
+    return stamps
+
+
 def advance(
     state: CursorState, page: Page, *, cursor_property: str, limit: int
 ) -> tuple[Page, CursorState | None]:
@@ -89,7 +105,7 @@ def advance(
         return page, CursorState(state.ts_ms, _last_id(page), "ties")
     if len(page) < limit:
         return page, None
-    stamps = [parse_ts_ms(value) for value in _values(page, cursor_property)]
+    stamps = _stamps(page, cursor_property)
     last = max(stamps)
     keep = [ts < last for ts in stamps]
     if isinstance(page, RecordPage):
