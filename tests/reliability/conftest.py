@@ -16,10 +16,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import summary_plugin
 import yaml
 from reliability_env import CONTACTS, DAG_ID, REPO, SEED, SyncEnv, hubspot_connection
 
 sys.path.insert(0, str(REPO / "tests" / "integration"))  # sync_helpers: run the DAG, compare ERP and CRM
+
+
+def pytest_collection_modifyitems(config):  # not pytest_plugins: pytest refuses it below the top conftest
+    summary_plugin.register(config)  # the session's reliability table (see summary_plugin)
 
 
 @pytest.fixture(scope="session")

@@ -212,7 +212,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
               f"{r['rows']:>5} {r['lost']:>5} {r['duplicated']:>4} {str(r['watermark_equal']):6} "
               f"{str(r['quarantine_equal']):6} {str(r['equal']):6} {r['seconds']:>7.1f}  {r.get('error') or ''}")
     on = [r for r in RESULTS if r["mechanism"] == "on"]
-    write(f"crash points covered: {len({r['point'] for r in on})}, killed with SIGKILL: "
+    write(f"crash points covered: {len({r['point'].split(' ')[0] for r in on})}, killed with SIGKILL: "
           f"{sum(r['exit'] == -9 for r in on)}, rows lost: {sum(r['lost'] for r in on)}, "
           f"rows duplicated: {sum(r['duplicated'] for r in on)}, runs unequal to the clean run: "
           f"{sum(not r['equal'] for r in on)}")

@@ -5,9 +5,10 @@ same mapped extract tasks stages the same files. Each case ends with the ERP equ
 run's (rows, watermark, quarantine). The run: ``storm_helpers`` (last night's full load, 300 updated
 and 20 new contacts). The table is printed in the terminal summary.
 
-Not covered here: the scheduler queueing a manual run behind a running one is Airflow's
-``max_active_runs`` (the factory sets 1; ``test_the_sync_dag_lets_one_run_at_a_time`` checks it);
-the target-level serialisation below is what holds if two runs overlap anyway.
+The scheduler queueing a manual run behind a running one is Airflow's ``max_active_runs`` (the
+factory sets 1): ``test_the_scheduler_queues_a_manual_run_behind_the_running_nightly_run`` drives
+the scheduler's own dag-run steps on the session's metadata DB to show it; the target-level
+serialisation above it is what holds if two runs overlap anyway.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+from datetime import timedelta
 
 import pytest
 import storm_helpers
@@ -177,6 +179,72 @@ def test_the_sync_dag_lets_one_run_at_a_time():
 
     dag = build_sync_dag(load_spec(SPEC_FILE))
     assert dag.max_active_runs == 1
+
+
+def test_the_scheduler_queues_a_manual_run_behind_the_running_nightly_run(airflow_db):
+    """Airflow's own scheduler code (``SchedulerJobRunner._create_dagruns_for_dags`` and
+    ``_start_queued_dagruns``, one scheduler loop's dag-run steps) on the session's metadata DB: the
+    nightly run comes due and runs; a manual run triggered meanwhile (``trigger_dag``, what the UI
+    and the REST API call) stays queued through later scheduler loops, and starts in the first loop
+    after the nightly run ends."""
+    from airflow.api.common.trigger_dag import trigger_dag
+    from airflow.models.dag import DagModel
+    from airflow.models.dagrun import DagRun
+    from airflow.utils import timezone
+    from airflow.utils.session import create_session
+    from airflow.utils.types import DagRunTriggeredByType, DagRunType
+    from airflow_runs import dag_runs, register_dags, scheduler_creates_and_starts_runs, set_paused
+    from crash_helpers import DAG_ID
+    from sqlalchemy import select
+
+    started = time.monotonic()
+
+    def forget_runs() -> None:  # other tests' runs of this DAG (dag.test(), the scheduler's) in this DB
+        with create_session() as session:
+            for run in session.scalars(select(DagRun).where(DagRun.dag_id == DAG_ID)):
+                session.delete(run)
+
+    def states() -> dict[str, str]:
+        return {r["run_id"]: (r["run_type"], r["state"]) for r in dag_runs(DAG_ID)}
+
+    register_dags()  # as the dag-processor would
+    forget_runs()
+    # last night's 02:00 (Europe/Berlin) came due: what the scheduler set after the previous night
+    now = timezone.utcnow()
+    due = now.replace(hour=1, minute=0, second=0, microsecond=0)  # 02:00 CET in UTC
+    due = due if due <= now - timedelta(minutes=1) else due - timedelta(days=1)
+    with create_session() as session:
+        model = session.get(DagModel, DAG_ID)
+        assert model.max_active_runs == 1
+        model.next_dagrun = due
+        model.next_dagrun_data_interval = (due, due)
+        model.next_dagrun_create_after = due
+    set_paused(DAG_ID, False)
+    try:
+        scheduler_creates_and_starts_runs()  # the nightly run is created and started
+        (nightly,) = [run_id for run_id, (kind, _) in states().items() if kind == DagRunType.SCHEDULED]
+        assert states() == {nightly: (DagRunType.SCHEDULED, "running")}
+
+        manual = trigger_dag(DAG_ID, triggered_by=DagRunTriggeredByType.REST_API, run_id="manual__while-nightly-runs",
+                             conf={}).run_id
+        for _ in range(2):  # later scheduler loops: the manual run waits for the nightly one
+            scheduler_creates_and_starts_runs()
+            assert states() == {nightly: (DagRunType.SCHEDULED, "running"), manual: (DagRunType.MANUAL, "queued")}
+
+        with create_session() as session:  # the nightly run ends
+            session.scalar(select(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.run_id == nightly)).set_state(
+                "success")
+        scheduler_creates_and_starts_runs()
+        assert states() == {nightly: (DagRunType.SCHEDULED, "success"), manual: (DagRunType.MANUAL, "running")}
+    finally:
+        set_paused(DAG_ID, True)
+        forget_runs()  # no running run of this DAG is left for later tests' scheduler loops
+    record(MODULE, "manual run during the nightly run", "queued, then ran", _no_rows(), time.monotonic() - started,
+           "Airflow's scheduler (max_active_runs=1) on the metadata DB")
+
+
+def _no_rows() -> dict:
+    return {"rows": 0, "lost": 0, "duplicated": 0, "equal": True}
 
 
 def _xcom(run, name: str):

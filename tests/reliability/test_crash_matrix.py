@@ -13,6 +13,7 @@ point kills it (exit code -9). The retry runs the killed task and the rest in th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import uuid
@@ -26,6 +27,7 @@ from crash_helpers import (
     TASKS,
     WRITES_ERP,
     SyncRun,
+    context,
     differences,
     in_schema,
     killed_in_child,
@@ -104,8 +106,9 @@ def matrix(pg_server_dsn, tmp_path_factory, request):
                               "country": "Germany"}, createdate_ms=past, lastmodifieddate_ms=past + i)
         for record_id in ids[300:305]:
             crm.admin.archive(record_id)
-        crm.admin.bulk_modify(ids=ids[310:313], properties={"firstname": "", "lastname": ""},
-                              lastmodifieddate_ms=past + 50)
+        m.nameless, m.nameless_ms = ids[310:313], past + 50  # the gate quarantines them (the replay cases fix them)
+        crm.admin.bulk_modify(ids=m.nameless, properties={"firstname": "", "lastname": ""},
+                              lastmodifieddate_ms=m.nameless_ms)
         # this run starts at start_ms, on every try (plan_extract reads the clock through this module)
         mp.setattr(sync_operators, "time", SimpleNamespace(time=lambda: m.start_ms / 1000))
         while crm.admin.clock_ms() < m.start_ms:
@@ -230,3 +233,236 @@ def test_with_exactly_once_switched_off_the_matrix_sees_lost_rows(matrix, waterm
         assert not result["equal"] and result["lost"] == 320, result
     else:
         assert result["equal"], result
+
+
+# --- the quarantine replay (conduit.pipeline.replay) ------------------------------------------------
+
+REPLAY_POINTS = ["replay.before_load", "replay.after_load"]
+REPLAY_RUN_ID = "manual__replay-crash"
+
+
+@pytest.fixture
+def names_fixed(matrix):
+    """The CRM fixed the three records the gate quarantined (a name each); put back afterwards, so
+    that the matrix's other cases read the CRM as before."""
+    for record_id in matrix.nameless:
+        matrix.crm.admin.modify(record_id, {"firstname": "Fixed", "lastname": f"Replay{record_id}"},
+                                lastmodifieddate_ms=matrix.nameless_ms + 1000)  # the same fix in every case
+    yield matrix
+    matrix.crm.admin.bulk_modify(ids=matrix.nameless, properties={"firstname": "", "lastname": ""},
+                                 lastmodifieddate_ms=matrix.nameless_ms)
+
+
+def synced(m: Matrix):
+    """A fresh ERP as the clean sync run left it (last night's load, this run's gate and load):
+    the three nameless records' entries open in its quarantine. Its spec."""
+    spec = in_schema(m.spec, m.fresh_schema())
+    m.last_night(spec)
+    run = SyncRun(spec, SUITE, m.home / f"synced-{spec.target.db_schema}")
+    run.copy_from(m.snapshots / "load", skip_xcoms=WRITES_ERP)
+    run.run(stop_before="reconcile")
+    assert sorted(e["crm_id"] for e in m.target.open_quarantine(spec)) == sorted(m.nameless)
+    return spec
+
+
+def replay_task(spec):
+    """The replay DAG's task (``QuarantineReplayOperator``) for this ERP's spec."""
+    from conduit.operators.replay import QuarantineReplayOperator
+
+    op = QuarantineReplayOperator(task_id="replay", sync=spec.name, syncs_dir=str(SPEC_FILE.parent),
+                                  expectations_dir=str(SUITE.parent))
+    op.spec = spec  # what the task would read from syncs_dir, in this test's schema
+    return op
+
+
+def clean_replay(m: Matrix) -> SimpleNamespace:
+    if not hasattr(m, "replayed"):
+        spec = synced(m)
+        summary = replay_task(spec).execute(context(REPLAY_RUN_ID))
+        m.replayed = SimpleNamespace(summary=summary, outcome=replay_outcome(m, spec))
+    return m.replayed
+
+
+def replay_outcome(m: Matrix, spec) -> SimpleNamespace:
+    """What a replay leaves: the ERP (as the sync matrix compares it), every quarantine entry with
+    who replayed it, and the ERP rows the replay run wrote."""
+    import psycopg
+
+    schema = spec.target.db_schema
+    with psycopg.connect(m.dsn) as conn:
+        entries = sorted(conn.execute(
+            f'SELECT crm_id, expectation, column_name, replayed_by_run, replayed_at IS NOT NULL '
+            f'FROM "{schema}".conduit_quarantine').fetchall())
+        (written,) = conn.execute(f'SELECT count(*) FROM "{schema}"."{spec.target.table}" WHERE last_run_id = %s',
+                                  [REPLAY_RUN_ID]).fetchone()
+    return SimpleNamespace(erp=outcome(m.target, spec), entries=entries, written=written)
+
+
+@pytest.mark.parametrize("point", REPLAY_POINTS)
+def test_a_replay_killed_at_the_point_then_retried_equals_one_clean_replay(names_fixed, point):
+    """The replay task killed before its load or after its committed load (before it returns), then
+    retried: the ERP rows, the watermark and the quarantine equal one clean replay's, every entry
+    replayed once, by the replay run (``replayed_by_run``), and its three records written once."""
+    m = names_fixed
+    clean = clean_replay(m)
+    assert clean.summary["replayed_entries"] == 3 and clean.outcome.written == 3, clean.summary
+    started = time.monotonic()
+    spec = synced(m)
+    code = killed_in_child(lambda: replay_task(spec).execute(context(REPLAY_RUN_ID)), point,
+                           m.home / f"{point}.fired")
+    retry = replay_task(spec).execute(context(REPLAY_RUN_ID))  # Airflow's retry of the task
+    got = replay_outcome(m, spec)
+    diff = differences(clean.outcome.erp, got.erp, spec.target.key)
+    entries_equal = got.entries == clean.outcome.entries
+    RESULTS.append({"point": point, "target": "postgres", "exit": code, "recovery": "retry", "mechanism": "on",
+                    "error": None, **diff, "quarantine_equal": entries_equal,
+                    "equal": diff["equal"] and entries_equal and got.written == clean.outcome.written,
+                    "seconds": time.monotonic() - started})
+    assert code == -9, f"{point}: the replay was not killed there (exit {code})"
+    assert diff["equal"], diff
+    assert got.entries == clean.outcome.entries, (got.entries, clean.outcome.entries)
+    assert [e[3:] for e in got.entries] == [(REPLAY_RUN_ID, True)] * 3
+    assert got.written == 3
+    # the retry replays what the kill left open: all three before the load, nothing after it
+    replayed_by_retry = {"replay.before_load": 3, "replay.after_load": 0}[point]
+    assert (retry["open_entries"], retry["replayed_entries"]) == (replayed_by_retry, replayed_by_retry), retry
+
+
+# --- the inline saga (conduit.saga.inline): the order saga of the nightly order batch --------------
+
+SAGA_STEPS = ["inventory", "fraud", "payment", "shipping", "capture"]  # the steps whose action calls a service
+ORDER_EFFECTS = {"reserve": 1, "score": 1, "authorize": 1, "create": 1, "capture": 1}  # one committed order
+PARAMS = {"ship_within_s": 30, "ship_poll_s": 0.05}
+
+
+@pytest.fixture(scope="module")
+def sagas(pg_server_dsn):
+    """The order services stand-in (its ledgers and idempotency keys) and a saga log in a fresh
+    PostgreSQL schema, behind the connections the order steps' hooks read."""
+    import psycopg
+
+    from conduit.orders_standin.testing import run_order_services
+
+    schema = f"saga_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        with pytest.MonkeyPatch.context() as mp, run_order_services(ship_after_s=0.1) as services:
+            for name in ("inventory", "payment", "fraud", "shipping"):
+                mp.setenv(f"AIRFLOW_CONN_{name.upper()}_DEFAULT", json.dumps({
+                    "conn_type": "http", "host": services.base_url,
+                    "extra": {"timeout": 2, "max_retries": 4, "backoff_max": 0.2}}))
+            yield SimpleNamespace(services=services, dsn=pg_server_dsn, schema=schema)
+    finally:
+        with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def saga_log(env):
+    """A saga log of its own (each task process opens its connections; none crosses the fork)."""
+    import psycopg
+    import sqlalchemy
+
+    from conduit.saga.log import SagaLog
+
+    dsn, options = env.dsn, f"-csearch_path={env.schema}"
+    log = SagaLog(sqlalchemy.create_engine("postgresql+psycopg://",
+                                           creator=lambda: psycopg.connect(dsn, options=options)))
+    log.ensure_schema()
+    return log
+
+
+def order_task(env, saga_id: str, *, kill_after: str | None = None) -> dict:
+    """What the batch's per-order task and its teardown do (``InlineSagaOperator`` running
+    ``process_order``, then ``InlineCompensationOperator``), on a saga the batch started; with
+    ``kill_after``, the crash point is armed for that step's action only."""
+    from conduit.crash import ARM
+    from conduit.orders.flow import ORDER_COMPENSATIONS, process_order
+    from conduit.saga.inline import InlineSaga, compensate
+
+    class Saga(InlineSaga):
+        def step(self, name, action, **kwargs):
+            if kill_after:
+                os.environ[ARM] = "saga.action_done" if name == kill_after else ""
+            return super().step(name, action, **kwargs)
+
+    log = saga_log(env)
+    process_order(Saga(log, saga_id, context={"params": PARAMS}, final=lambda exc: False))
+    saga, failed = compensate(log, saga_id, ORDER_COMPENSATIONS, final=True)
+    assert not failed, failed
+    return saga
+
+
+def saga_state(env, saga_id: str, order_id: str) -> SimpleNamespace:
+    """The saga log's final state (ids of the services' objects aside), the service effects of the
+    order (ledger ops) and which logged result names which ledger object."""
+    log = saga_log(env)
+    saga = log.saga(saga_id)
+    steps = [(s["step"], s["seq"], s["compensable"], s["action_status"], s["compensation_status"],
+              sorted(s["result"] or {})) for s in log.steps(saga_id)]
+    ledger = [(service, e) for service, entries in env.services.admin.ledger().items() for e in entries
+              if e["order_id"] == order_id]
+    effects: dict[str, int] = {}
+    for _, entry in ledger:
+        effects[entry["op"]] = effects.get(entry["op"], 0) + 1
+    results = {s["step"]: s["result"] for s in log.steps(saga_id)}
+    ids = {"reserve": results["inventory"]["reservation_id"], "authorize": results["payment"]["authorization_id"],
+           "create": results["shipping"]["shipment_id"]}
+    return SimpleNamespace(saga=(saga["status"], saga["cause"]), steps=steps, effects=effects,
+                           keys=[e["idempotency_key"] for _, e in ledger],
+                           ids_match={op: any(e["op"] == op and e["object_id"] == i for _, e in ledger)
+                                      for op, i in ids.items()})
+
+
+def start_order(env, tag: str) -> tuple[str, str]:
+    from conduit.orders.dag import EXAMPLE_ORDER
+
+    order = {**EXAMPLE_ORDER, "order_id": f"CRASH-{tag}-{uuid.uuid4().hex[:6]}"}
+    saga_id = f"order-{order['order_id']}"
+    saga_log(env).start(saga_id, dag_id="order_fulfilment_nightly", run_id="scheduled__crash-matrix", payload=order)
+    return saga_id, order["order_id"]
+
+
+@pytest.mark.parametrize("step", SAGA_STEPS)
+def test_a_saga_killed_after_an_action_before_its_result_is_logged_then_resumed(sagas, step, tmp_path):
+    """The order's task killed at ``saga.action_done`` of one step (the service acted, the log does
+    not know), then retried: the step's action runs again with its idempotency key and the service
+    answers with the first effect; each effect is in the ledgers once, and the saga log ends as a
+    clean run's does (committed, every step succeeded, nothing compensated)."""
+    clean_id, clean_order = start_order(sagas, "clean")
+    order_task(sagas, clean_id)
+    clean = saga_state(sagas, clean_id, clean_order)
+    assert clean.saga == ("committed", None) and clean.effects == ORDER_EFFECTS, (clean.saga, clean.effects)
+
+    started = time.monotonic()
+    saga_id, order_id = start_order(sagas, step)
+    replayed_before = sagas.services.admin.requests()
+    code = killed_in_child(lambda: order_task(sagas, saga_id, kill_after=step), "saga.action_done",
+                           tmp_path / "fired")
+    killed_at = {s["step"]: s["action_status"] for s in saga_log(sagas).steps(saga_id)}
+    saga = order_task(sagas, saga_id)  # Airflow's retry of the order's task
+    got = saga_state(sagas, saga_id, order_id)
+    replayed = _replayed(replayed_before, sagas.services.admin.requests())
+    equal = (got.saga, got.steps, got.effects) == (clean.saga, clean.steps, clean.effects)
+    RESULTS.append({"point": f"saga.action_done ({step})", "target": "saga", "exit": code, "recovery": "retry",
+                    "mechanism": "on", "error": None, "rows": sum(got.effects.values()),
+                    "lost": sum(max(0, n - got.effects.get(op, 0)) for op, n in clean.effects.items()),
+                    "duplicated": sum(max(0, n - clean.effects.get(op, 0)) for op, n in got.effects.items()),
+                    "watermark_equal": got.saga == clean.saga, "quarantine_equal": got.steps == clean.steps,
+                    "equal": equal, "seconds": time.monotonic() - started})
+    assert code == -9, f"the order task was not killed after {step} (exit {code})"
+    assert killed_at[step] == "running", killed_at  # the action took effect; the log did not hear of it
+    assert saga["status"] == "committed"
+    assert got.effects == ORDER_EFFECTS, got.effects  # each effect once
+    assert len(got.keys) == len(set(got.keys)), got.keys
+    assert all(got.ids_match.values()), got.ids_match  # the logged results name the first effects
+    assert (got.saga, got.steps) == (clean.saga, clean.steps), (got.steps, clean.steps)
+    assert replayed >= 1, "the retried action was not answered from the idempotency key"
+
+
+def _replayed(before: dict, after: dict) -> int:
+    """Requests the services answered from an idempotency key (the first answer) in between."""
+    def total(counts: dict) -> int:
+        return sum(c.get("replayed", 0) for ops in counts.values() for c in ops.values())
+
+    return total(after) - total(before)

@@ -1,6 +1,6 @@
 """The SQL target's last line against text PostgreSQL cannot store: the quarantine's JSON shows a
 NUL as ␀, and a NUL that reaches the COPY fails naming its row (the databases themselves are in
-tests/integration/test_hostile_crm_data.py)."""
+tests/reliability/test_hostile_crm_data.py)."""
 
 from __future__ import annotations
 

@@ -362,9 +362,11 @@ def receiver(redis_url: str) -> Iterator[Receiver]:
 
 @pytest.mark.redis
 @pytest.mark.timeout(300)
-def test_fuzzed_requests_get_4xx_and_never_reach_redis(receiver: Receiver, caplog: pytest.LogCaptureFixture):
+def test_fuzzed_requests_get_4xx_and_never_reach_redis(receiver: Receiver, caplog: pytest.LogCaptureFixture,
+                                                      record_property):
     cases = Cases(receiver).all()
     assert 300 <= len(cases) <= 500
+    record_property("hostile_inputs", ("webhook requests", len(cases)))  # tests/reliability's summary
     assert receiver.stream_length() == 0
     caplog.set_level(logging.WARNING)
     failures, seen = [], collections.Counter()

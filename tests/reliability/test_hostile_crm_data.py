@@ -162,13 +162,21 @@ def _stored(dsn: str, schema: str, keys: list[str]) -> dict[str, dict]:
     return {row[0]: {**dict(zip(columns, row, strict=False)), "last_name_bytes": row[-1]} for row in rows}
 
 
-def test_hostile_crm_text_loads_exactly_or_by_the_rule_and_a_rerun_is_quiet(sync_env, monkeypatch, pg_server_dsn):
+@pytest.fixture
+def sync_env(make_sync_env, pg_schema, pg_server_dsn):
+    """The real sync DAG over the stand-in CRM (600 contacts), loading into a fresh schema."""
+    return make_sync_env(schema=pg_schema, erp_dsn=pg_server_dsn)
+
+
+def test_hostile_crm_text_loads_exactly_or_by_the_rule_and_a_rerun_is_quiet(sync_env, monkeypatch, pg_server_dsn,
+                                                                             record_property):
     crm, spec, target = sync_env.crm, sync_env.spec(), sync_env.target()
     monkeypatch.setenv("AIRFLOW_CONN_HUBSPOT_DIRECT", _connection(crm.base_url, crm.token))
     from conduit.hooks.hubspot import HubSpotHook
 
     direct = HubSpotHook(hubspot_conn_id="hubspot_direct")
     cases = {**EXACT, **{name: props for name, (props, _, _) in CLEANED.items()}, **QUARANTINED}
+    record_property("hostile_inputs", ("CRM values", sum(len(props) for props in cases.values())))
     ids = [r["id"] for r in crm_records(spec, direct)][10: 10 + len(cases)]
     case_ids = dict(zip(cases, ids, strict=True))
     now_ms = crm.admin.clock_ms()
@@ -268,12 +276,13 @@ def _raw(values: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_hostile_text_is_stored_byte_for_byte_on_both_databases(erp):
+def test_hostile_text_is_stored_byte_for_byte_on_both_databases(erp, record_property):
     from conduit.transforms.mapping import map_frame
 
     target, spec, query = erp
     hostile = [props for props in EXACT.values()] + [{"firstname": on_the_wire(v)} for v in WIRE] + [
         {"firstname": "Ann\x00a", "company": "\x00lead\x00ing"}]
+    record_property("hostile_inputs", ("CRM values", sum(len(props) for props in hostile)))
     frame = map_frame(_raw(hostile), spec)
     target.ensure_ready(spec)
     assert target.load(spec, [frame], run_id="r1").inserted == len(hostile)
@@ -286,8 +295,9 @@ def test_hostile_text_is_stored_byte_for_byte_on_both_databases(erp):
     assert target.load(spec, [frame], run_id="r2").unchanged == len(hostile)  # the row hashes agree
 
 
-def test_a_nul_that_bypassed_the_mapping_fails_the_load_naming_its_row(erp):
+def test_a_nul_that_bypassed_the_mapping_fails_the_load_naming_its_row(erp, record_property):
     target, spec, query = erp
+    record_property("hostile_inputs", ("CRM values", 1))
     from conduit.transforms.mapping import map_frame
 
     frame = map_frame(_raw([{"firstname": "Fine"}, {"firstname": "Also fine"}]), spec)
