@@ -21,6 +21,7 @@ from conduit.targets.registry import postgres_dsn, sqlite_path  # noqa: F401 - i
 
 if TYPE_CHECKING:
     from conduit.targets.base import ErpTarget
+    from conduit.targets.sql import SqlErpTarget
 
 
 class ErpHook(BaseHook):
@@ -41,6 +42,14 @@ class ErpHook(BaseHook):
         return self._target
 
     get_conn = get_target
+
+    def get_state_store(self) -> SqlErpTarget:
+        """The SQL store of the sync's state (watermark, quarantine, defects): the target itself
+        for a SQL connection, else the ``state_conn_id`` store, built without the sink (a reader of
+        the state, such as the health view, needs no Tryton connection)."""
+        from conduit.targets.registry import state_store_for
+
+        return state_store_for(self.erp_conn_id, self.get_connection, state_conn_id=self.state_conn_id)
 
     @cached_property
     def _target(self) -> ErpTarget:

@@ -99,6 +99,22 @@ TARGETS: dict[str, Callable[..., ErpTarget]] = {
 }
 
 
+def state_store_for(conn_id: str, get_connection: Callable[[str], Any], *,
+                    state_conn_id: str | None = None) -> SqlErpTarget:
+    """Where a sync keeps its state (watermark, quarantine, defects), without building its sink:
+    a ``state_conn_id`` other than ``conn_id`` (a target that cannot hold the state, as the spec's
+    ``target.state.conn_id`` says) is that SQL connection's store, and ``conn_id``, then unread,
+    need not be defined where only the state is read; otherwise the target keeps it in its own
+    database, which must then be a SQL one."""
+    if state_conn_id and state_conn_id != conn_id:
+        return sql_database(get_connection(state_conn_id), "the sync's state store").target()
+    conn = get_connection(conn_id)
+    if TARGETS.get(conn.conn_type) is not _sql_target:
+        raise TargetConfigError(f"the target of connection {conn.conn_id!r} (type {conn.conn_type!r}) keeps no "
+                                "state of its own: name its state store (target.state.conn_id)")
+    return sql_database(conn).target()
+
+
 def target_for(conn: Connection, get_connection: Callable[[str], Any], *,
                state_conn_id: str | None = None) -> ErpTarget:
     """The target of a connection (its state store from ``state_conn_id`` where it needs one)."""

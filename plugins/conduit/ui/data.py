@@ -217,14 +217,15 @@ class StateFacts:
 
 
 def read_state(spec: SyncSpec) -> StateFacts:
-    """The sync's watermark and open quarantine entries, from its state store."""
+    """The sync's watermark and open quarantine entries, from its state store (only that: a
+    Tryton sync's state is read without its Tryton connection)."""
     from conduit.hooks.erp import ErpHook
 
     target_spec = spec.target
     try:
-        target = ErpHook(erp_conn_id=target_spec.conn_id, state_conn_id=target_spec.state_conn_id).get_target()
-        watermark = target.read_watermark(spec)
-        entries = target.open_quarantine(spec)
+        store = ErpHook(erp_conn_id=target_spec.conn_id, state_conn_id=target_spec.state_conn_id).get_state_store()
+        watermark = store.read_watermark(spec)
+        entries = store.open_quarantine(spec)
     except Exception as exc:  # noqa: BLE001 - one unreadable store must not take the page down
         log.warning("could not read the state of sync %s (connection %s): %s", spec.name,
                     target_spec.state_conn_id, type(exc).__name__)
