@@ -4,10 +4,17 @@
 # (bash bench/run.sh --help lists every option). Needs PostgreSQL (BENCH_PG_DSN or --dsn; default
 # host=127.0.0.1 port=5432 user=postgres dbname=test) and the project venv (.venv, from uv.lock).
 # dlt lives in its own venv, bench/.venv-dlt, created here on first use from bench/requirements-dlt.txt.
+#   bash bench/run.sh --dag [--contacts 100000] [--per-task]: the flagship DAG as users run it
+# (`airflow dags test`, embedded defaults; bench/dag_run.py --help), a full and a no-change run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 [[ -x $PY ]] || { echo "no .venv: run 'uv sync' first" >&2; exit 2; }
+if [[ ${1:-} == --dag ]]; then
+  shift
+  "$PY" -m compileall -q -j 0 .venv/lib/python3.11/site-packages plugins >/dev/null
+  exec "$PY" bench/dag_run.py "$@"
+fi
 needs_dlt=1
 for ((i = 1; i <= $#; i++)); do
   if [[ ${!i} == --only ]]; then j=$((i + 1)); [[ ${!j:-} == *dlt* ]] || needs_dlt=0; fi

@@ -157,13 +157,17 @@ def transform(spec: SyncSpec, staging: RunStaging) -> dict[str, int]:
     """raw/ -> mapped/ and archived/ -> mapped_archived/, part by part (Arrow end to end). A
     record that more than one work item read is mapped once, in its newest version (``dedup``)."""
     from conduit.pipeline.dedup import superseded_reads
-    from conduit.transforms.mapping import map_table
 
-    superseded = superseded_reads(staging, spec.source.cursor.property)
+    read_any = bool(staging.parts("raw") or staging.parts("archived"))
+    # nothing read (a no-change run): nothing superseded, and none of dedup's imports (pandas)
+    superseded = superseded_reads(staging, spec.source.cursor.property) if read_any else {}
     counts = {}
     for source_kind, mapped_kind in (("raw", "mapped"), ("archived", "mapped_archived")):
         writer = staging.writer(mapped_kind)
         for frame in staging.read_frames(source_kind, min_rows=BATCH_ROWS, drop=superseded):
+            # imported with the first rows: a run that read nothing never loads the transforms
+            from conduit.transforms.mapping import map_table
+
             writer.write(map_table(frame, spec))
             crash_point("transform.between_batches")
         counts[mapped_kind] = writer.rows
@@ -317,7 +321,10 @@ def data_docs(spec: SyncSpec, staging: RunStaging, suite_path, out_dir, *, run_n
     """GX's own validation of the staged rows (all when few, failing rows + a sample when many)
     and its Data Docs site, with the gate's field checks and its defect rules marked as such (their
     failing rows load; the page says how many). Slow to import, so it runs beside the gate, not in
-    the load's path."""
+    the load's path. A run that mapped no rows has nothing to show: it returns ``(None, None)``
+    before importing anything (GX, pandas, the suite)."""
+    if not staging.parts("mapped"):  # parts are only written with rows in them
+        return None, None
     from conduit.quality.gx_runner import validate
 
     report = evaluate_suite(spec, staging, suite_path)
