@@ -113,6 +113,18 @@ def scheduler_creates_and_starts_runs() -> None:
         runner._start_queued_dagruns(session)
 
 
+def forget_dag_runs(dag_id: str) -> None:
+    """Delete every run of a DAG from the session's metadata DB (other tests' ``dag.test()`` runs
+    share it): for tests that assert what a DAG's run history shows."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        for run in session.scalars(select(DagRun).where(DagRun.dag_id == dag_id)):
+            session.delete(run)
+
+
 def dag_runs(dag_id: str, **where) -> list[dict]:
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session

@@ -8,11 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from sync_helpers import SyncEnv
 
 from conduit.standin.testing import run_standin
 
@@ -27,37 +27,6 @@ def airflow_db() -> Path:
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True,
                    env=os.environ.copy(), timeout=300)
     return home
-
-
-@dataclass
-class SyncEnv:
-    crm: object
-    schema: str
-    include: Path
-    spec_path: Path
-
-    def edit_spec(self, **changes) -> None:
-        """Change the spec for the next parse (e.g. quality policy)."""
-        from sync_helpers import edit_spec_file
-
-        edit_spec_file(self.spec_path, **changes)
-
-    def spec(self):
-        from conduit.specs.model import load_spec
-
-        return load_spec(self.spec_path)
-
-    def dag(self):
-        from airflow.dag_processing.dagbag import DagBag
-
-        bag = DagBag(dag_folder=str(REPO / "dags"))
-        assert bag.import_errors == {}
-        return bag.dags[DAG_ID]
-
-    def target(self):
-        from conduit.hooks.erp import ErpHook
-
-        return ErpHook().get_target()
 
 
 # Fixed for the whole test session (see erp_schema), distinct between concurrent sessions.

@@ -4,6 +4,7 @@ step functions, and compare the ERP with what the stand-in CRM holds right now (
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,40 @@ def edit_spec_file(path: Path, **changes) -> None:
             node = node[part]
         node[leaf] = value
     path.write_text(yaml.safe_dump(data))
+
+
+@dataclass
+class SyncEnv:
+    """A sync under test: the stand-in CRM, the ERP schema, a private include/ and its spec file
+    (``staging`` and ``data_docs``: where the run's files go, when a fixture sets them)."""
+
+    crm: object
+    schema: str
+    include: Path
+    spec_path: Path
+    staging: Path | None = None
+    data_docs: Path | None = None
+
+    def edit_spec(self, **changes) -> None:
+        """Change the spec for the next parse: ``quality__policy="block"`` sets ``quality.policy``."""
+        edit_spec_file(self.spec_path, **changes)
+
+    def spec(self):
+        from conduit.specs.model import load_spec
+
+        return load_spec(self.spec_path)
+
+    def dag(self):
+        from airflow.dag_processing.dagbag import DagBag
+
+        bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags"))
+        assert bag.import_errors == {}
+        return bag.dags[DAG_ID]
+
+    def target(self):
+        from conduit.hooks.erp import ErpHook
+
+        return ErpHook().get_target()
 
 
 def run_dag(env, dag=None, **kwargs) -> tuple[Any, dict[str, Any]]:

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,3 +221,29 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if off:
         write("exactly-once switched off (watermark committed in its own transaction before the rows): "
               + ", ".join(f"{r['point']}: lost {r['lost']}" for r in off))
+
+
+class SyncBench(SimpleNamespace):
+    """What the crash matrix and the storms share: the stand-in CRM (``crm``), PostgreSQL (``dsn``),
+    last night's staged full read (``night``), this run's pinned start (``start_ms``) and the ERP
+    target; each case gets a fresh schema (dropped by the fixture via ``schemas``)."""
+
+    schema_prefix = "bench_"
+    night_ms = 3_600_000  # last night's run: its watermark is an hour before this run starts
+
+    def fresh_schema(self) -> str:
+        import psycopg
+
+        schema = f"{self.schema_prefix}{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        self.schemas.append(schema)
+        return schema
+
+    def last_night(self, spec) -> None:
+        """The ERP as last night's full load left it (watermark an hour before this run)."""
+        from conduit.pipeline import steps
+
+        self.target.ensure_ready(spec)
+        steps.load(self.target, spec, self.night, run_id="scheduled__last-night",
+                   watermark_ms=self.start_ms - self.night_ms)

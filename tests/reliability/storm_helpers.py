@@ -14,13 +14,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from crash_helpers import SyncRun, differences, in_schema, outcome
+from crash_helpers import SyncBench, SyncRun, differences, in_schema, outcome
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC_FILE = REPO / "include" / "syncs" / "crm_to_erp_customer_sync.yaml"
 SUITE = REPO / "include" / "expectations" / "erp_customers.yaml"
 CONTACTS, SEED = 600, 11
-NIGHT_MS = 3_600_000
+NIGHT_MS = SyncBench.night_ms
 UPDATED, NEW = 300, 20
 TRIES = 3  # the sync's tasks retry (Airflow): a task failing with a retryable error runs again
 
@@ -33,24 +33,10 @@ def hubspot_conn(base_url: str, token: str) -> str:
                        "extra": {"api_version": "2026-09", "max_retries": 4, "backoff_max": 0.05, "timeout": 0.4}})
 
 
-class Bench(SimpleNamespace):
+class Bench(SyncBench):
     """The stand-in CRM, last night's staged full read, this run's pinned start, one clean run."""
 
-    def fresh_schema(self) -> str:
-        import psycopg
-
-        schema = f"storm_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-        self.schemas.append(schema)
-        return schema
-
-    def last_night(self, spec) -> None:
-        from conduit.pipeline import steps
-
-        self.target.ensure_ready(spec)
-        steps.load(self.target, spec, self.night, run_id="scheduled__last-night",
-                   watermark_ms=self.start_ms - NIGHT_MS)
+    schema_prefix = "storm_"
 
     def erp(self, name: str):
         """A fresh ERP schema holding last night's load; its spec."""

@@ -193,16 +193,20 @@ def test_the_scheduler_queues_a_manual_run_behind_the_running_nightly_run(airflo
     from airflow.utils import timezone
     from airflow.utils.session import create_session
     from airflow.utils.types import DagRunTriggeredByType, DagRunType
-    from airflow_runs import dag_runs, register_dags, scheduler_creates_and_starts_runs, set_paused
+    from airflow_runs import (
+        dag_runs,
+        forget_dag_runs,
+        register_dags,
+        scheduler_creates_and_starts_runs,
+        set_paused,
+    )
     from crash_helpers import DAG_ID
     from sqlalchemy import select
 
     started = time.monotonic()
 
     def forget_runs() -> None:  # other tests' runs of this DAG (dag.test(), the scheduler's) in this DB
-        with create_session() as session:
-            for run in session.scalars(select(DagRun).where(DagRun.dag_id == DAG_ID)):
-                session.delete(run)
+        forget_dag_runs(DAG_ID)
 
     def states() -> dict[str, str]:
         return {r["run_id"]: (r["run_type"], r["state"]) for r in dag_runs(DAG_ID)}

@@ -26,6 +26,7 @@ from crash_helpers import (
     RESULTS,
     TASKS,
     WRITES_ERP,
+    SyncBench,
     SyncRun,
     context,
     differences,
@@ -42,28 +43,13 @@ REPO = Path(__file__).resolve().parents[2]
 SPEC_FILE = REPO / "include" / "syncs" / "crm_to_erp_customer_sync.yaml"
 SUITE = REPO / "include" / "expectations" / "erp_customers.yaml"
 CONTACTS, SEED = 600, 11
-NIGHT_MS = 3_600_000  # last night's run: its watermark is an hour before this run starts
+NIGHT_MS = SyncBench.night_ms
 
 
-class Matrix(SimpleNamespace):
+class Matrix(SyncBench):
     """The stand-in CRM, last night's staged full read, this run's pinned start and one clean run."""
 
-    def fresh_schema(self) -> str:
-        import psycopg
-
-        schema = f"crash_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-        self.schemas.append(schema)
-        return schema
-
-    def last_night(self, spec) -> None:
-        """The ERP as last night's full load left it (watermark an hour before this run)."""
-        from conduit.pipeline import steps
-
-        self.target.ensure_ready(spec)
-        steps.load(self.target, spec, self.night, run_id="scheduled__last-night",
-                   watermark_ms=self.start_ms - NIGHT_MS)
+    schema_prefix = "crash_"
 
 
 @pytest.fixture(scope="module")

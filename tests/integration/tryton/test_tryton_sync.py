@@ -252,33 +252,39 @@ def test_kill_9_mid_batch_then_the_retry_equals_one_clean_run(tryton_sync, tmp_p
     assert len(retried) == CONTACTS
 
 
-@pytest.mark.parametrize("point", ["tryton.batch_written", "tryton.before_watermark"])
-def test_a_kill_at_each_tryton_crash_point_then_the_retry_equals_one_clean_run(tryton_sync, tmp_path, monkeypatch,
-                                                                              point):
+def test_a_kill_at_each_tryton_crash_point_then_the_retry_equals_one_clean_run(tryton_sync, tmp_path, monkeypatch):
     """The named crash points of the Tryton load (``conduit.crash``): after a batch is in Tryton but
-    before its ledger rows, and after every change but before the watermark."""
+    before its ledger rows, and after every change but before the watermark. One staged run; each
+    point kills a load into a Tryton and a state store of its own."""
     from conduit.pipeline import steps
 
     env = tryton_sync
     env.edit_spec(target__batch_size=500)
     staging, run_id, watermark_ms = staged_run(env)
-    spec = env.spec()
-    child_env = {**os.environ, "CONDUIT_CRASH_AT": point, "CONDUIT_CRASH_ONCE": str(tmp_path / "crashed")}
-    child = subprocess.run([sys.executable, "-c", KILLED_LOAD, str(env.spec_path), str(staging.root), run_id,
-                            str(watermark_ms)], env=child_env, capture_output=True, text=True, timeout=300)
-    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
-    in_tryton = len(env.parties())
-    assert 0 < in_tryton <= CONTACTS
-    target = env.target()
-    assert target.read_watermark(spec) is None
-    result = steps.load(target, spec, staging, run_id=run_id, watermark_ms=watermark_ms)  # the retry
-    assert (result.inserted, result.updated) == (CONTACTS - in_tryton, 0)
-    assert target.read_watermark(spec).ts_ms == watermark_ms
-    parties = env.parties()
-    assert len(parties) == CONTACTS and tryton_rows(env, parties) == crm_rows(env)
-    # the ledger caught up: a further load finds nothing to do
-    again = steps.load(target, spec, staging, run_id=run_id, watermark_ms=watermark_ms)
-    assert (again.inserted, again.updated, again.unchanged) == (0, 0, CONTACTS)
+    spec, expected = env.spec(), crm_rows(env)
+    for point in ("tryton.batch_written", "tryton.before_watermark"):
+        with TrytonServer(database="crash", workdir=tmp_path / point) as tryton:
+            for name, value in tryton.connection_env("tryton_default").items():
+                monkeypatch.setenv(name, value)
+            monkeypatch.setenv("AIRFLOW_CONN_CONDUIT_STATE_DEFAULT", json.dumps(
+                {"conn_type": "sqlite", "host": str(tmp_path / f"{point}.sqlite")}))
+            env.target().ensure_ready(spec)
+            child_env = {**os.environ, "CONDUIT_CRASH_AT": point, "CONDUIT_CRASH_ONCE": str(tmp_path / f"{point}.once")}
+            child = subprocess.run([sys.executable, "-c", KILLED_LOAD, str(env.spec_path), str(staging.root), run_id,
+                                    str(watermark_ms)], env=child_env, capture_output=True, text=True, timeout=300)
+            assert child.returncode == -signal.SIGKILL, (point, child.stderr[-2000:])
+            in_tryton = len(env.parties())
+            assert 0 < in_tryton <= CONTACTS, point
+            target = env.target()
+            assert target.read_watermark(spec) is None, point
+            result = steps.load(target, spec, staging, run_id=run_id, watermark_ms=watermark_ms)  # the retry
+            assert (result.inserted, result.updated) == (CONTACTS - in_tryton, 0), point
+            assert target.read_watermark(spec).ts_ms == watermark_ms, point
+            parties = env.parties()
+            assert len(parties) == CONTACTS and tryton_rows(env, parties) == expected, point
+            # the ledger caught up: a further load finds nothing to do
+            again = steps.load(target, spec, staging, run_id=run_id, watermark_ms=watermark_ms)
+            assert (again.inserted, again.updated, again.unchanged) == (0, 0, CONTACTS), point
 
 
 def test_tryton_outage_mid_load_fails_loudly_and_the_next_run_completes(tryton_sync):
