@@ -190,7 +190,8 @@ class Changes:
     """What a load would do to Tryton, and the ledger entries that go with it."""
 
     creates: list[dict[str, Any]] = field(default_factory=list)
-    updates: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)  # (party, row)
+    updates: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    """(party, row, the values to write)"""
     deletes: list[dict[str, Any]] = field(default_factory=list)  # parties
     unchanged: list[dict[str, Any]] = field(default_factory=list)  # rows
     ledger_behind: list[dict[str, Any]] = field(default_factory=list)
@@ -323,7 +324,9 @@ class TrytonTarget(ErpTarget):
         for item in deleted_keys:
             code, archived_at = (item, None) if isinstance(item, str) else item
             deleted[str(code)] = archived_at
-        entries = ledger.read(self._state, spec.target.state_schema, spec.name)
+        # a full refresh deletes what the sync wrote and this load did not bring: the whole ledger
+        entries = ledger.read(self._state, spec.target.state_schema, spec.name,
+                              None if full_refresh else set(incoming) | set(deleted))
         if full_refresh:  # every record of the sync this load did not bring
             kept = {str(k) for k in kept_keys} | set(incoming)
             deleted.update({code: None for code, e in entries.items() if e.active and code not in kept})
@@ -340,8 +343,8 @@ class TrytonTarget(ErpTarget):
                 changes.creates.append(row)
             elif entry and entry.source_modified_at and entry.source_modified_at > row[SOURCE_MODIFIED_AT]:
                 changes.stale += 1  # Tryton holds a newer version of this record
-            elif party_changes(party, row, spec, country_ids):
-                changes.updates.append((party, row))
+            elif values := party_changes(party, row, spec, country_ids):
+                changes.updates.append((party, row, values))
             else:
                 changes.unchanged.append(row)
                 if entry is None or not entry.active or entry.source_modified_at != row[SOURCE_MODIFIED_AT]:
@@ -363,7 +366,7 @@ class TrytonTarget(ErpTarget):
         changes, _ = self._changes(spec, batches, deleted_keys, full_refresh, kept_keys)
         per_column: dict[str, int] = {}
         update_samples = []
-        for party, row in changes.updates:
+        for party, row, _ in changes.updates:
             have = party_row(party, spec)
             changed = [c for c in spec.mapping if have.get(c) != row.get(c)]
             for column in changed:
@@ -422,9 +425,9 @@ class TrytonTarget(ErpTarget):
             record(chunk)
             progress("created", len(chunk))
         for chunk in self._chunks(spec, changes.updates):
-            self._parallel(spec, lambda item: self.hook.write(
-                PARTY, item[0]["id"], party_changes(item[0], item[1], spec, country_ids), context=ALL_RECORDS), chunk)
-            record([row for _, row in chunk])
+            self._parallel(spec, lambda item: self.hook.write(PARTY, item[0]["id"], item[2], context=ALL_RECORDS),
+                           chunk)
+            record([row for _, row, _ in chunk])
             progress("updated", len(chunk))
         record(changes.ledger_behind)
         for chunk in self._chunks(spec, changes.deletes):
