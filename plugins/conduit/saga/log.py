@@ -118,7 +118,13 @@ class SagaLog:
             _serialise_sqlite_writers(engine)
 
     def ensure_schema(self) -> None:
-        metadata.create_all(self.engine, checkfirst=True)
+        """Create the log's tables if missing. Several order runs start at once: on PostgreSQL two
+        ``CREATE TABLE IF NOT EXISTS`` can still collide (a duplicate ``pg_type`` row), so creators
+        take turns under a transaction advisory lock."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('conduit:saga:schema'))")
+            metadata.create_all(conn, checkfirst=True)
 
     # --- the saga ------------------------------------------------------------------------------
 
