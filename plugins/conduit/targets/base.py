@@ -51,6 +51,8 @@ class LoadResult:
     deleted: int = 0
     stale_skipped: int = 0
     """Incoming rows older than what the target holds: left alone."""
+    refused: int = 0
+    """Rows the target itself refused (a validation the gate does not know): quarantined, the rest loaded."""
 
 
 @dataclass(frozen=True)

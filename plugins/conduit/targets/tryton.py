@@ -14,6 +14,13 @@ Tryton has no transaction spanning requests, so exactly-once comes from three ru
 A load killed half way therefore leaves the watermark where it was; the retried load compares with
 Tryton again and finishes the same changes, without duplicating a party. Reconciliation reads the
 parties back and hashes them exactly as the transform hashed the mapped rows.
+
+Tryton validates what it stores (e-mail syntax and, with DNS, the domain; phone numbers), and can
+refuse a party the gate let through. One refused party does not stop the others: a batch Tryton
+refuses is retried party by party, and each party it still refuses goes to the quarantine (rule
+``tryton_accepts_party``, Tryton's message as the reason) while the rest load and the watermark
+moves; a replay brings it back once the CRM record is fixed. A refusal that is not about one party
+(every party of a batch refused, or more than the gate's ``max_rejected_ratio``) fails the load.
 """
 
 from __future__ import annotations
@@ -27,7 +34,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from conduit.crash import crash_point
-from conduit.exceptions import StalePlanError, TargetConfigError, TrytonRequestError
+from conduit.exceptions import (
+    QualityGateFailed,
+    StalePlanError,
+    TargetConfigError,
+    TrytonAuthError,
+    TrytonRequestError,
+)
 from conduit.targets import ledger
 from conduit.targets.base import (
     BOOKKEEPING_COLUMNS,
@@ -56,6 +69,7 @@ PARTY_FIELDS = ["code", "name", "active", "contact_mechanisms.type", "contact_me
                 "identifiers.code"]
 ALL_RECORDS = {"active_test": False}  # inactive (soft-deleted) parties too
 UNIQUE_CODE = "must be unique"
+REFUSED_RULE = "tryton_accepts_party"
 
 
 # --- parties <-> rows (pure) --------------------------------------------------------------------
@@ -198,11 +212,37 @@ class Changes:
     """Unchanged rows the ledger does not know as written (a killed load wrote them to Tryton)."""
     stale: int = 0
     modified_at: dict[str, datetime] = field(default_factory=dict)
+    refused: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    """Rows Tryton refused while the load applied them: (row, Tryton's message)."""
+    refused_creates: int = 0
 
     @property
     def result(self) -> LoadResult:
-        return LoadResult(inserted=len(self.creates), updated=len(self.updates), unchanged=len(self.unchanged),
-                          deleted=len(self.deletes), stale_skipped=self.stale)
+        refused_updates = len(self.refused) - self.refused_creates
+        return LoadResult(inserted=len(self.creates) - self.refused_creates,
+                          updated=len(self.updates) - refused_updates, unchanged=len(self.unchanged),
+                          deleted=len(self.deletes), stale_skipped=self.stale, refused=len(self.refused))
+
+
+def refused_findings(refused: Iterable[tuple[dict[str, Any], str]], spec: SyncSpec) -> list[dict[str, Any]]:
+    """Quarantine rows for the parties Tryton refused (what the gate's findings hold: the key, the
+    CRM id the replay reads again, the rule and the reason)."""
+    source_id = spec.target.fields.source_id
+    return [{"record_key": str(row[spec.target.key]),
+             "crm_id": None if not source_id or row.get(source_id) is None else str(row[source_id]),
+             "expectation": REFUSED_RULE, "column_name": None,
+             "reason": f"Tryton refused the party: {message}"[:1000],
+             "raw_record": None}
+            for row, message in refused]
+
+
+def _refusal(exc: TrytonRequestError) -> str | None:
+    """Tryton's message when it refused a record's values (400), None for anything else (a wrong
+    key, a missing model or database: not about one record)."""
+    if isinstance(exc, TrytonAuthError) or exc.status != 400 or UNIQUE_CODE in str(exc):
+        return None
+    return exc.tryton_message + (f" ({exc.description})" if exc.description and exc.description not in
+                                 exc.tryton_message else "")
 
 
 class TrytonTarget(ErpTarget):
@@ -396,6 +436,8 @@ class TrytonTarget(ErpTarget):
         if dry_run:
             return changes.result
         self._apply(spec, changes, country_ids, run_id=run_id)
+        if changes.refused:
+            self._quarantine_refused(spec, changes, run_id=run_id)
         crash_point("tryton.before_watermark")
         # the last step: only now is every change in Tryton
         self._state.commit_load(spec, run_id=run_id, watermark=watermark,
@@ -419,16 +461,29 @@ class TrytonTarget(ErpTarget):
             log.info("tryton %s: %s %d parties (%d/%d changes, %.0f s)", spec.name, what, n, done, total,
                      time.monotonic() - started)
 
+        def write(item: tuple[dict[str, Any], dict[str, Any], dict[str, Any]]) -> str | None:
+            try:
+                self.hook.write(PARTY, item[0]["id"], item[2], context=ALL_RECORDS)
+            except TrytonRequestError as exc:
+                if (message := _refusal(exc)) is None:
+                    raise
+                return message
+            return None
+
         for chunk in self._chunks(spec, changes.creates):
-            self._create(spec, chunk, country_ids)
+            refused = self._create(spec, chunk, country_ids)
             crash_point("tryton.batch_written")
-            record(chunk)
-            progress("created", len(chunk))
+            changes.refused += refused
+            changes.refused_creates += len(refused)
+            codes = {str(row[key]) for row, _ in refused}
+            record([row for row in chunk if str(row[key]) not in codes])
+            progress("created", len(chunk) - len(refused))
         for chunk in self._chunks(spec, changes.updates):
-            self._parallel(spec, lambda item: self.hook.write(PARTY, item[0]["id"], item[2], context=ALL_RECORDS),
-                           chunk)
-            record([row for _, row, _ in chunk])
-            progress("updated", len(chunk))
+            messages = self._parallel(spec, write, chunk)
+            refused = [(row, message) for (_, row, _), message in zip(chunk, messages, strict=True) if message]
+            changes.refused += refused
+            record([row for (_, row, _), message in zip(chunk, messages, strict=True) if not message])
+            progress("updated", len(chunk) - len(refused))
         record(changes.ledger_behind)
         for chunk in self._chunks(spec, changes.deletes):
             if spec.target.delete_mode == "hard":
@@ -441,26 +496,53 @@ class TrytonTarget(ErpTarget):
                        active=False)
             progress("deleted" if spec.target.delete_mode == "hard" else "deactivated", len(chunk))
 
-    def _create(self, spec: SyncSpec, rows: list[dict[str, Any]], country_ids: dict[str, int]) -> None:
-        """One request per batch; when another writer created one of the codes meanwhile, party by
-        party: create, or re-read and update."""
+    def _create(self, spec: SyncSpec, rows: list[dict[str, Any]], country_ids: dict[str, int]
+                ) -> list[tuple[dict[str, Any], str]]:
+        """One request per batch (Tryton creates all of it or nothing). When Tryton refuses the
+        batch, party by party: create; re-read and update a code another writer created meanwhile;
+        set aside a party Tryton refuses. Returns the refused rows with Tryton's message; raises
+        when it refused every party of the batch (then it is not about one party)."""
         try:
             self.hook.create_many(PARTY, [party_values(r, spec, country_ids) for r in rows], context=ALL_RECORDS)
-            return
+            return []
         except TrytonRequestError as exc:
-            if UNIQUE_CODE not in str(exc):
+            if UNIQUE_CODE not in str(exc) and _refusal(exc) is None:
                 raise
+            batch_error = exc
+        refused: list[tuple[dict[str, Any], str]] = []
         for row in rows:
             code = str(row[spec.target.key])
             try:
                 self.hook.create(PARTY, party_values(row, spec, country_ids), ["id"], context=ALL_RECORDS)
             except TrytonRequestError as exc:
-                if UNIQUE_CODE not in str(exc):
+                if UNIQUE_CODE in str(exc):
+                    party = self._parties(spec, [code])[code]
+                    values = party_changes(party, row, spec, country_ids)
+                    if values:
+                        self.hook.write(PARTY, party["id"], values, context=ALL_RECORDS)
+                elif (message := _refusal(exc)) is not None:
+                    refused.append((row, message))
+                else:
                     raise
-                party = self._parties(spec, [code])[code]
-                values = party_changes(party, row, spec, country_ids)
-                if values:
-                    self.hook.write(PARTY, party["id"], values, context=ALL_RECORDS)
+        if len(rows) > 1 and len(refused) == len(rows):
+            raise batch_error
+        return refused
+
+    def _quarantine_refused(self, spec: SyncSpec, changes: Changes, *, run_id: str) -> None:
+        """The refused parties into the quarantine, or the load fails when there are too many to be
+        a few bad records (the gate's ``max_rejected_ratio``, for loads of its minimum size)."""
+        quality, total = spec.quality, len(changes.creates) + len(changes.updates)
+        ratio = len(changes.refused) / total
+        if quality is None or (total >= quality.rejected_ratio_min_rows and ratio > quality.max_rejected_ratio):
+            row, message = changes.refused[0]
+            raise QualityGateFailed(
+                f"Tryton refused {len(changes.refused)} of {total} parties ({ratio:.2%}, more than the gate's "
+                f"max_rejected_ratio allows), e.g. {row[spec.target.key]}: {message}. The parties it accepted are "
+                "written; the watermark did not move, so the next run tries the refused ones again")
+        for row, message in changes.refused:
+            log.warning("tryton %s: Tryton refused party %s (quarantined): %s", spec.name, row[spec.target.key],
+                        message)
+        self._state.quarantine(spec, refused_findings(changes.refused, spec), run_id=run_id)
 
     def test_connection(self) -> tuple[bool, str]:
         return self.hook.test_connection()

@@ -112,6 +112,8 @@ def run_counts(summaries: Mapping[str, Any]) -> dict[str, int | None]:
               "archived": transform.get("mapped_archived")}
     for name in ("inserted", "updated", "unchanged", "deleted", "stale_skipped"):
         counts[name] = load.get(name)
+    if load.get("refused"):  # the target refused them at the load (Tryton's own checks): quarantined too
+        counts["rejected"] = (counts["rejected"] or 0) + int(load["refused"])
     counts["dry_run"] = load.get("dry_run")
     return counts
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conduit.exceptions import StalePlanError
+from conduit.exceptions import StalePlanError, TrytonRequestError
 from conduit.specs.model import load_spec, parse_spec
+from conduit.targets.base import Watermark
 from conduit.targets.sql import SqliteErpTarget
 from conduit.targets.tryton import PARTY, TrytonTarget
 
@@ -111,4 +112,41 @@ def test_a_plan_whose_parties_moved_is_not_applied(setup, tryton_hook):
     with pytest.raises(StalePlanError):
         target.load(spec, [changed], run_id="r2", expected=plan)
     assert parties(tryton_hook, prefix)[f"{prefix}-1"]["name"] == "Name 1"
+    assert target.read_watermark(spec) is None
+
+
+def test_a_party_tryton_refuses_is_quarantined_and_the_others_load(setup, tryton_hook):
+    """The gate let an address through that Tryton's own check refuses (a spec without the e-mail
+    transform): that party goes to the quarantine with Tryton's message, the others load, the
+    watermark moves; a refused update does the same. Every party of a batch refused: the load fails."""
+    prefix = uuid.uuid4().hex[:6]
+    spec, target = setup()
+    incoming = rows(prefix, 5)
+    incoming.loc[2, "email"] = "not-an-email"
+    mark = Watermark(ts_ms=1_767_225_600_000, id=9)
+    result = target.load(spec, [incoming], run_id="r1", watermark=mark)
+    assert (result.inserted, result.refused) == (4, 1)
+    assert sorted(parties(tryton_hook, prefix)) == [f"{prefix}-{i}" for i in (0, 1, 3, 4)]
+    assert target.read_watermark(spec) == mark
+    (entry,) = target.open_quarantine(spec)
+    assert (entry["record_key"], entry["crm_id"], entry["expectation"]) == (f"{prefix}-2", "3", "tryton_accepts_party")
+    assert 'The email address "not-an-email"' in entry["reason"]
+
+    # an update Tryton refuses: that party keeps what it had, the other is updated
+    later = rows(prefix, 5, at=T0 + timedelta(days=1), name="Later").iloc[[0, 1]].reset_index(drop=True)
+    later.loc[0, "email"] = "still not an email"
+    result = target.load(spec, [later], run_id="r2")
+    assert (result.updated, result.refused) == (1, 1)
+    held = parties(tryton_hook, prefix)
+    assert (held[f"{prefix}-0"]["name"], held[f"{prefix}-1"]["name"]) == ("Name 0", "Later 1")
+    assert sorted(e["record_key"] for e in target.open_quarantine(spec)) == [f"{prefix}-0", f"{prefix}-2"]
+
+    # nothing Tryton accepts in a whole batch: not about one party, the load fails loudly
+    bad_prefix = uuid.uuid4().hex[:6]
+    spec, target = setup()
+    bad = rows(bad_prefix, 3)
+    bad["email"] = "nope"
+    with pytest.raises(TrytonRequestError, match='The email address "nope"'):
+        target.load(spec, [bad], run_id="r1", watermark=mark)
+    assert parties(tryton_hook, bad_prefix) == {} and target.open_quarantine(spec) == []
     assert target.read_watermark(spec) is None

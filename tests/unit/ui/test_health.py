@@ -48,6 +48,11 @@ class TestCounts:
             "extracted": 598, "inserted": 590, "updated": 6, "unchanged": 0, "deleted": 3, "rejected": 2, "defects": 4}
         assert counts["archived"] == 3
 
+    def test_parties_the_target_refused_count_as_rejected(self):
+        summaries = {**SUMMARIES, "load": {**SUMMARIES["load"], "inserted": 589, "refused": 1}}
+        assert health.run_counts(summaries)["rejected"] == 3
+        assert health.run_counts({"load": {"refused": 2}})["rejected"] == 2
+
     def test_without_a_transform_the_extract_items_count_archived_apart(self):
         assert health.run_counts({"extract": SUMMARIES["extract"]})["extracted"] == 600
 
