@@ -8,7 +8,11 @@ clean: a later process passing the same point carries on. Unarmed, a point costs
 lookup.
 
 ``tests/reliability/test_crash_matrix.py`` kills a sync at each point and checks that the retry
-leaves the ERP, the state store (watermark) and the quarantine exactly as one clean run does.
+leaves the ERP, the state store (watermark) and the quarantine exactly as one clean run does
+(``test_tryton_crash_points.py``: the Tryton points; the saga point is killed after each of the
+order saga's five service calls). ``tests/reliability/mechanism_off.py`` (outside CI; see
+``tests/reliability/README.md``) kills at every point again with the mechanism of the second table
+switched off, and the same comparison must come out unequal.
 
 =================================  ===============================================  ==========================================
 name                               where                                            what a kill there leaves behind
@@ -43,6 +47,46 @@ tryton.batch_written               ``TrytonTarget._apply``, a batch in Tryton   
 tryton.before_watermark            ``TrytonTarget.load``, every change applied      all parties and ledger; old watermark
 saga.action_done                   ``InlineSaga.step``, the action returned         an effect whose result is not logged
 =================================  ===============================================  ==========================================
+
+What makes a kill at each point harmless, and how ``mechanism_off.py`` switches it off. "Retry"
+means that nothing there can do harm by itself (nothing written yet, or nothing the ERP keeps):
+what recovers the run is Airflow's retry running the task again,
+switched off either as "no retry" (the run stops there) or "go on" (the killed task taken as
+succeeded, the run goes on with what it staged).
+
+=================================  ==========================================================================
+name                               mechanism (switched off as)
+=================================  ==========================================================================
+plan_extract.start                 retry (no retry)
+plan_extract.end                   retry: raw/ and archived/ are emptied again, the plan is the XCom (no retry)
+extract.start                      retry, never past a failed extract (go on)
+extract.between_pages              retry, never past a failed extract (go on)
+extract.between_parts              the item's folder emptied before a retry writes it + dedup (both: appends)
+extract.end                        the item's folder emptied before a retry writes it + dedup (both: appends)
+transform.start                    retry, never past a failed transform (go on)
+transform.between_batches          mapped/ emptied before a retry writes it (appends: the gate sees keys twice)
+transform.end                      mapped/ emptied before a retry writes it (appends)
+quality_gate.start                 retry, never past a failed gate (go on: the rejected rows load)
+quality_gate.quarantined           the quarantine's unique index once_per_run + ON CONFLICT (index dropped)
+quality_gate.end                   the quarantine's unique index once_per_run + ON CONFLICT (index dropped)
+plan.start                         retry; the plan's transaction is always rolled back (no retry)
+plan.end                           retry; the plan's transaction is always rolled back (no retry)
+load.start                         retry (no retry)
+load.before_copy                   rows, deletes and watermark in one transaction (watermark committed first)
+load.mid_copy                      rows, deletes and watermark in one transaction (watermark committed first)
+load.after_copy                    rows, deletes and watermark in one transaction (watermark committed first)
+load.after_merge                   rows, deletes and watermark in one transaction (watermark committed first)
+load.before_commit                 rows, deletes and watermark in one transaction (watermark committed first)
+load.end                           the retried load writes only newer versions (any version, a later run's rows)
+reconcile.start                    retry; reconcile only reads (no retry)
+reconcile.before_staging_removal   retry; staged files go only after the check (no retry)
+reconcile.end                      retry; removing removed files is a no-op (no retry)
+replay.before_load                 retry (no retry)
+replay.after_load                  entries closed in the load's transaction (closed after it, on their own)
+tryton.batch_written               the load reads back Tryton's parties by code before it creates (not read)
+tryton.before_watermark            the load reads back Tryton's parties by code before it creates (not read)
+saga.action_done                   the step's idempotency key on every try (a key per try)
+=================================  ==========================================================================
 """
 
 from __future__ import annotations

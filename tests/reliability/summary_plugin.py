@@ -2,7 +2,7 @@
 end of the run (after the crash matrix's and the storms' own tables).
 
 It adds up what the harnesses record: ``crash_helpers.RESULTS`` (one row per killed crash point:
-the sync's tasks, the quarantine replay, the inline saga) and ``storm_helpers.RESULTS`` (one row
+the sync's tasks, the quarantine replay, the Tryton load, the inline saga) and ``storm_helpers.RESULTS`` (one row
 per fault storm or concurrency case), and the hostile inputs that tests report through pytest's
 ``record_property("hostile_inputs", (kind, count))``: the CRM text (``test_hostile_crm_data.py``,
 here), the webhook fuzz (``tests/unit/webhooks/test_webhook_fuzz.py``) and the hostile specs
@@ -59,6 +59,7 @@ def rows() -> list[tuple]:
     crashes = [r for r in _results("crash_helpers") or [] if r["mechanism"] == "on"]
     groups = {"sync tasks (PostgreSQL)": lambda r: r["target"] == "postgres" and not r["point"].startswith("replay."),
               "quarantine replay": lambda r: r["point"].startswith("replay."),
+              "Tryton load (parties, ledger)": lambda r: r["target"] == "tryton",
               "inline saga (service effects)": lambda r: r["target"] == "saga"}
     for group, belongs in groups.items():
         mine = [r for r in crashes if belongs(r)]
@@ -102,11 +103,16 @@ def pytest_terminal_summary(terminalreporter) -> None:
             continue
         write(f"{what:16} {group:42} {cases:>5} {held:>5} {cell(lost, 9)} {cell(dup, 8)}")
     ran = [row for row in table if row[2] is not None]
-    lost = sum(row[4] or 0 for row in ran)
-    dup = sum(row[5] or 0 for row in ran)
+    measured = [row for row in ran if row[4] is not None]  # rows counted by a comparison with a clean run
+    lost = sum(row[4] for row in measured)
+    dup = sum(row[5] for row in measured)
+    not_run = [row[1] for row in table if row[2] is None]
     points = sum(int(row[1].rsplit(": ", 1)[1].split()[0]) for row in ran if row[0] == "crash points")
     inputs = sum(int(row[1].rsplit(": ", 1)[1].split()[0]) for row in ran if row[0] == "hostile inputs")
     storms = sum(row[3] for row in ran if row[0] == "storms survived")
     failed = sum(row[2] - row[3] for row in ran)
     write(f"crash points covered: {points}, storms survived: {storms}, hostile inputs tried: {inputs}; "
-          f"rows lost: {lost}, rows duplicated: {dup}; cases that did not hold: {failed}")
+          f"rows lost: {lost}, rows duplicated: {dup} (counted in {sum(row[2] for row in measured)} crash, storm "
+          f"and concurrency cases compared with a clean run); cases that did not hold: {failed}")
+    if not_run:
+        write(f"not run in this session, so not counted: {', '.join(not_run)}")
