@@ -185,3 +185,22 @@ class TrytonAuthError(TrytonRequestError):
 class TrytonRetryableError(AirflowException):
     """Tryton kept answering 429/5xx, or the network kept failing, after the hook's retries; the
     task's own retries try again later."""
+
+
+class CrmDailyLimitReached(AirflowFailException):
+    """The CRM account's daily request limit is used up, or would be by this run: not retried
+    (a retry before the reset fails the same way). Nothing was loaded and the watermark did not
+    move, so the next run after the reset reads everything this one missed."""
+
+    def __init__(self, limit: int | None, remaining: int, resets_at: str, *, needed: int | None = None):
+        self.limit, self.remaining, self.resets_at, self.needed = limit, remaining, resets_at, needed
+        need = f"; this run needs about {needed:,}" if needed is not None else ""
+        of = f" of {limit:,}" if limit is not None else ""
+        super().__init__(
+            f"HubSpot daily API limit: {remaining:,} requests left{of} for today{need}. The limit resets at "
+            f"{resets_at}. Nothing was loaded and the watermark did not move: the next run after the reset "
+            "reads everything this one missed.")
+
+
+class CrmConfigError(AirflowFailException):
+    """The CRM connection is misconfigured (an unknown rate-limit tier, say): fix the connection."""

@@ -18,6 +18,41 @@ HTTP_RETRY_FIELDS = {
     },
 }
 
+# the HubSpot account's request budget (conduit.sources.hubspot.budget); names as in budget.EXTRA_FIELDS
+HUBSPOT_BUDGET_FIELDS = {
+    "rate_limit_tier": {
+        "label": "HubSpot tier (rate limits)",
+        "description": "Paces every call to the account's limits: free/starter 100 per 10 s and 250k a day, "
+        "professional 190 and 650k, enterprise 190 and 1M, limit_pack 250 and 1.65M; search 5 per second. "
+        "Empty: starter for api.hubapi.com, no pacing for other hosts; 'unlimited': no pacing.",
+        "schema": {"type": ["string", "null"],
+                   "enum": [None, "free", "starter", "professional", "enterprise", "limit_pack", "unlimited"]},
+    },
+    "rate_limit_interval_max": {
+        "label": "Requests per 10 s (overrides the tier)",
+        "schema": {"type": ["integer", "null"], "minimum": 1},
+    },
+    "rate_limit_search_per_second": {
+        "label": "Searches per second (overrides the tier)",
+        "schema": {"type": ["integer", "null"], "minimum": 1},
+    },
+    "rate_limit_daily_max": {
+        "label": "Requests per day (overrides the tier)",
+        "schema": {"type": ["integer", "null"], "minimum": 1},
+    },
+    "rate_limit_timezone": {
+        "label": "Account time zone",
+        "description": "HubSpot resets the daily limit at midnight in the account's time zone.",
+        "schema": {"type": ["string", "null"], "default": "UTC"},
+    },
+    "budget_redis_conn_id": {
+        "label": "Budget Redis connection id",
+        "description": "A Redis connection all workers share the account's budget in (e.g. the Celery broker's "
+        "Redis). Empty: each task process paces itself alone, correct only for one process at a time.",
+        "schema": {"type": ["string", "null"]},
+    },
+}
+
 
 def get_provider_info() -> dict:
     return {
@@ -60,6 +95,7 @@ def get_provider_info() -> dict:
                         "schema": {"type": ["string", "null"], "default": "2026-09"},
                     },
                     **HTTP_RETRY_FIELDS,
+                    **HUBSPOT_BUDGET_FIELDS,
                 },
             },
             {

@@ -244,6 +244,16 @@ class ResetBody(_Body):
                                             description="share of contacts with a country that is none")
 
 
+class RateLimitsBody(_Body):
+    """New limits for the limiter, which starts afresh (empty windows, nothing used today)."""
+
+    interval_max: int = Field(default=Limits.interval_max, ge=1)
+    interval_ms: int = Field(default=Limits.interval_ms, ge=1)
+    daily_max: int = Field(default=Limits.daily_max, ge=0)
+    search_per_second: int = Field(default=Limits.search_per_second, ge=1)
+    enforce: bool = True
+
+
 class WebhookBody(_Body):
     target_url: str
     secret: str
@@ -424,6 +434,18 @@ def _admin_routes(app: FastAPI, standin: Standin) -> None:
         overrides = body.model_dump(exclude_none=True) if body else {}
         standin.reset(**overrides)
         return standin.stats()["objects"]
+
+    @app.get("/_admin/rate_limits")
+    async def get_rate_limits():
+        return standin.limiter.state()
+
+    @app.put("/_admin/rate_limits")
+    async def set_rate_limits(body: RateLimitsBody):
+        """Replace the limits and reset their counts: what a new day (or a new tier) looks like."""
+        limits = Limits(interval_max=body.interval_max, interval_ms=body.interval_ms, daily_max=body.daily_max,
+                        search_per_second=body.search_per_second)
+        standin.limiter = RateLimiter(limits, body.enforce)
+        return standin.limiter.state()
 
     @app.get("/_admin/faults")
     async def get_faults():

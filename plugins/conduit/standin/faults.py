@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -140,6 +140,12 @@ class RateLimiter:
         self._interval: deque[int] = deque()
         self._search_second: deque[int] = deque()
         self._daily = 0
+        self.refused: dict[str, int] = {}
+        """429s the limits (not injected faults) answered, per policy."""
+
+    def state(self) -> dict:
+        """The limits, whether they are enforced, today's count and the 429s per policy."""
+        return {**asdict(self.limits), "enforce": self.enforce, "daily_used": self._daily, "refused": dict(self.refused)}
 
     def hit(self, now_ms: int, is_search: bool) -> tuple[dict[str, str], Injected | None]:
         limits = self.limits
@@ -158,6 +164,8 @@ class RateLimiter:
                                    max(1, math.ceil((window[0] + limits.interval_ms - now_ms) / 1000)))
             elif is_search and len(searches) >= limits.search_per_second:
                 verdict = Injected(429, "SECONDLY", 1)
+        if verdict is not None:
+            self.refused[verdict.policy] = self.refused.get(verdict.policy, 0) + 1
         if verdict is None:  # refused calls do not use up the budget
             window.append(now_ms)
             self._daily += 1

@@ -23,7 +23,7 @@ the same form.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -162,6 +162,37 @@ def iter_id_range(
         if len(page) < limit:
             return
         after = _last_id(page)
+
+
+def take_id_range(pages: Iterable[Page], lo: int, hi: int) -> Iterator[Page]:
+    """The records with lo <= id < hi of pages in ascending id order (the list endpoint's), stopping
+    at the first page that reaches ``hi``: the list endpoint cannot start mid-way, so a reader of a
+    range above the first id reads the ids below it too, and drops them. Pages out of id order
+    break the contract (stopping early would lose records): a non-retryable error."""
+    from conduit.exceptions import CrmContractError
+
+    previous = None
+    for page in pages:
+        ids = [int(i) for i in (page.ids if isinstance(page, RecordPage) else [r["id"] for r in page])]
+        ordered = ids if previous is None else [previous, *ids]
+        if any(b <= a for a, b in zip(ordered, ordered[1:], strict=False)):
+            raise CrmContractError(f"the list endpoint returned ids out of ascending order (after {previous}): "
+                                   "a listed id range cannot be read without loss")
+        keep = [lo <= i < hi for i in ids]
+        if all(keep):
+            if ids:
+                yield page
+        elif any(keep):
+            yield page.where(keep) if isinstance(page, RecordPage) else [r for r, k in zip(page, keep, strict=True) if k]
+        if ids and ids[-1] >= hi:
+            return
+        previous = ids[-1] if ids else previous
+
+
+def count_below_body(boundary: int) -> dict:
+    """The search whose ``total`` counts the live records with an id below ``boundary``."""
+    return {"filterGroups": [{"filters": [{"propertyName": ID_PROPERTY, "operator": "LT", "value": str(boundary)}]}],
+            "limit": 1, "properties": [ID_PROPERTY]}
 
 
 def edge_id_body(direction: Literal["ASCENDING", "DESCENDING"]) -> dict:

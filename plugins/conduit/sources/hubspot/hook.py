@@ -12,6 +12,10 @@ straight into columns (:mod:`conduit.sources.hubspot.pages`); ``search``, ``iter
 
 from __future__ import annotations
 
+import statistics
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from typing import Any
@@ -25,7 +29,14 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers, select_proxy
 
-from conduit.exceptions import CrmAuthError, CrmRequestError, CrmRetryableError, mask_secrets
+from conduit.exceptions import (
+    CrmAuthError,
+    CrmConfigError,
+    CrmDailyLimitReached,
+    CrmRequestError,
+    CrmRetryableError,
+    mask_secrets,
+)
 from conduit.pipeline.pages import RecordPage
 from conduit.retries import (
     RETRYABLE_STATUS,
@@ -34,10 +45,12 @@ from conduit.retries import (
     call_with_retries,
     retry_after_seconds,
 )
+from conduit.sources.hubspot.budget import EXTRA_FIELDS as _BUDGET_EXTRAS
+from conduit.sources.hubspot.budget import Budget
 from conduit.sources.hubspot.pages import page_decoder
 
 # Connection extras that configure this hook; HttpHook would otherwise send them as HTTP headers.
-_HOOK_EXTRAS = ("api_version", "max_retries", "backoff_max")
+_HOOK_EXTRAS = ("api_version", "max_retries", "backoff_max", *_BUDGET_EXTRAS)
 _JSON_BODY = {"Content-Type": "application/json"}
 # What a request retries: 429/5xx answers and network failures (refused, reset, timed out).
 # ChunkedEncodingError: a body cut off mid-transfer, as the session (not the direct transport) raises it.
@@ -68,6 +81,15 @@ def error_message(response: requests.Response, secrets: Iterable[str | None] = (
         message += f" [correlationId {body['correlationId']}]"
     category = body.get("category")
     return mask_secrets(message, secrets), None if category is None else mask_secrets(str(category), secrets)
+
+
+def _policy_name(response: requests.Response) -> str | None:
+    """The ``policyName`` of a 429's body (``DAILY``, ``TEN_SECONDLY_ROLLING``, ``SECONDLY``)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("policyName") if isinstance(body, dict) else None
 
 
 def _cut_short(exc: Exception) -> bool:
@@ -155,7 +177,13 @@ class HubSpotHook(HttpHook):
     """Talks to HubSpot's CRM objects API (or the stand-in) with a private-app token / service key.
 
     Connection: host = base URL (``https://api.hubapi.com``), password = access token, extras
-    ``api_version`` (``2026-09`` or ``v3``), ``timeout``, ``max_retries``, ``backoff_max``.
+    ``api_version`` (``2026-09`` or ``v3``), ``timeout``, ``max_retries``, ``backoff_max``, and the
+    account's request budget (:mod:`conduit.sources.hubspot.budget`): ``rate_limit_tier`` or
+    explicit ``rate_limit_*`` numbers, and ``budget_redis_conn_id`` (a Redis connection that every
+    task calling the account shares; without it each process paces itself alone).
+
+    Calls may come from several threads at once (a search item's concurrent streams): the session's
+    connection pool is thread-safe, and the counters are kept under a lock.
     """
 
     conn_name_attr = "hubspot_conn_id"
@@ -180,6 +208,8 @@ class HubSpotHook(HttpHook):
         self._timeout = timeout
         self.requests_sent = 0
         self.retries = 0
+        self._round_trips: deque[float] = deque(maxlen=15)
+        self._counting = threading.Lock()
 
     # --- connection ----------------------------------------------------------------------------
 
@@ -224,6 +254,28 @@ class HubSpotHook(HttpHook):
         """The direct path for calls to the base URL, or None when the session must send them."""
         return _DirectTransport.for_session(self.session, self.url_from_endpoint(""))
 
+    @cached_property
+    def budget(self) -> Budget | None:
+        """The account's request budget (None: the connection sets no limits, so no pacing)."""
+        from conduit.sources.hubspot.budget import LocalBudget, RedisBudget, account_key, limits_from_extras
+
+        connection = self.connection
+        extra = connection.extra_dejson
+        self._set_base_url(connection)
+        try:
+            limits = limits_from_extras(extra, self.base_url)
+        except ValueError as exc:
+            raise CrmConfigError(f"connection {self.hubspot_conn_id!r}: {exc}") from None
+        if limits is None:
+            return None
+        redis_conn_id = extra.get("budget_redis_conn_id")
+        if not redis_conn_id:
+            self.log.info("HubSpot request budget %s, kept in this process only (no budget_redis_conn_id)", limits)
+            return LocalBudget(limits)
+        self.log.info("HubSpot request budget %s, shared in Redis (%s)", limits, redis_conn_id)
+        return RedisBudget(limits, _redis_client(self.get_connection(redis_conn_id)),
+                           account_key(self.base_url, connection.password or ""))
+
     def get_conn(self, headers=None, extra_options=None) -> requests.Session:  # noqa: ARG002
         return self.session
 
@@ -234,16 +286,22 @@ class HubSpotHook(HttpHook):
 
     def _send(self, method: str, path: str, params: Any, json: Any, decode: Callable[[bytes], Any] | None) -> Any:
         url = self.url_from_endpoint(path)
-        self.requests_sent += 1
         data = None if json is None else msgspec.json.encode(json)
         headers = _JSON_BODY if data is not None else None
-        transport = self.transport
+        transport, budget = self.transport, self.budget
+        search = path.endswith("/search")
+        if budget is not None:  # pace: wait for a slot in the account's windows (every try counts)
+            budget.acquire(search=search)
+        with self._counting:
+            self.requests_sent += 1
+        started = time.monotonic()
         if transport is not None and transport.serves(url):
             response = transport.request(method, url, params=params, data=data, headers=headers,
                                          timeout=self.settings["timeout"])
         else:
             response = self.session.request(method, url, params=params, data=data, headers=headers,
                                             timeout=self.settings["timeout"])
+        self._observe(response, time.monotonic() - started, search)
         if response.status_code < 400:
             content = response.content
             if not content:
@@ -255,11 +313,41 @@ class HubSpotHook(HttpHook):
                     raise RetryableResponse(response.status_code, f"response body cut short: {exc}") from None
                 raise CrmRequestError(response.status_code, method, url, f"unreadable response body: {exc}") from None
         message, category = error_message(response, secrets=(self.connection.password,))
+        if response.status_code == 429 and _policy_name(response) == "DAILY":  # waiting hours is no retry
+            raise self._daily_limit_reached(response)
         if response.status_code in RETRYABLE_STATUS:
             raise RetryableResponse(response.status_code, message,
                                     retry_after_seconds(response.headers.get("Retry-After")))
         error = CrmAuthError if response.status_code in (401, 403) else CrmRequestError
         raise error(response.status_code, method, url, message, category)
+
+    @property
+    def latency_s(self) -> float:
+        """The median round trip of the last calls (seconds; 0 before any): how many calls a reader
+        must keep in flight. The median, so that the first call's connection set-up does not count."""
+        with self._counting:
+            return statistics.median(self._round_trips) if self._round_trips else 0.0
+
+    def _observe(self, response: requests.Response, elapsed_s: float, search: bool) -> None:
+        """The round trip into :attr:`latency_s`, the rate-limit headers into the budget."""
+        with self._counting:
+            self._round_trips.append(elapsed_s)
+        if self.budget is not None:
+            self.budget.observe(response.headers, search=search)
+
+    def _daily_limit_reached(self, response: requests.Response) -> CrmDailyLimitReached:
+        budget = self.budget
+        limit = budget.limits.daily_max if budget is not None else None
+        try:
+            limit = int(response.headers["X-HubSpot-RateLimit-Daily"])
+        except (KeyError, ValueError):
+            pass
+        if budget is not None:
+            return CrmDailyLimitReached(limit, 0, budget.resets_at())
+        wait = retry_after_seconds(response.headers.get("Retry-After"))
+        resets = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + wait)) if wait is not None
+                  else "midnight in the HubSpot account's time zone")
+        return CrmDailyLimitReached(limit, 0, resets)
 
     def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
                 decode: Callable[[bytes], Any] | None = None) -> Any:
@@ -268,7 +356,8 @@ class HubSpotHook(HttpHook):
         body (not JSON, or JSON of another shape) is a ``CrmRequestError``."""
 
         def log_retry(attempt: int, exc: BaseException, wait: float) -> None:
-            self.retries += 1
+            with self._counting:
+                self.retries += 1
             self.log.warning("HubSpot %s %s failed (%s); retry %d/%d in %.1fs",
                              method, path, exc, attempt, self.backoff.max_retries, wait)
 
@@ -335,3 +424,14 @@ class HubSpotHook(HttpHook):
         except Exception as exc:  # the UI shows the message
             return False, str(exc)
         return True, f"HubSpot API reachable ({self.settings['api_version']})"
+
+
+def _redis_client(connection: Any) -> Any:
+    """A Redis client for an Airflow connection (``redis://host:port/db``; the db also from the
+    ``db`` extra)."""
+    import redis
+
+    db = connection.extra_dejson.get("db", connection.schema or 0)
+    return redis.Redis(host=connection.host or "127.0.0.1", port=connection.port or 6379, db=int(db or 0),
+                       username=connection.login or None, password=connection.password or None,
+                       socket_timeout=10, socket_connect_timeout=10)

@@ -5,12 +5,24 @@ Windows are read with the (``lastmodifieddate``, ``hs_object_id``) search cursor
 cap), records by id with batch reads, archived records with the list endpoint (search never
 returns them). Every call goes through one :class:`~conduit.sources.hubspot.hook.HubSpotHook`,
 built on first use.
+
+When the connection sets the account's rate limits (the hook has a budget), a full read uses both
+of HubSpot's budgets: searches are capped at 5 a second, the list endpoint only by the interval
+limit. One ``range`` item reads the low ids with the list endpoint (``via: list``: it reads from
+the start, its ``after`` being opaque, and stops at its boundary id), the other ``range`` items
+search the ids above it, each with a few concurrent streams (:func:`read_concurrently`) so that
+round trips do not leave the budget unused (a run of one task: one ``all`` item reads both at
+once, the same way). The boundary splits the records in proportion to the
+two endpoints' record rates (:func:`conduit.sources.hubspot.budget.full_read_rates`), so that both
+finish together. A full read the day's remaining budget cannot cover stops before it starts.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -19,10 +31,12 @@ from conduit.sources.base import CrmSource, WorkItem
 from conduit.sources.hubspot.cursor import (
     CREATED_PROPERTY,
     ID_PROPERTY,
+    count_below_body,
     created_before_body,
     edge_id_body,
     iter_changed,
     iter_id_range,
+    take_id_range,
 )
 
 if TYPE_CHECKING:
@@ -63,8 +77,11 @@ class HubSpotSource(CrmSource):
 
     def plan(self, window: Window | None, *, parallelism: int = 1,
              object_ids: Sequence[str] = ()) -> list[WorkItem]:
+        budget = getattr(self.hook, "budget", None)
         if window is not None:
             items: list[WorkItem] = [{"kind": "changed", "window": [window.lower_ms, window.upper_ms]}]
+        elif budget is not None:
+            items = self._budgeted_full_read(parallelism)
         else:
             items = [{"kind": "range", "lo": lo, "hi": hi} for lo, hi in self._id_ranges(parallelism)]
             items = items or [{"kind": "all"}]
@@ -82,6 +99,56 @@ class HubSpotSource(CrmSource):
                        for d in ("ASCENDING", "DESCENDING"))
         return id_ranges(int(first[0]["id"]), int(last[0]["id"]), parts) if first and last else []
 
+    def _budgeted_full_read(self, parallelism: int) -> list[WorkItem]:
+        """A full read on both budgets: the list endpoint below a boundary id, searches above it.
+        One task (``parallelism`` 1): one ``all`` item that reads both at once (``boundary``,
+        ``streams``); more: a ``range`` item for the list endpoint and ``parallelism - 1`` search
+        ranges. Raises :class:`~conduit.exceptions.CrmDailyLimitReached` when the day's remaining
+        requests cannot cover it."""
+        from conduit.sources.hubspot.budget import (
+            boundary_id,
+            full_read_rates,
+            full_read_requests,
+            search_streams,
+        )
+
+        hook, config = self.hook, self.config
+        budget = hook.budget
+        # The first id from the list endpoint (ascending ids): unlike search replies, its reply carries
+        # the daily-limit headers, which the check below needs when the budget is this process's own.
+        first_page = next(iter(hook.iter_list_pages(self.object_type, [ID_PROPERTY], limit=1)), [])
+        last_reply = hook.search(self.object_type, edge_id_body("DESCENDING"))
+        if not first_page or not last_reply["results"]:
+            return [{"kind": "all"}]
+        first, last = int(first_page[0]["id"]), int(last_reply["results"][0]["id"])
+        total = int(last_reply.get("total") or 0)
+        rates = full_read_rates(budget.limits, hook.latency_s, list_page=config.page_size,
+                                search_page=config.search_page_size)
+        search_items = max(1, parallelism - 1)
+        needed = full_read_requests(total, rates.list_share, list_page=config.page_size,
+                                    search_page=config.search_page_size, search_items=search_items)
+        remaining = budget.daily_remaining()
+        if remaining is not None and remaining < needed:
+            raise budget.daily_limit_reached(budget.limits.daily_max - remaining, needed=needed)
+        if total < 2 * config.search_page_size:  # a page or two: not worth two endpoints
+            return [{"kind": "all"}]
+
+        def count_below(boundary: int) -> int:
+            return int(hook.search(self.object_type, count_below_body(boundary))["total"])
+
+        boundary = boundary_id(count_below, first, last + 1, total, round(total * rates.list_share))
+        if parallelism <= 1:
+            return [{"kind": "all", "lo": first, "boundary": boundary, "hi": last + 1,
+                     "streams": search_streams(budget.limits, hook.latency_s, 1)}]
+        items: list[WorkItem] = []
+        if boundary > first:
+            items.append({"kind": "range", "lo": first, "hi": boundary, "via": "list"})
+        if boundary <= last:
+            streams = search_streams(budget.limits, hook.latency_s, search_items)
+            items += [{"kind": "range", "lo": lo, "hi": hi, "streams": streams}
+                      for lo, hi in id_ranges(boundary, last, search_items)]
+        return items
+
     def read(self, item: WorkItem) -> Iterable[RecordPage]:
         """Column-wise pages, decoded from the response bytes straight into columns."""
         config, hook, props = self.config, self.hook, self.raw_properties()
@@ -90,15 +157,41 @@ class HubSpotSource(CrmSource):
             return iter_changed(lambda body: hook.search_page(config.object, body), Window(*item["window"]),
                                 cursor_property=config.cursor.property, properties=props,
                                 limit=config.search_page_size)
-        if kind == "range":
-            return iter_id_range(lambda body: hook.search_page(config.object, body), item["lo"], item["hi"],
-                                 properties=props, limit=config.search_page_size)
+        if kind == "range" and item.get("via") == "list":
+            return take_id_range(hook.iter_list_record_pages(config.object, props, limit=config.page_size),
+                                 item["lo"], item["hi"])
+        if kind == "range" or (kind == "all" and "boundary" in item):
+            return self._read_id_ranges(item)
         if kind == "ids":
             return (hook.batch_read_page(config.object, batch, props) for batch in chunks(item["ids"]))
         if kind in ("all", "archived"):
             return hook.iter_list_record_pages(config.object, props, archived=kind == "archived",
                                                limit=config.page_size)
         raise ValueError(f"unknown extract work item {item!r}")
+
+    def _read_id_ranges(self, item: WorkItem) -> Iterator[RecordPage]:
+        """A search range (``lo``..``hi``), or both endpoints split at ``boundary``, read by
+        ``streams`` concurrent searches (plus the list stream) when the item asks for more than one."""
+        config, hook, props = self.config, self.hook, self.raw_properties()
+
+        def searched(lo: int, hi: int) -> Callable[[], Iterator[RecordPage]]:
+            return lambda: iter_id_range(lambda body: hook.search_page(config.object, body), lo, hi,
+                                         properties=props, limit=config.search_page_size)
+
+        def listed(lo: int, hi: int) -> Callable[[], Iterator[RecordPage]]:
+            return lambda: take_id_range(hook.iter_list_record_pages(config.object, props, limit=config.page_size),
+                                         lo, hi)
+
+        lo, hi = item["lo"], item["hi"]
+        boundary = item.get("boundary", lo)
+        streams = [listed(lo, boundary)] if boundary > lo else []
+        if boundary < hi:
+            parts = id_ranges(boundary, hi - 1, int(item.get("streams") or 1))
+            streams += [searched(part_lo, part_hi) for part_lo, part_hi in parts]
+        if len(streams) == 1:
+            return streams[0]()
+        hook.transport, hook.budget  # noqa: B018  (built once here, not raced for by the streams)
+        return read_concurrently(streams)
 
     # --- by id, and the reconciliation's questions -----------------------------------------------
 
@@ -134,6 +227,52 @@ class HubSpotSource(CrmSource):
     @property
     def retries(self) -> int:
         return self.hook.retries
+
+
+def read_concurrently(streams: Sequence[Callable[[], Iterable[Any]]], *, buffer: int = 8) -> Iterator[Any]:
+    """The pages of several streams, each read by its own thread, in the order they arrive: one
+    sequential reader sends one call per round trip, too few to use a budget at 150 ms. At most
+    ``buffer`` pages wait unconsumed. The first error of any stream is raised here, and closing
+    the iterator stops the others."""
+    pages: queue.Queue = queue.Queue(maxsize=buffer)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                pages.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(stream: Callable[[], Iterable[Any]]) -> None:
+        try:
+            for page in stream():
+                if not put(("page", page)):
+                    return
+            put(("done", None))
+        except BaseException as exc:  # handed to the reader, raised there
+            put(("error", exc))
+
+    threads = [threading.Thread(target=run, args=(stream,), daemon=True, name=f"hubspot-stream-{i}")
+               for i, stream in enumerate(streams)]
+    for thread in threads:
+        thread.start()
+    try:
+        done = 0
+        while done < len(threads):
+            kind, value = pages.get()
+            if kind == "page":
+                yield value
+            elif kind == "done":
+                done += 1
+            else:
+                raise value
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 def chunks(ids: list[str], size: int = BATCH_READ_IDS) -> Iterator[list[str]]:
