@@ -18,7 +18,6 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(_HOME / "plugins"))
 os.environ.setdefault("CONDUIT_INCLUDE_DIR", str(REPO / "include"))
 os.environ.setdefault("CONDUIT_STAGING_DIR", str(_HOME / "staging"))
-os.environ.setdefault("CONDUIT_CACHE_DIR", str(_HOME / "cache"))  # built phone automata, per session
 
 PG_DSN = os.environ.get("CONDUIT_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CONDUIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -1,8 +1,7 @@
 """The value normalisers of ``fields`` for whole Arrow columns.
 
-Library calls are made once per distinct value (and cached across batches); e-mail addresses
-and phone numbers, unique per record, take vectorised fast paths that give the library's
-answer without calling it.
+Library calls are made once per distinct value (and cached across batches); e-mail addresses,
+unique per record, take a vectorised fast path that gives the library's answer without calling it.
 """
 
 from __future__ import annotations

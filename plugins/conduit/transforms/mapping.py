@@ -63,7 +63,6 @@ from conduit.specs.model import (
 )
 from conduit.targets.base import TRACKING_COLUMNS
 from conduit.transforms import columns, text
-from conduit.transforms.digit_automata import utf8_data
 from conduit.transforms.phones import invalid_results, phones_to_e164
 
 MAPPED_EXTRA_COLUMNS = TRACKING_COLUMNS  # what the transform adds after the mapped columns
@@ -302,7 +301,7 @@ def _hash_text(values: pa.Array) -> pa.Array:
     Text: backslashes and separators escaped, null as ``\\N`` (which escaped text never is).
     Numbers, timestamps (µs) and booleans: a null flag and 8 big-endian bytes, fixed width."""
     if pa.types.is_string(values.type):
-        data, _ = utf8_data(values)
+        data, _ = text.utf8_data(values)
         if ((data == ord("\\")) | (data == ord(_SEPARATOR))).any():  # rare: escape only then
             values = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), _SEPARATOR, "\\s")
         return pc.fill_null(values, "\\N").cast(pa.binary())

@@ -17,12 +17,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from conduit.transforms.digit_automata import utf8_data
-
 NUL = "\x00"
 REPLACEMENT = "\ufffd"  # U+FFFD REPLACEMENT CHARACTER
 SHOWN_NUL = "\u2400"  # ␀ SYMBOL FOR NULL: how a removed NUL is shown in defects and the quarantine
 _UTF8_REPLACEMENT = np.frombuffer(REPLACEMENT.encode(), np.uint8)
+
+
+def utf8_data(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes of a string array (without copying) and each text's offsets into them."""
+    if not len(texts):
+        return np.zeros(0, np.uint8), np.zeros(1, np.int64)
+    offsets_buffer, data_buffer = texts.buffers()[1:3]
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[texts.offset : texts.offset + len(texts) + 1]
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    return data[offsets[0] : offsets[-1]], offsets - offsets[0]
 
 
 def damaged(values: pa.Array) -> pa.Array | None:

@@ -19,15 +19,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from typing import Any
-from urllib.parse import urlencode, urlsplit
 
 import msgspec
 import requests
-import urllib3
 from airflow.providers.http.hooks.http import HttpHook
-from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
-from requests.utils import get_encoding_from_headers, select_proxy
 
 from conduit.exceptions import (
     CrmAuthError,
@@ -53,7 +48,7 @@ from conduit.sources.hubspot.pages import page_decoder
 _HOOK_EXTRAS = ("api_version", "max_retries", "backoff_max", *_BUDGET_EXTRAS)
 _JSON_BODY = {"Content-Type": "application/json"}
 # What a request retries: 429/5xx answers and network failures (refused, reset, timed out).
-# ChunkedEncodingError: a body cut off mid-transfer, as the session (not the direct transport) raises it.
+# ChunkedEncodingError: a body cut off mid-transfer, as the session raises it.
 _RETRY_ON = (RetryableResponse, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
@@ -97,80 +92,6 @@ def _cut_short(exc: Exception) -> bool:
     proxy or server that dies mid-reply sends, unlike a page that is not JSON or has the wrong shape."""
     return (isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError)
             and str(exc).startswith("Input data was truncated"))
-
-
-class _DirectTransport:
-    """Calls the urllib3 connection pool that the session's adapter would use for the base URL,
-    built once with the session's TLS settings (verify, client cert), headers and retry policy.
-
-    ``requests`` spends about 1 ms of CPU per call on work this API does not need (cookie jars,
-    hooks, re-merging settings, re-preparing headers, reading the body in 10 kB chunks): 5 s of a
-    million-record extract. Used only when none of that applies: no proxy for the base URL, no
-    session auth, cookies or hooks, a stock ``HTTPAdapter``; otherwise every call goes through the
-    session. Network errors are raised as the ``requests`` exceptions the adapter raises, and a
-    redirect is left to the session to follow.
-    """
-
-    def __init__(self, session: requests.Session, base_url: str, pool: urllib3.HTTPConnectionPool,
-                 headers: dict[str, str], retries: Any):
-        self.session, self.base_url, self.pool = session, base_url.rstrip("/"), pool
-        self.headers, self.retries = headers, retries
-
-    @classmethod
-    def for_session(cls, session: requests.Session, base_url: str) -> _DirectTransport | None:
-        if not base_url.startswith(("http://", "https://")) or session.auth is not None or session.cookies:
-            return None
-        if any(session.hooks.values()) or select_proxy(base_url, session.proxies):
-            return None
-        adapter = session.get_adapter(base_url)
-        if not isinstance(adapter, HTTPAdapter) or not hasattr(adapter, "get_connection_with_tls_context"):
-            return None
-        prepared = session.prepare_request(requests.Request("GET", base_url))
-        pool = adapter.get_connection_with_tls_context(prepared, session.verify, proxies=session.proxies,
-                                                       cert=session.cert)
-        adapter.cert_verify(pool, base_url, session.verify, session.cert)
-        return cls(session, base_url, pool, dict(prepared.headers), adapter.max_retries)
-
-    def serves(self, url: str) -> bool:
-        rest = url[len(self.base_url):] if url.startswith(self.base_url) else None
-        return rest is not None and rest[:1] in ("", "/", "?")
-
-    def request(self, method: str, url: str, *, params: Any, data: bytes | None, headers: dict | None,
-                timeout: float) -> requests.Response:
-        parts = urlsplit(url)
-        target = parts.path or "/"
-        query = "&".join(q for q in (parts.query, urlencode(params, doseq=True) if params else "") if q)
-        if query:
-            target += "?" + query
-        try:
-            raw = self.pool.urlopen(
-                method, target, body=data, headers={**self.headers, **headers} if headers else self.headers,
-                redirect=False, assert_same_host=False, preload_content=True, decode_content=True,
-                retries=self.retries, timeout=urllib3.Timeout(connect=timeout, read=timeout))
-        except urllib3.exceptions.MaxRetryError as exc:
-            reason = exc.reason
-            if isinstance(reason, urllib3.exceptions.ConnectTimeoutError) and not isinstance(
-                    reason, urllib3.exceptions.NewConnectionError):
-                raise requests.ConnectTimeout(exc) from exc
-            if isinstance(reason, urllib3.exceptions.SSLError):
-                raise requests.exceptions.SSLError(exc) from exc
-            raise requests.ConnectionError(exc) from exc
-        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.ClosedPoolError, OSError) as exc:
-            raise requests.ConnectionError(exc) from exc
-        except urllib3.exceptions.SSLError as exc:
-            raise requests.exceptions.SSLError(exc) from exc
-        except urllib3.exceptions.ReadTimeoutError as exc:
-            raise requests.ReadTimeout(exc) from exc
-        if raw.get_redirect_location():
-            return self.session.request(method, url, params=params, data=data, headers=headers, timeout=timeout)
-        response = requests.Response()
-        response.status_code = raw.status
-        response.headers = CaseInsensitiveDict(raw.headers)
-        response._content = raw.data
-        response.reason = raw.reason
-        response.url = f"{parts.scheme}://{parts.netloc}{target}"
-        response.encoding = get_encoding_from_headers(response.headers)
-        return response
 
 
 class HubSpotHook(HttpHook):
@@ -250,11 +171,6 @@ class HubSpotHook(HttpHook):
         return Backoff(max_retries=self.settings["max_retries"], cap=self.settings["backoff_max"])
 
     @cached_property
-    def transport(self) -> _DirectTransport | None:
-        """The direct path for calls to the base URL, or None when the session must send them."""
-        return _DirectTransport.for_session(self.session, self.url_from_endpoint(""))
-
-    @cached_property
     def budget(self) -> Budget | None:
         """The account's request budget (None: the connection sets no limits, so no pacing)."""
         from conduit.sources.hubspot.budget import LocalBudget, RedisBudget, account_key, limits_from_extras
@@ -288,19 +204,15 @@ class HubSpotHook(HttpHook):
         url = self.url_from_endpoint(path)
         data = None if json is None else msgspec.json.encode(json)
         headers = _JSON_BODY if data is not None else None
-        transport, budget = self.transport, self.budget
+        budget = self.budget
         search = path.endswith("/search")
         if budget is not None:  # pace: wait for a slot in the account's windows (every try counts)
             budget.acquire(search=search)
         with self._counting:
             self.requests_sent += 1
         started = time.monotonic()
-        if transport is not None and transport.serves(url):
-            response = transport.request(method, url, params=params, data=data, headers=headers,
-                                         timeout=self.settings["timeout"])
-        else:
-            response = self.session.request(method, url, params=params, data=data, headers=headers,
-                                            timeout=self.settings["timeout"])
+        response = self.session.request(method, url, params=params, data=data, headers=headers,
+                                        timeout=self.settings["timeout"])
         self._observe(response, time.monotonic() - started, search)
         if response.status_code < 400:
             content = response.content

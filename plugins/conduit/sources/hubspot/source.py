@@ -190,7 +190,7 @@ class HubSpotSource(CrmSource):
             streams += [searched(part_lo, part_hi) for part_lo, part_hi in parts]
         if len(streams) == 1:
             return streams[0]()
-        hook.transport, hook.budget  # noqa: B018  (built once here, not raced for by the streams)
+        hook.budget  # noqa: B018  (built once here, not raced for by the streams)
         return read_concurrently(streams)
 
     # --- by id, and the reconciliation's questions -----------------------------------------------
