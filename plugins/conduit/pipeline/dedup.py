@@ -69,10 +69,11 @@ def superseded_reads(staging: RunStaging, modified_property: str) -> dict[Path, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from conduit.pipeline.staging import read_part
     from conduit.transforms.columns import parse_timestamps
 
     parts = staging.parts("raw") + staging.parts("archived")
-    hashes = [hash_values(pq.read_table(p, columns=["id"]).column("id").to_pandas()) for p in parts]
+    hashes = [hash_values(read_part(p, ["id"]).column("id").to_pandas()) for p in parts]
     repeated = repeated_hashes(hashes)
     if not repeated.size:
         return {}
@@ -83,7 +84,7 @@ def superseded_reads(staging: RunStaging, modified_property: str) -> dict[Path, 
             continue
         schema = pq.read_schema(path)
         columns = ["id", modified_property] if modified_property in schema.names else ["id"]
-        table = pq.read_table(path, columns=columns).take(pa.array(rows))
+        table = read_part(path, columns).take(pa.array(rows))
         modified = (parse_timestamps(table.column(modified_property).combine_chunks()) if len(columns) == 2
                     else pa.nulls(len(rows), pa.timestamp("us", "UTC")))
         reads.append(pd.DataFrame({"id": table.column("id").to_pandas(), "modified": modified.to_pandas(),

@@ -12,6 +12,7 @@ from conduit.crash import crash_point
 from conduit.pipeline.staging import PartWriter, RunStaging
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     import pyarrow as pa
 
@@ -180,10 +181,11 @@ def load_inputs(spec: SyncSpec, staging: RunStaging, *, full_refresh: bool) -> d
     the archived keys to delete, the rejected keys a full refresh must keep."""
     key = spec.target.key
     rejected = rejected_keys(staging)
+    lookup = key_lookup(rejected)
 
     def batches():
         for frame in staging.read_frames("mapped"):
-            yield frame[~frame[key].isin(rejected)] if rejected else frame
+            yield frame[~in_keys(frame[key], lookup)] if rejected else frame
 
     deleted = [(k, ts.to_pydatetime()) for frame in staging.read_frames("mapped_archived", [key, "source_modified_at"])
                for k, ts in zip(frame[key].tolist(), frame["source_modified_at"], strict=True)]
@@ -220,8 +222,9 @@ def _raw_records(spec: SyncSpec, staging: RunStaging, crm_ids: set[str]) -> dict
     from conduit.pipeline.dedup import superseded_reads
 
     found: dict[str, dict] = {}
+    lookup = key_lookup(crm_ids)
     for frame in staging.read_frames("raw", drop=superseded_reads(staging, spec.source.cursor.property)):
-        hits = frame[frame["id"].isin(crm_ids)]
+        hits = frame[in_keys(frame["id"], lookup)]
         hits = hits.astype(object).where(hits.notna(), None)  # JSON has no NaN: empty properties are null
         found.update({row["id"]: row for row in hits.to_dict("records")})
     return found
@@ -297,8 +300,9 @@ def _record_defects(target: ErpTarget, spec: SyncSpec, staging: RunStaging, deci
 
     def clean_keys(open_keys: set[str]) -> set[str]:
         """The open defects' records that this run read and loads."""
+        lookup = key_lookup(open_keys)
         read = {str(k) for frame in staging.read_frames("mapped", [key])
-                for k in frame[key][frame[key].astype(str).isin(open_keys)]}
+                for k in frame[key][in_keys(frame[key], lookup)]}
         return read - kept_out
 
     changes = record_defects(target.state, spec, found_defects(decision.defects), run_id=run_id, clean_keys=clean_keys)
@@ -311,6 +315,27 @@ def _missing(value: Any) -> bool:
     return value is None or bool(pd.isna(value))
 
 
+def key_lookup(keys: Iterable[Any]) -> pa.Array:
+    """Keys (as text) to look frames' key columns up in with :func:`in_keys`, built once."""
+    import pyarrow as pa
+
+    return pa.array([str(k) for k in keys], pa.string())
+
+
+def in_keys(values: pd.Series, lookup: pa.Array) -> np.ndarray:
+    """``values.astype(str).isin(keys)`` as a boolean array (a null is in no lookup). pandas'
+    ``isin`` on Arrow-backed text rebuilds its lookup from the Python values on every call: 0.14 s
+    per 10,000-row frame against 47,000 keys, 42 s of a million-row gate with that many open
+    defects, where Arrow's ``is_in`` takes milliseconds."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = pa.array(values, from_pandas=True)
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        array = pc.cast(array, pa.string())
+    return pc.is_in(array, value_set=lookup).to_numpy(zero_copy_only=False)
+
+
 def rejected_keys(staging: RunStaging) -> frozenset[str]:
     if not staging.dir("rejected").is_dir():
         return frozenset()
@@ -321,17 +346,26 @@ def data_docs(spec: SyncSpec, staging: RunStaging, suite_path, out_dir, *, run_n
     """GX's own validation of the staged rows (all when few, failing rows + a sample when many)
     and its Data Docs site, with the gate's field checks and its defect rules marked as such (their
     failing rows load; the page says how many). Slow to import, so it runs beside the gate, not in
-    the load's path. A run that mapped no rows has nothing to show: it returns ``(None, None)``
-    before importing anything (GX, pandas, the suite)."""
+    the load's path, and only when there is something to show (:func:`has_findings`): a run whose
+    rows broke no expectation and no defect rule returns ``(report, None)`` without importing
+    Great Expectations (~6 s and ~110 MiB of the task process at 1M rows, for a page of green
+    ticks; the gate's XCom and the health page already say "all passed"). A run that mapped no
+    rows returns ``(None, None)`` before importing anything (GX, pandas, the suite)."""
     if not staging.parts("mapped"):  # parts are only written with rows in them
         return None, None
+    report = evaluate_suite(spec, staging, suite_path)
+    if report.row_count == 0 or not has_findings(report):
+        return report, None
     from conduit.quality.gx_runner import validate
 
-    report = evaluate_suite(spec, staging, suite_path)
-    if report.row_count == 0:
-        return report, None
     validation = validate(staging.read_frames("mapped"), report, out_dir=out_dir, run_name=run_name)
     return report, validation
+
+
+def has_findings(report) -> bool:
+    """Whether a gate report has something for Data Docs to show: an expectation that failed, or
+    rows that broke one (rejected, tolerated by ``mostly``, or defects)."""
+    return any(not r.success or r.unexpected_count for r in report.results)
 
 
 def _unloaded_quarantine(target: ErpTarget, spec: SyncSpec) -> int:
@@ -362,10 +396,10 @@ def _staged_mismatches(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -
     import pandas as pd
 
     key = spec.target.key
-    skip = _skipped_keys(spec, staging)
+    skip = key_lookup(_skipped_keys(spec, staging))
     checked, bad = 0, []
     for frame in staging.read_frames("mapped", [key, "row_hash", "source_modified_at"]):
-        frame = frame[~frame[key].isin(skip)].sort_values("source_modified_at").drop_duplicates(key, keep="last")
+        frame = frame[~in_keys(frame[key], skip)].sort_values("source_modified_at").drop_duplicates(key, keep="last")
         if frame.empty:
             continue
         stored = target.fetch_rows(spec, keys=frame[key].tolist())[[key, "row_hash", "source_modified_at", "active"]]
@@ -403,10 +437,10 @@ def staged_key_checksum(spec: SyncSpec, staging: RunStaging, skip: frozenset[str
     ``skip`` (rejected and archived keys)."""
     from conduit.targets.base import KeyChecksum, frame_key_checksum
 
-    key, total = spec.target.key, KeyChecksum()
+    key, total, lookup = spec.target.key, KeyChecksum(), key_lookup(skip)
     columns = [key, "row_hash", "source_modified_at"]
     for frame in newest_per_key(lambda: staging.read_frames("mapped", columns), key, "source_modified_at"):
-        total += frame_key_checksum(frame[~frame[key].isin(skip)], key)
+        total += frame_key_checksum(frame[~in_keys(frame[key], lookup)], key)
     return total
 
 
