@@ -104,7 +104,7 @@ def run_measured(name: str, argv: list[str], env: dict[str, str], log_path: Path
     standin_before = cpu_seconds(STANDIN_PID)
     log(f"{name}: {Path(argv[5]).name} ... (log {log_path})")
     with open(log_path, "w") as out:
-        started = time.monotonic()
+        started, spawned_at = time.monotonic(), time.time()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         sampler = TreeSampler(proc.pid)
         sampler.start()
@@ -114,7 +114,8 @@ def run_measured(name: str, argv: list[str], env: dict[str, str], log_path: Path
         sampler.stop.set()
         sampler.join()
     rss = json.loads(rss_out.read_text()) if rss_out.exists() else {}
-    return {"exit_code": proc.returncode, "wall_s": round(wall, 3), "peak_rss_mib": rss.get("VmHWM_mib", float("nan")),
+    return {"exit_code": proc.returncode, "wall_s": round(wall, 3), "spawned_at": spawned_at,
+            "peak_rss_mib": rss.get("VmHWM_mib", float("nan")),
             "wait4_maxrss_mib": round(usage.ru_maxrss / 1024, 1),  # includes the harness's RSS at fork: see measure.py
             "tree_peak_rss_mib": round(sampler.peak / 2**20, 1) if sampler.peak else None,
             "standin_cpu_s": (round(cpu_seconds(STANDIN_PID) - standin_before, 2)
@@ -229,7 +230,8 @@ def conduit_spec(schema: str):
 def run_conduit(ctx: dict, schema: str, run_id: str, out: Path, log_path: Path) -> tuple[dict, dict]:
     env = {**os.environ, "AIRFLOW_HOME": ctx["airflow_home"], "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW_CONN_HUBSPOT_DEFAULT": json.dumps(
-               {"conn_type": "hubspot", "host": ctx["base_url"], "password": TOKEN, "extra": {"api_version": "v3"}})}
+               {"conn_type": "hubspot", "host": ctx["base_url"], "password": TOKEN,
+                "extra": {"api_version": "v3", **ctx.get("conn_extra", {})}})}
     argv = [sys.executable, str(BENCH / "conduit_sync.py"), "--dsn", ctx["dsn"], "--schema", schema,
             "--run-id", run_id, "--lag-seconds", "0", "--out", str(out)]
     measured = run_measured("conduit", argv, env, log_path)

@@ -6,6 +6,8 @@
 # dlt lives in its own venv, bench/.venv-dlt, created here on first use from bench/requirements-dlt.txt.
 #   bash bench/run.sh --dag [--contacts 100000] [--per-task]: the flagship DAG as users run it
 # (`airflow dags test`, embedded defaults; bench/dag_run.py --help), a full and a no-change run.
+#   bash bench/run.sh --real-limits [--sizes 100000] [--conn-extra JSON]: Conduit (the DAG) and dlt
+# against the stand-in with HubSpot's Professional limits and 150 ms latency (bench/real_limits.py --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -14,6 +16,11 @@ if [[ ${1:-} == --dag ]]; then
   shift
   "$PY" -m compileall -q -j 0 .venv/lib/python3.11/site-packages plugins >/dev/null
   exec "$PY" bench/dag_run.py "$@"
+fi
+script=bench/run.py
+if [[ ${1:-} == --real-limits ]]; then  # HubSpot's limits and latency enforced: bench/real_limits.py
+  shift
+  script=bench/real_limits.py
 fi
 needs_dlt=1
 for ((i = 1; i <= $#; i++)); do
@@ -31,4 +38,4 @@ fi
 if [[ -x bench/.venv-dlt/bin/python ]]; then
   bench/.venv-dlt/bin/python -m compileall -q -j 0 bench/.venv-dlt/lib/python3.11/site-packages >/dev/null
 fi
-exec "$PY" bench/run.py "$@"
+exec "$PY" "$script" "$@"

@@ -27,7 +27,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--anchor-ms", type=int, default=None, help="seeded timestamps end here (epoch ms)")
     limits = p.add_argument_group("rate limits (headers always; 429s only with --enforce-rate-limits)")
     limits.add_argument("--enforce-rate-limits", action="store_true")
-    limits.add_argument("--interval-max", type=int, default=Limits.interval_max, help="requests per 10 s")
+    limits.add_argument("--interval-max", type=int, default=Limits.interval_max,
+                        help="requests per rolling interval (HubSpot: 10 s)")
+    limits.add_argument("--interval-ms", type=int, default=Limits.interval_ms,
+                        help="the rolling interval; shorter than HubSpot's 10 s only to test quickly")
     limits.add_argument("--daily-max", type=int, default=Limits.daily_max)
     limits.add_argument("--search-per-second", type=int, default=Limits.search_per_second)
     faults = p.add_argument_group("faults (also switchable at PUT /_admin/faults)")
@@ -57,8 +60,9 @@ def config_from_args(args: argparse.Namespace) -> StandinConfig:
     return StandinConfig(seed=args.seed, contacts=args.contacts, companies=args.companies,
                          bad_emails=args.bad_emails, token=args.token, faults=faults,
                          enforce_rate_limits=args.enforce_rate_limits,
-                         limits=Limits(interval_max=args.interval_max, daily_max=args.daily_max,
-                                       search_per_second=args.search_per_second), **extra)
+                         limits=Limits(interval_max=args.interval_max, interval_ms=args.interval_ms,
+                                       daily_max=args.daily_max, search_per_second=args.search_per_second),
+                         **extra)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,391 @@
+"""The benchmark with real limits: Conduit and dlt against the stand-in CRM under HubSpot's limits.
+
+The stand-in enforces HubSpot's rate limits (429s) and delays every reply, so the API budget, not
+the CPU, is the limit.
+
+    bash bench/run.sh --real-limits                        # 100,000 contacts, Professional, 150 ms
+    bash bench/run.sh --real-limits --sizes 100000,1000000 --conn-extra '{"tier": "professional"}'
+    .venv/bin/python bench/real_limits.py --help
+
+Per size N:
+
+1. the CRM's truth: a stand-in WITHOUT limits, seeded like the limited one (same seed, same
+   anchor: the same records), is read once over the listing API and stopped (reading it from
+   the limited one would cost minutes of budget);
+2. the limited stand-in (``--enforce-rate-limits``, the tier's ``--interval-max``/``--daily-max``,
+   ``--search-per-second``, ``--slow-ms``: the latency is an ``await asyncio.sleep`` in its
+   async handlers, so concurrent requests wait concurrently, as HubSpot's do);
+3. each contender as its own process, one after the other, a rolling interval apart so each
+   starts with a full budget (the daily count carries over: far below the daily limit here):
+   * Conduit as users run it: ``airflow dags test crm_to_erp_customer_sync`` (``bench/dag_run.py``:
+     Airflow on SQLite, the ERP in a SQLite file), the HubSpot connection's extras from
+     ``--conn-extra``; or ``--conduit-via script``: ``bench/conduit_sync.py`` into PostgreSQL with
+     the spec's parallelism (4 id ranges on 4 threads);
+   * dlt: ``bench/dlt_sync.py`` (``rest_api``, the list endpoint, into PostgreSQL);
+4. counted AT THE STAND-IN, not by the client: its ``/_admin/stats`` counters (``requests`` per
+   endpoint, ``sent`` per error status) before and after each contender; polled every 0.1 s
+   during the run, they also date the contender's first and last CRM request;
+5. verified as in ``bench/run.py``: Conduit's ERP rows == N and its key checksum == the CRM's
+   records mapped with the spec; dlt's rows, distinct ids and property checksum == the CRM's.
+
+The ideal is the budget-bound time: N / the best rate any client can reach within the limits,
+searches at their cap with full pages (200) and every other request of the rolling budget a full
+list page (100): :meth:`Budget.rate`. Reported per contender: wall time (spawn to exit), the
+fixed start-up cost (spawn to its first CRM request), the extract step's own time, the CRM phase
+(first to last request), the tail (last request to exit), requests, 429s, share of the ideal =
+ideal / wall, and the target "wall <= 1.2 x ideal + start-up". Writes
+``bench/results/real-limits-<UTC time>.json``; exit code 1 when any run failed (a DAG task that
+needed a retry counts as failed) or did not verify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import dag_run  # noqa: E402  (bench/ is not a package)
+import run as harness  # noqa: E402
+
+CONTENDERS = ("conduit", "dlt")
+# HubSpot's per-account limits for private apps (contract §1.8): requests per rolling 10 s, per day.
+# Search is 5 requests/s on every tier; the API limit pack raises the burst to 250 (--interval-max 250).
+TIERS = {
+    "starter": {"interval_max": 100, "daily_max": 250_000},
+    "professional": {"interval_max": 190, "daily_max": 650_000},
+    "enterprise": {"interval_max": 190, "daily_max": 1_000_000},
+}
+TARGET_FACTOR = 1.2
+log = harness.log
+
+
+@dataclass(frozen=True)
+class Budget:
+    interval_max: int
+    interval_ms: int
+    daily_max: int
+    search_per_second: int
+    search_page: int
+    list_page: int
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.interval_max * 1000 / self.interval_ms
+
+    def rate(self) -> float:
+        """Records/s of the best client: as many searches as the search cap (and the whole
+        budget) allow, full pages of ``search_page``, and the rest of the budget as list pages."""
+        searches = min(self.search_per_second, self.requests_per_second)
+        return searches * self.search_page + (self.requests_per_second - searches) * self.list_page
+
+    def describe(self) -> str:
+        searches = min(self.search_per_second, self.requests_per_second)
+        return (f"{self.interval_max} requests / {self.interval_ms / 1000:g} s rolling, {self.search_per_second} "
+                f"searches/s, {self.daily_max:,}/day -> {searches:g} searches/s x {self.search_page} + "
+                f"{self.requests_per_second - searches:g} list calls/s x {self.list_page} = "
+                f"{self.rate():,.0f} records/s")
+
+
+def budget_of(args) -> Budget:
+    from conduit.standin.app import LIST_MAX_LIMIT
+    from conduit.standin.search import MAX_LIMIT as SEARCH_MAX_LIMIT
+
+    tier = TIERS[args.tier]
+    return Budget(interval_max=args.interval_max or tier["interval_max"], interval_ms=args.interval_ms,
+                  daily_max=args.daily_max or tier["daily_max"], search_per_second=args.search_per_second,
+                  search_page=SEARCH_MAX_LIMIT, list_page=LIST_MAX_LIMIT)
+
+
+# --- counting at the stand-in ------------------------------------------------------------------------
+
+
+class RequestClock(threading.Thread):
+    """Polls the stand-in's ``/_admin/stats`` (admin calls never count against the budget) and
+    dates the first and the last change of its CRM request count."""
+
+    def __init__(self, base_url: str, interval: float = 0.1):
+        from conduit.standin.testing import AdminClient
+
+        super().__init__(daemon=True)
+        self.admin, self.interval = AdminClient(base_url), interval  # its own session: another thread
+        self.baseline = total_requests(self.admin.stats())
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        seen = self.baseline
+        while not self.stop.wait(self.interval):
+            try:
+                count = total_requests(self.admin.stats())
+            except Exception:  # noqa: BLE001 (a missed sample only blurs the dates)
+                continue
+            if count != seen:
+                now = time.time()
+                self.first_at = self.first_at or now
+                self.last_at, seen = now, count
+
+
+def refused_by_policy(base_url: str) -> dict[str, int] | None:
+    """The limiter's 429s per policy (``GET /_admin/rate_limits``), where the stand-in has that call."""
+    import requests
+
+    reply = requests.get(f"{base_url}/_admin/rate_limits", timeout=30)
+    return reply.json().get("refused") if reply.status_code == 200 else None
+
+
+def total_requests(stats: dict) -> int:
+    return sum(stats["requests"].values())
+
+
+def counted(before: dict, after: dict) -> dict:
+    """What the stand-in counted between two ``/_admin/stats`` snapshots."""
+    def diff(key: str) -> dict[str, int]:
+        return {k: v - before[key].get(k, 0) for k, v in after[key].items() if v - before[key].get(k, 0)}
+
+    requests, sent = diff("requests"), diff("sent")
+    return {"requests": sum(requests.values()), "by_endpoint": requests, "http_429": sent.get("429", 0),
+            "errors_by_status": sent}
+
+
+# --- contenders -------------------------------------------------------------------------------------------
+
+
+def run_conduit_dag(n: int, crm, args, work: Path, expectation) -> dict:
+    """``airflow dags test`` of the flagship in a fresh Airflow home; verified on its SQLite ERP."""
+    from conduit.targets.sql import SqliteErpTarget
+
+    home = work / f"dag-home-{n}"
+    erp = home / "erp.sqlite"
+    env = dag_run.environment(home, crm.base_url, erp, conn_extra=args.conn_extra)
+    t = time.monotonic()
+    import subprocess
+
+    subprocess.run([dag_run.AIRFLOW, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, cwd=ROOT)
+    log(f"conduit N={n}: airflow db migrate {time.monotonic() - t:.1f} s (not counted)")
+    run = dag_run.run_dag(f"real-limits-{n}", env, args.results_dir)
+    retried = [t["task"] for t in run["tasks"] if (t.get("try_number") or 1) > 1]
+    row = {"via": "dag", "exit_code": run["exit_code"], "wall_s": run["wall_s"], "spawned_at": run["spawned_at"],
+           "state": run["state"], "peak_rss_mib": run["cli_peak_rss_mib"], "retried_tasks": retried,
+           "tasks": [{k: t.get(k) for k in ("task", "state", "duration_s", "try_number")} for t in run["tasks"]],
+           # dags test runs the mapped extract tasks one after the other: their sum is the extract's time
+           "extract_s": round(sum(t["duration_s"] or 0 for t in run["tasks"] if t["task"].startswith("extract[")), 2),
+           "log": run["log"]}
+    if run["exit_code"] != 0 or run["state"] != "success":
+        row["verified"], row["verify_detail"] = False, f"dag run {run['state']}, exit {run['exit_code']}: {run['log']}"
+        return row
+    spec = harness.conduit_spec("unused")
+    target = SqliteErpTarget(erp)
+    count, got, want = target.count(spec), target.key_checksum(spec), expectation.checksum()
+    row["verified"] = count == n and got == want and not retried
+    row["verify_detail"] = (f"rows {count}/{n}, key_checksum {got} {'==' if got == want else '!='} {want}"
+                            + (f", tasks retried: {retried}" if retried else ""))
+    return row
+
+
+def run_conduit_script(n: int, crm, args, work: Path, expectation) -> dict:
+    """``bench/conduit_sync.py`` (the steps, the spec's parallelism on threads) into PostgreSQL."""
+    schema = f"{args.schema_prefix}_conduit_{n}"
+    harness.fresh_schema(args.dsn, schema, f"{schema}_staging")
+    ctx = {"base_url": crm.base_url, "dsn": args.dsn, "airflow_home": str(work / "airflow-home"),
+           "conn_extra": args.conn_extra}
+    measured, summary = harness.run_conduit(ctx, schema, f"real-limits-{n}", work / f"conduit-{n}.json",
+                                            args.results_dir / f"real-limits-conduit-{n}.log")
+    row = {"via": "script", **measured, "summary": summary, "extract_s": summary.get("phases_s", {}).get("extract")}
+    row["verified"], row["verify_detail"] = (
+        harness.verify("conduit", args.dsn, schema, n, "", expectation, summary) if measured["exit_code"] == 0
+        else (False, f"exit code {measured['exit_code']}, see {measured['log']}"))
+    return row
+
+
+def run_dlt(n: int, crm, args, work: Path, crm_sum: str) -> dict:
+    schema = f"{args.schema_prefix}_dlt_{n}"
+    harness.fresh_schema(args.dsn, schema)
+    with harness.pg_connect(args.dsn) as conn:  # dlt creates its dataset schema itself
+        conn.execute(f"DROP SCHEMA {schema}")
+    ctx = {"base_url": crm.base_url, "dsn": args.dsn, "dlt_python": args.dlt_python}
+    measured, summary = harness.run_dlt(ctx, schema, work / f"dlt-{n}.json",
+                                        args.results_dir / f"real-limits-dlt-{n}.log")
+    row = {"via": "rest_api", **measured, "summary": summary, "extract_s": summary.get("steps_s", {}).get("extract")}
+    row["verified"], row["verify_detail"] = (
+        harness.verify("dlt", args.dsn, schema, n, crm_sum, None, summary) if measured["exit_code"] == 0
+        else (False, f"exit code {measured['exit_code']}, see {measured['log']}"))
+    return row
+
+
+# --- one size -----------------------------------------------------------------------------------------------
+
+
+def bench_size(n: int, args, budget: Budget, work: Path, rows: list[dict], save) -> None:
+    from conduit.standin.testing import run_standin
+
+    log(f"N={n}: reading the CRM's truth from an unlimited stand-in (seed {args.seed})")
+    with run_standin(contacts=n, seed=args.seed, token=harness.TOKEN, interval_max=10**9, daily_max=10**12,
+                     startup_timeout=600) as crm:
+        truth = harness.fetch_crm(crm.base_url)
+    if len(truth["id"]) != n:
+        raise SystemExit(f"the stand-in lists {len(truth['id'])} contacts, expected {n}")
+    crm_sum = harness.property_checksum(truth)
+    expectation = harness.ConduitExpectation(harness.conduit_spec("unused"), truth) if "conduit" in args.only else None
+    del truth
+
+    ideal_s = n / budget.rate()
+    log(f"N={n}: the limited stand-in: {budget.describe()}, {args.latency_ms} ms per reply; ideal {ideal_s:.1f} s")
+    with run_standin(contacts=n, seed=args.seed, token=harness.TOKEN, startup_timeout=600, enforce_rate_limits=True,
+                     interval_max=budget.interval_max, interval_ms=budget.interval_ms, daily_max=budget.daily_max,
+                     search_per_second=budget.search_per_second, slow_ms=args.latency_ms) as crm:
+        harness.STANDIN_PID = crm.process.pid
+        for i, name in enumerate(c for c in CONTENDERS if c in args.only):
+            if i:  # a fresh rolling window (and search second) for the next contender
+                time.sleep(budget.interval_ms / 1000 + 1)
+            clock = RequestClock(crm.base_url)
+            before, load_before, refused_before = crm.admin.stats(), os.getloadavg(), refused_by_policy(crm.base_url)
+            clock.start()
+            if name == "conduit":
+                run_conduit = run_conduit_dag if args.conduit_via == "dag" else run_conduit_script
+                row = run_conduit(n, crm, args, work, expectation)
+            else:
+                row = run_dlt(n, crm, args, work, crm_sum)
+            clock.stop.set()
+            clock.join()
+            row.update(contender=name, n=n, **counted(before, crm.admin.stats()), **phases(row, clock),
+                       load_before=[round(x, 2) for x in load_before], load_after=[round(x, 2) for x in os.getloadavg()])
+            row.update(judged(n, row, ideal_s))
+            refused = refused_by_policy(crm.base_url)
+            if refused is not None and refused_before is not None:
+                row["http_429_by_policy"] = {k: v - refused_before.get(k, 0) for k, v in refused.items()
+                                             if v != refused_before.get(k, 0)}
+            rows.append(row)
+            save()
+            log(f"{name} N={n}: {row['wall_s']:.1f} s, {row['requests']} requests, {row['http_429']} x 429, "
+                f"{row['share_of_ideal']:.0%} of the ideal, verified={row['verified']} ({row['verify_detail']})")
+
+
+def phases(row: dict, clock: RequestClock) -> dict:
+    """Spawn -> first CRM request (the fixed start-up cost), first -> last request, last -> exit."""
+    spawned, wall = row["spawned_at"], row["wall_s"]
+    if clock.first_at is None:
+        return {"startup_s": None, "crm_phase_s": None, "after_last_request_s": None}
+    startup = clock.first_at - spawned
+    crm_phase = clock.last_at - clock.first_at
+    return {"startup_s": round(startup, 2), "crm_phase_s": round(crm_phase, 2),
+            "after_last_request_s": round(wall - startup - crm_phase, 2)}
+
+
+def judged(n: int, row: dict, ideal_s: float) -> dict:
+    ok = row.get("exit_code") == 0 and row.get("verified")
+    bound = ideal_s * TARGET_FACTOR + (row["startup_s"] or 0)
+    extract_s = row.get("extract_s")
+    return {"ideal_s": round(ideal_s, 2), "share_of_ideal": ideal_s / row["wall_s"] if ok else 0.0,
+            "extract_share_of_ideal": ideal_s / extract_s if ok and extract_s else None,
+            "records_per_s": round(n / row["wall_s"], 1) if ok else 0.0,
+            "target_s": round(bound, 2), "target_met": bool(ok and row["wall_s"] <= bound),
+            "failed": not ok}
+
+
+# --- report -----------------------------------------------------------------------------------------------
+
+
+def report(rows: list[dict], budget: Budget, latency_ms: int) -> str:
+    lines = [f"budget: {budget.describe()}; {latency_ms} ms latency on every reply",
+             "share of ideal = (N / budget-bound rate) / wall; target: wall <= "
+             f"{TARGET_FACTOR} x ideal + start-up (spawn -> first CRM request); requests and 429s counted by the stand-in"]
+    head = (f"{'contender':<9} {'via':<8} {'N':>9} {'wall s':>8} {'start-up s':>10} {'extract s':>9} "
+            f"{'requests':>8} {'429s':>5} {'rec/s':>7} {'ideal s':>8} {'of ideal':>8} {'extract':>7} "
+            f"{'target s':>8} {'target':>6} {'verified':>8}  load1")
+    lines += [head, "-" * len(head)]
+    for r in rows:
+        share = r["extract_share_of_ideal"]
+        lines.append(
+            f"{r['contender']:<9} {r['via']:<8} {r['n']:>9} {r['wall_s']:>8.1f} {_num(r['startup_s']):>10} "
+            f"{_num(r['extract_s']):>9} {r['requests']:>8} {r['http_429']:>5} {r['records_per_s']:>7,.0f} "
+            f"{r['ideal_s']:>8.1f} {r['share_of_ideal']:>8.0%} {'-' if share is None else f'{share:.0%}':>7} "
+            f"{r['target_s']:>8.1f} {'met' if r['target_met'] else 'MISSED':>6} {'FAILED' if r['failed'] else 'yes':>8}"
+            f"  {r['load_before'][0]:.1f}/{r['load_after'][0]:.1f}")
+    lines += ["", "of ideal = ideal / wall; extract = ideal / the extract step's own time (Conduit: its extract "
+              "tasks; dlt: its extract step); start-up = spawn -> first CRM request (stand-in's clock, +-0.1 s)"]
+    lines += [f"  {r['contender']} N={r['n']}: first -> last CRM request {_num(r['crm_phase_s'])} s, then "
+              f"{_num(r['after_last_request_s'])} s to exit; requests by endpoint {r['by_endpoint']}, errors "
+              f"{r['errors_by_status']}{_policies(r)}; {r['verify_detail']}" for r in rows]
+    return "\n".join(lines)
+
+
+def _policies(row: dict) -> str:
+    return f" (429s by policy {row['http_429_by_policy']})" if "http_429_by_policy" in row else ""
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="100000", help="comma-separated contact counts (default 100000)")
+    p.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated subset of conduit,dlt")
+    p.add_argument("--tier", choices=sorted(TIERS), default="professional", help="HubSpot's limits (contract §1.8)")
+    p.add_argument("--interval-max", type=int, default=0, help="requests per rolling interval (default: the tier's)")
+    p.add_argument("--interval-ms", type=int, default=10_000, help="the rolling interval (HubSpot: 10 s)")
+    p.add_argument("--daily-max", type=int, default=0, help="requests per day (default: the tier's)")
+    p.add_argument("--search-per-second", type=int, default=5)
+    p.add_argument("--latency-ms", type=int, default=150, help="delay of every CRM reply (HubSpot: 100-300 ms)")
+    p.add_argument("--conn-extra", type=json.loads, default={},
+                   help="JSON merged into Conduit's HubSpot connection extras, e.g. the rate budget's settings")
+    p.add_argument("--conduit-via", choices=["dag", "script"], default="dag",
+                   help="dag: airflow dags test (as users run it); script: bench/conduit_sync.py, 4 threads")
+    p.add_argument("--dsn", default=os.environ.get("BENCH_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test"))
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--dlt-python", default=str(BENCH / ".venv-dlt" / "bin" / "python"))
+    p.add_argument("--results-dir", type=Path, default=BENCH / "results")
+    p.add_argument("--schema-prefix", default="bench_rl", help="PostgreSQL schemas <prefix>_<contender>_<N>, dropped")
+    args = p.parse_args(argv)
+    args.only = [c.strip() for c in args.only.split(",") if c.strip()]
+    if set(args.only) - set(CONTENDERS):
+        p.error(f"unknown contender(s) {sorted(set(args.only) - set(CONTENDERS))}; choose from {CONTENDERS}")
+    if not isinstance(args.conn_extra, dict):
+        p.error("--conn-extra must be a JSON object")
+    budget = budget_of(args)
+    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = args.results_dir / f"real-limits-{stamp}.json"
+    meta = {"started": stamp, "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "argv": sys.argv[1:], "sizes": sizes, "contenders": args.only, "tier": args.tier,
+            "budget": asdict(budget), "budget_bound_rate": budget.rate(), "latency_ms": args.latency_ms,
+            "conn_extra": args.conn_extra, "conduit_via": args.conduit_via}
+    rows: list[dict] = []
+
+    def save() -> None:
+        path.write_text(json.dumps({**meta, "rows": rows}, indent=2, default=str))
+
+    with tempfile.TemporaryDirectory(prefix="conduit-real-limits-") as tmp:
+        try:
+            for n in sizes:
+                bench_size(n, args, budget, Path(tmp), rows, save)
+        finally:
+            with harness.pg_connect(args.dsn) as conn:
+                for n in sizes:
+                    for name in CONTENDERS:
+                        for suffix in ("", "_staging"):
+                            conn.execute(f"DROP SCHEMA IF EXISTS {args.schema_prefix}_{name}_{n}{suffix} CASCADE")
+    text = report(rows, budget, args.latency_ms)
+    path.write_text(json.dumps({**meta, "rows": rows, "table": text.splitlines()}, indent=2, default=str))
+    print(text)
+    print(f"\nresults: {path}")
+    return 0 if rows and not any(r["failed"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
