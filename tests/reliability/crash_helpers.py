@@ -54,15 +54,21 @@ def task_of(point: str) -> str:
 
 
 class _Outlets(dict):
+    """The asset events a task adds, kept in ``added`` (asset, extra)."""
+
+    def __init__(self, added: list | None = None):
+        super().__init__()
+        self.added = [] if added is None else added
+
     def __missing__(self, key):
-        return SimpleNamespace(add=lambda *args, **kwargs: None)
+        return SimpleNamespace(add=lambda asset, extra=None, **kwargs: self.added.append((asset, extra)))
 
 
-def context(run_id: str = RUN_ID) -> dict[str, Any]:
+def _context(run_id: str = RUN_ID, *, try_number: int = 1, events: list | None = None) -> dict[str, Any]:
     """What the operators read of an Airflow context."""
     return {"run_id": run_id, "dag_run": SimpleNamespace(run_type="manual", run_after=None),
-            "ti": SimpleNamespace(xcom_push=lambda **kwargs: None), "outlet_events": _Outlets(),
-            "triggering_asset_events": None}
+            "ti": SimpleNamespace(xcom_push=lambda **kwargs: None, try_number=try_number),
+            "outlet_events": _Outlets(events), "triggering_asset_events": None}
 
 
 class SyncRun:
@@ -76,6 +82,8 @@ class SyncRun:
         self.spec, self.suite_path, self.home = spec, suite_path, Path(home)
         self.xcoms = self.home / "xcom"
         self.staging = RunStaging.for_run(DAG_ID, RUN_ID, base=self.home / "staging")
+        self.tries = 0  # run() calls in this process: a later one is Airflow's retry (try_number 2)
+        self.asset_events: list = []
 
     def operator(self, task: str, **kwargs):
         from conduit.operators import sync as ops
@@ -100,7 +108,14 @@ class SyncRun:
         path.write_text(json.dumps(value))
         return value
 
-    def run(self, *, stop_before: str | None = None, after_task: Callable[[str], None] | None = None) -> None:
+    def run(self, *, stop_before: str | None = None, after_task: Callable[[str], None] | None = None,
+            try_number: int | None = None) -> None:
+        self.tries += 1
+        tries = try_number or self.tries
+
+        def context() -> dict[str, Any]:
+            return _context(try_number=tries, events=self.asset_events)
+
         def task(name: str, execute: Callable[[Any], Any], **kwargs) -> Any:
             return self.xcom(name, lambda: execute(self.operator(name.split("-")[0], **kwargs)))
 
@@ -319,3 +334,6 @@ class SyncBench(SimpleNamespace):
         self.target.ensure_ready(spec)
         steps.load(self.target, spec, self.night, run_id="scheduled__last-night",
                    watermark_ms=self.start_ms - self.night_ms)
+
+
+context = _context

@@ -152,6 +152,12 @@ class SqlErpTarget(ErpTarget):
         row = self._fetch_one(render.read_watermark(self.dialect, spec.target.state_schema), {"sync_name": spec.name})
         return Watermark(int(row[0]), int(row[1])) if row else None
 
+    def last_load_run_id(self, spec: SyncSpec) -> str | None:
+        """The run whose load last moved the watermark (None before the first)."""
+        row = self._fetch_one(render.read_last_load_run_id(self.dialect, spec.target.state_schema),
+                              {"sync_name": spec.name})
+        return row[0] if row else None
+
     def load(
         self,
         spec: SyncSpec,

@@ -430,6 +430,10 @@ def read_watermark(d: Dialect, schema: str) -> str:
     )
 
 
+def read_last_load_run_id(d: Dialect, schema: str) -> str:
+    return f"SELECT last_run_id FROM {d.qualify(schema, STATE_TABLE)} WHERE sync_name = {d.param('sync_name')}"
+
+
 def advance_watermark(d: Dialect, schema: str) -> str:
     """Store the watermark unless the stored one is later: it never moves backwards.
     Parameters: ``sync_name``, ``ts_ms``, ``id``, ``run_id``, ``now``."""
