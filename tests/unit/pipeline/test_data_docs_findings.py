@@ -5,12 +5,9 @@ imported."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+from fresh_interpreter import FLAGSHIP, run_script
 
 SCRIPT = """
 import json, sys
@@ -35,15 +32,7 @@ print(json.dumps({{"result": result, "gx": "great_expectations" in sys.modules}}
 
 
 def run(tmp_path: Path, *, junk: bool) -> dict:
-    script = SCRIPT.format(spec=str(REPO / "include/syncs/crm_to_erp_customer_sync.yaml"),
-                           suite=str(REPO / "include/expectations/erp_customers.yaml"), junk=junk)
-    env = {"PATH": "/usr/bin:/bin", "AIRFLOW_HOME": str(tmp_path / "airflow"),
-           "CONDUIT_STAGING_DIR": str(tmp_path / "staging"), "CONDUIT_DATA_DOCS_DIR": str(tmp_path / "docs"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=REPO, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_script(SCRIPT.format(**FLAGSHIP, junk=junk), tmp_path)
 
 
 def test_clean_rows_have_nothing_to_show_and_skip_great_expectations(tmp_path: Path) -> None:

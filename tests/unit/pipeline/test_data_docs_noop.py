@@ -6,12 +6,9 @@ Run in a fresh interpreter so ``sys.modules`` shows what the steps themselves im
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+from fresh_interpreter import FLAGSHIP, run_script
 
 SCRIPT = """
 import json, sys
@@ -34,15 +31,7 @@ print(json.dumps({{"mapped": mapped, "result": result, "modules": sorted(m for m
 
 
 def test_no_change_run_maps_nothing_and_skips_data_docs_without_heavy_imports(tmp_path: Path) -> None:
-    script = SCRIPT.format(spec=str(REPO / "include/syncs/crm_to_erp_customer_sync.yaml"),
-                           suite=str(REPO / "include/expectations/erp_customers.yaml"))
-    env = {"PATH": "/usr/bin:/bin", "AIRFLOW_HOME": str(tmp_path / "airflow"),
-           "CONDUIT_STAGING_DIR": str(tmp_path / "staging"), "CONDUIT_DATA_DOCS_DIR": str(tmp_path / "docs"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=REPO, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_script(SCRIPT.format(**FLAGSHIP), tmp_path)
     assert out["mapped"] == {"mapped": 0, "mapped_archived": 0, "superseded_reads": 0}
     assert out["result"] == {"data_docs": None, "rows_validated": 0, "reason": "no rows changed in this run"}
     assert out["modules"] == [], f"a no-change transform + data_docs imported {out['modules']}"
