@@ -156,11 +156,9 @@ def latest_run(db: Path) -> dict:
 AIRFLOW = str(ROOT / ".venv" / "bin" / "airflow")
 
 
-def run_dag(label: str, env: dict[str, str], results: Path, *, extra: list[str] = ()) -> dict:
-    """``airflow dags test`` once, measured; returns the run's row (tasks, RSS, wall)."""
-    argv = [AIRFLOW, "dags", "test", DAG_ID, *extra]
-    log_path = results / f"dag-{label}.log"
-    log(f"{label}: {' '.join(argv[1:])} (log {log_path})")
+def run_sampled(argv: list[str], env: dict[str, str], log_path: Path):
+    """Run ``argv`` (output to ``log_path``) sampled by a :class:`Sampler` until it exits; returns
+    (process, sampler, wait status, rusage, spawned at, exited at)."""
     with open(log_path, "w") as out:
         spawned = time.time()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -170,6 +168,15 @@ def run_dag(label: str, env: dict[str, str], results: Path, *, extra: list[str] 
         exited = time.time()
         sampler.stop.set()
         sampler.join()
+    return proc, sampler, status, usage, spawned, exited
+
+
+def run_dag(label: str, env: dict[str, str], results: Path, *, extra: list[str] = ()) -> dict:
+    """``airflow dags test`` once, measured; returns the run's row (tasks, RSS, wall)."""
+    argv = [AIRFLOW, "dags", "test", DAG_ID, *extra]
+    log_path = results / f"dag-{label}.log"
+    log(f"{label}: {' '.join(argv[1:])} (log {log_path})")
+    proc, sampler, status, usage, spawned, exited = run_sampled(argv, env, log_path)
     db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
     run = latest_run(db)
     tasks = task_instances(db, run["run_id"])
@@ -221,15 +228,8 @@ def run_tasks_apart(label: str, env: dict[str, str], results: Path) -> dict:
         name, _, index = task["task"].rstrip("]").partition("[")
         argv = [AIRFLOW, "tasks", "test", DAG_ID, name, run["run_id"], *(["--map-index", index] if index else [])]
         log_path = results / f"dag-{label}-{task['task']}.log"
-        with open(log_path, "w") as out:
-            spawned = time.time()
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-            sampler = Sampler(proc.pid)
-            sampler.start()
-            _, status, _ = os.wait4(proc.pid, 0)
-            wall = time.time() - spawned
-            sampler.stop.set()
-            sampler.join()
+        proc, sampler, status, _, spawned, exited = run_sampled(argv, env, log_path)
+        wall = exited - spawned
         root = sampler.procs.get(proc.pid, {})
         code = os.waitstatus_to_exitcode(status)
         rows.append({"task": task["task"], "state": "success" if code == 0 else f"exit {code}",
