@@ -42,6 +42,9 @@ def test_limits_come_from_the_tier_or_explicit_numbers():
     explicit = limits_from_extras({"rate_limit_tier": "enterprise", "rate_limit_interval_max": "20",
                                    "rate_limit_interval_ms": 1000, "rate_limit_daily_max": 50}, "x")
     assert (explicit.interval_max, explicit.interval_ms, explicit.daily_max) == (20, 1000, 50)
+    for empty in ("", "null", "None", None):  # the connection form's empty select, however it is saved
+        assert limits_from_extras({"rate_limit_tier": empty}, "https://api.hubapi.com") == starter
+        assert limits_from_extras({"rate_limit_tier": empty}, "http://127.0.0.1:8700") is None
     with pytest.raises(ValueError, match="unknown tier 'gold'"):
         limits_from_extras({"rate_limit_tier": "gold"}, "x")
 

@@ -86,6 +86,10 @@ class RateLimits:
         return min(self.search_per_second * 1000 / (1000 + self.margin_ms), self.requests_per_second)
 
 
+# what a form's empty tier select can save: its null choice, rendered and stored as text
+_NO_TIER = ("", "null", "none")
+
+
 def limits_from_extras(extra: Mapping[str, Any], base_url: str) -> RateLimits | None:
     """The account's limits from a HubSpot connection's extras: ``rate_limit_tier`` (one of
     :data:`TIERS` or ``unlimited``) and/or explicit ``rate_limit_interval_max``,
@@ -96,7 +100,7 @@ def limits_from_extras(extra: Mapping[str, Any], base_url: str) -> RateLimits | 
     explicit = {key: int(extra[f"rate_limit_{key}"]) for key in _INT_EXTRAS
                 if extra.get(f"rate_limit_{key}") not in (None, "")}
     tier = str(extra.get("rate_limit_tier") or "").strip().lower()
-    if not tier:
+    if tier in _NO_TIER:
         real_hubspot = any(host in base_url for host in HUBSPOT_HOSTS)
         tier = DEFAULT_HUBSPOT_TIER if real_hubspot or explicit else UNLIMITED
     if tier == UNLIMITED:
