@@ -367,6 +367,10 @@ class AirflowStack:
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port()),
             "AIRFLOW__CORE__PARALLELISM": "8",
+            # Airflow's default pools (5 + 10 overflow in each of five components) could take 75 of
+            # PostgreSQL's 100 connections; the rest of the suite runs beside this deployment
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE": "2",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": "4",
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": "4",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             # A loaded 2-core CI box answers the first Execution API calls slowly; 5 s is the default.

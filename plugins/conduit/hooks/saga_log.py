@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,27 @@ from airflow.sdk import BaseHook
 
 if TYPE_CHECKING:
     from conduit.saga.log import SagaLog
+
+
+# One engine (one pool) per saga-log database per process. A task process builds one either way;
+# a process that runs many tasks (``dag.test()`` runs every task of a 200-order batch in one) kept
+# an idle pooled connection per task: dozens of PostgreSQL's 100. The pid in the key: a
+# forked child never uses its parent's pooled sockets.
+_ENGINES: dict[tuple, Any] = {}
+_MAX_ENGINES = 4
+_ENGINES_LOCK = threading.Lock()
+
+
+def _new_engine(db):
+    import sqlalchemy
+
+    if db.kind == "postgres":
+        import psycopg
+
+        dsn = db.dsn
+        return sqlalchemy.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn),
+                                        pool_pre_ping=True)
+    return sqlalchemy.create_engine(f"sqlite:///{db.path}", connect_args={"timeout": 30})
 
 
 class SagaLogHook(BaseHook):
@@ -41,18 +64,16 @@ class SagaLogHook(BaseHook):
 
     @cached_property
     def engine(self):
-        import sqlalchemy
-
         from conduit.targets.registry import sql_database
 
         db = sql_database(self.get_connection(self.saga_conn_id), "the saga log")
-        if db.kind == "postgres":
-            import psycopg
-
-            dsn = db.dsn
-            return sqlalchemy.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn),
-                                            pool_pre_ping=True)
-        return sqlalchemy.create_engine(f"sqlite:///{db.path}", connect_args={"timeout": 30})
+        key = (os.getpid(), db.kind, db.dsn if db.kind == "postgres" else str(db.path))
+        with _ENGINES_LOCK:
+            engine = _ENGINES.pop(key, None) or _new_engine(db)
+            _ENGINES[key] = engine  # the most recently used last
+            while len(_ENGINES) > _MAX_ENGINES:  # databases no longer used (a test's schema) let go
+                _ENGINES.pop(next(iter(_ENGINES))).dispose()
+            return engine
 
     def test_connection(self) -> tuple[bool, str]:
         try:
