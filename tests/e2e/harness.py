@@ -28,7 +28,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ from e2e import topology
 VENV_BIN = Path(sys.executable).parent
 MARKER_ENV = "CONDUIT_E2E_STACK_ID"
 TERMINAL_RUN_STATES = {"success", "failed"}
+# How often waits poll the API (or a log). A poll is one cheap request; a longer interval only adds
+# its half on average to every wait, and the suite waits a few hundred times.
+POLL_S = 0.25
 
 
 def free_port() -> int:
@@ -49,7 +53,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 1.0, what: str,
+def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = POLL_S, what: str,
                on_timeout: Callable[[], str] | None = None) -> Any:
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -134,8 +138,10 @@ class AirflowStack:
     standin_url: str = ""
     standin_token: str = field(default_factory=lambda: "standin-" + secrets.token_hex(8))
     order_services_url: str = ""
-    # CONDUIT_ORDER_REVIEW_TIMEOUT_S: short, so a human review nobody answers times out within a test
-    order_review_timeout_s: int = 20
+    # CONDUIT_ORDER_REVIEW_TIMEOUT_S: short, so the review nobody answers (started with the order saga
+    # module) has timed out by the time its test looks; long enough that a review a test answers at
+    # once is picked up by the HITL trigger (it polls every 5 s) well before the timeout.
+    order_review_timeout_s: int = 15
     _token: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     _created_dbs: list[str] = field(default_factory=list)
@@ -176,24 +182,42 @@ class AirflowStack:
     def start(self, *, with_standin: bool = True, with_order_services: bool = True) -> AirflowStack:
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.home.mkdir(parents=True, exist_ok=True)
-        self._create_databases()
-        if with_standin:
-            self._start_standin()
-        if with_order_services:
-            self._start_order_services()
+        with self._timed("databases_s"):
+            self._create_databases()
+        with self._timed("standins_s"):
+            # independent processes: start both, then wait for both
+            standin = self._spawn_standin() if with_standin else None
+            order_services = self._spawn_order_services() if with_order_services else None
+            if standin:
+                self.standin_url = self._served_url(standin, "the stand-in CRM")
+            if order_services:
+                self.order_services_url = self._served_url(order_services, "the order services stand-in")
         self.env = self._build_env()
         (self.artifacts / "environment.json").write_text(json.dumps(
             {k: v for k, v in sorted(self.env.items()) if k.startswith(("AIRFLOW", "CONDUIT"))}, indent=2))
-        self._run_init()
-        for name, args in topology.AIRFLOW_COMPONENTS.items():
-            extra = self._component_args(name)
-            self._spawn(name, [str(VENV_BIN / "airflow"), *args, *extra])
-        self._wait_ready()
+        with self._timed("init_s"):
+            self._run_init()
+        with self._timed("components_s"):
+            for name, args in topology.AIRFLOW_COMPONENTS.items():
+                extra = self._component_args(name)
+                self._spawn(name, [str(VENV_BIN / "airflow"), *args, *extra])
+            self._wait_ready()
+        with open(self.artifacts / "stack-timings.jsonl", "a") as timings:
+            timings.write(json.dumps({"stack_id": self.stack_id, **self.timings}) + "\n")
         return self
+
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[phase] = round(time.monotonic() - started, 1)
 
     def stop(self) -> list[str]:
         """Kill everything, verify nothing is left, drop the databases. Returns the leftovers found
         after the kill (empty when the teardown is clean)."""
+        stopping = time.monotonic()
         for proc in reversed(list(self.procs.values())):
             if proc.popen.poll() is None:
                 try:
@@ -201,11 +225,14 @@ class AirflowStack:
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + 20
+        exited_after: dict[str, float] = {}
         for proc in self.procs.values():
             try:
                 proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+                exited_after[proc.name] = round(time.monotonic() - stopping, 1)
             except subprocess.TimeoutExpired:
                 pass
+        ignored_sigterm = [proc.name for proc in self.procs.values() if proc.popen.poll() is None]
         # Whatever still runs in our groups (or carries our marker) gets SIGKILL.
         for pid in self.leftover_pids():
             try:
@@ -223,11 +250,16 @@ class AirflowStack:
                 pass
         leftovers: list[str] = []
         try:
-            wait_until(lambda: not self.leftover_pids(), timeout=15, interval=0.5, what="processes to exit")
+            wait_until(lambda: not self.leftover_pids(), timeout=15, what="processes to exit")
         except TimeoutError:
             leftovers = [f"{pid}: {_cmdline(pid)}" for pid in self.leftover_pids()]
         self._drop_databases()
         self._clean_redis()
+        self.timings["stop_s"] = round(time.monotonic() - stopping, 1)
+        with open(self.artifacts / "stack-timings.jsonl", "a") as timings:
+            timings.write(json.dumps({"stack_id": self.stack_id, "stop_s": self.timings["stop_s"],
+                                      "exited_after_sigterm_s": exited_after,
+                                      "ignored_sigterm": ignored_sigterm}) + "\n")
         return leftovers
 
     def leftover_pids(self) -> list[int]:
@@ -280,37 +312,31 @@ class AirflowStack:
         finally:
             client.close()
 
-    def _start_standin(self) -> None:
-        proc = self._spawn(topology.STANDIN_SERVICE, [
+    def _spawn_standin(self) -> Proc:
+        return self._spawn(topology.STANDIN_SERVICE, [
             str(VENV_BIN / topology.STANDIN_COMMAND), "--host", "127.0.0.1", "--port", "0", "--seed", "1",
             "--contacts", str(self.standin_contacts), "--token", self.standin_token,
         ], env={**self._base_env(), MARKER_ENV: self.stack_id})
 
-        def ready() -> str | None:
-            if proc.popen.poll() is not None:
-                raise RuntimeError(f"stand-in CRM exited:\n{proc.tail()}")
-            match = re.search(r"ready at (http://\S+)", proc.log_path.read_text(errors="replace"))
-            return match.group(1) if match else None
-
-        self.standin_url = wait_until(ready, timeout=60, interval=0.3, what="the stand-in CRM",
-                                      on_timeout=lambda: "\n" + proc.tail())
-
-    def _start_order_services(self) -> None:
+    def _spawn_order_services(self) -> Proc:
         script = VENV_BIN / topology.ORDER_SERVICES_COMMAND
         # the console script is conduit.orders_standin.server:main; an editable install made before the
         # script was declared lacks it, so fall back to running the module itself
         command = [str(script)] if script.exists() else [sys.executable, "-m", topology.ORDER_SERVICES_MODULE]
-        proc = self._spawn(topology.ORDER_SERVICES_SERVICE, [*command, "--host", "127.0.0.1", "--port", "0"],
+        return self._spawn(topology.ORDER_SERVICES_SERVICE, [*command, "--host", "127.0.0.1", "--port", "0"],
                            env={**self._base_env(), MARKER_ENV: self.stack_id})
+
+    @staticmethod
+    def _served_url(proc: Proc, what: str) -> str:
+        """The URL a stand-in announces ("ready at http://...") once it listens."""
 
         def ready() -> str | None:
             if proc.popen.poll() is not None:
-                raise RuntimeError(f"order services stand-in exited:\n{proc.tail()}")
+                raise RuntimeError(f"{what} exited:\n{proc.tail()}")
             match = re.search(r"ready at (http://\S+)", proc.log_path.read_text(errors="replace"))
             return match.group(1) if match else None
 
-        self.order_services_url = wait_until(ready, timeout=60, interval=0.3, what="the order services stand-in",
-                                             on_timeout=lambda: "\n" + proc.tail())
+        return wait_until(ready, timeout=60, what=what, on_timeout=lambda: "\n" + proc.tail())
 
     def _base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
@@ -375,6 +401,15 @@ class AirflowStack:
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             # A loaded 2-core CI box answers the first Execution API calls slowly; 5 s is the default.
             "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+            # A sync run is a chain of 7 task steps (the saga's longer), so per-step latency adds up:
+            # - the task supervisor sleeps up to this long between looks at its task process; when the
+            #   process closes its sockets a moment before it exits, the supervisor notices the exit
+            #   only after that sleep, so with the default (5 s) a finished task often holds its
+            #   Celery slot for 5 s more and, with 4 slots, delays the tasks queued behind it;
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+            # - an idle scheduler loop sleeps this long (default 1 s) before it sees that a task ended
+            #   and queues the next one.
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
             # Connections (JSON form), exactly like the compose file.
             "AIRFLOW_CONN_HUBSPOT_DEFAULT": json.dumps({
                 "conn_type": topology.CONNECTION_TYPES["AIRFLOW_CONN_HUBSPOT_DEFAULT"],
@@ -530,7 +565,7 @@ class AirflowStack:
         def why() -> str:
             return "\n" + self.run_summary(dag_id, run_id) + self.diagnostics()
 
-        return wait_until(finished, timeout=timeout, interval=1.0, what=f"run {run_id} of {dag_id}",
+        return wait_until(finished, timeout=timeout, what=f"run {run_id} of {dag_id}",
                           on_timeout=why)
 
     def run_summary(self, dag_id: str, run_id: str) -> str:

@@ -5,6 +5,10 @@ the human review (``hitlDetails``), mark a run failed. What happened is read whe
 services' ledgers (``GET /_admin/ledger``: one entry per effect) and the saga log (``conduit_saga``
 and ``conduit_saga_step``, queried with psycopg).
 
+The deployment is shared with the health view module when the two run one after the other
+(``shared_stack``; that module works on the sync DAGs only); the last test here stops it and checks
+that nothing is left behind.
+
 The deployment sets ``CONDUIT_ORDER_REVIEW_TIMEOUT_S`` to a few seconds (harness.py), so a review
 nobody answers times out within the test. The two runs that wait longest (the review nobody answers
 and the shipment that never ships) start when the module starts and progress while the other cases
@@ -80,8 +84,8 @@ class Orders:
 
 
 @pytest.fixture(scope="module")
-def orders(airflow_stack: AirflowStack) -> Orders:
-    stack = airflow_stack
+def orders(shared_stack: AirflowStack) -> Orders:
+    stack = shared_stack
     dag = stack.wait_for_dag(DAG_ID)
     assert dag["is_paused"] is True  # DAGS_ARE_PAUSED_AT_CREATION
     stack.unpause(DAG_ID)
@@ -125,7 +129,7 @@ def wait_for_task(stack: AirflowStack, run_id: str, task_id: str, state: str, ti
             return "broken"
         return None
 
-    outcome = wait_until(reached, timeout=timeout, interval=1.0, what=f"{task_id} of run {run_id} to be {state}",
+    outcome = wait_until(reached, timeout=timeout, what=f"{task_id} of run {run_id} to be {state}",
                          on_timeout=lambda: "\n" + stack.run_summary(DAG_ID, run_id) + stack.diagnostics())
     assert outcome == "reached", f"a task failed before {task_id} was {state}:\n" + stack.run_summary(DAG_ID, run_id)
 
