@@ -160,3 +160,40 @@ def test_a_daily_limit_stop_loses_nothing_on_the_next_run(sync_env, tmp_path, mo
     load(target, spec, staging, summary, run_id="next")
     got = assert_erp_equals_crm(target, spec, crm_hook())
     assert (got["company_name"] == "After The Limit").sum() == len(changed)
+
+
+@pytest.mark.postgres
+def test_the_dag_stops_at_the_daily_limit_without_retrying_and_the_next_run_resumes(sync_env, monkeypatch):
+    """The same through the DAG (dag.test()): the run that meets the day's limit fails at once with
+    the limit's message (no retry: a retry before the reset would fail alike), loads nothing and
+    leaves the watermark; the first run after the reset loads what it missed, nothing twice."""
+    from airflow.sdk import TaskInstanceState
+    from sync_helpers import run_dag, run_ok, xcom
+
+    crm, spec, target = sync_env.crm, sync_env.spec(), sync_env.target()
+    set_limits(crm, interval_max=1000, interval_ms=10_000, daily_max=1_000_000)
+    monkeypatch.setenv("AIRFLOW_CONN_HUBSPOT_DEFAULT", hubspot_conn(crm, rate_limit_tier="professional"))
+    run_ok(sync_env)
+    assert_erp_equals_crm(target, spec, crm_hook())
+    watermark, rows = target.read_watermark(spec), target.count(spec)
+    changed = crm.admin.bulk_modify(count=120, properties={"company": "After The Limit"}, seed=4,
+                                    lastmodifieddate_ms=crm.admin.clock_ms() - 120_000)["ids"]
+
+    set_limits(crm, interval_max=1000, interval_ms=10_000, daily_max=1)  # one request left today
+    stopped, states = run_dag(sync_env)
+    assert stopped.state == "failed", states
+    failed = [ti for ti in stopped.get_task_instances() if ti.state == TaskInstanceState.FAILED]
+    assert failed and all(ti.try_number == 1 for ti in failed), [(ti.task_id, ti.try_number) for ti in failed]
+    assert {ti.task_id for ti in failed} <= {"plan_extract", "extract"}, states  # it stopped at the CRM
+    assert states.get("load") != TaskInstanceState.SUCCESS
+    # An in-process budget lives as long as its task process: the task after the one that learned "0
+    # left" from the headers may ask once; HubSpot's DAILY 429 then stops it at once, never a retry loop
+    refused = limiter_state(crm)["refused"]
+    assert set(refused) <= {"DAILY"} and sum(refused.values()) <= 1, refused
+    assert target.read_watermark(spec) == watermark and target.count(spec) == rows
+
+    set_limits(crm, interval_max=1000, interval_ms=10_000, daily_max=1_000_000)  # the next day
+    resumed = run_ok(sync_env)
+    assert xcom(resumed, "extract")["mode"] == "incremental"
+    got = assert_erp_equals_crm(target, spec, crm_hook())
+    assert (got["company_name"] == "After The Limit").sum() == len(changed)
