@@ -49,9 +49,11 @@ def repeated_hashes(hashes: Iterable[np.ndarray]) -> np.ndarray:
     """The hash values that occur more than once across all the arrays."""
     import numpy as np
 
-    hashes = list(hashes)
-    values, counts = np.unique(np.concatenate(hashes) if hashes else np.empty(0, np.uint64), return_counts=True)
-    return values[counts > 1]
+    # sorted in place and compared with the neighbour: np.unique(return_counts=True) would hold
+    # four more arrays of every row's size (its copy, the uniques, their indices and counts)
+    ordered = np.concatenate([np.empty(0, np.uint64), *hashes])
+    ordered.sort()
+    return np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
 
 
 def hash_values(values: pd.Series) -> np.ndarray:

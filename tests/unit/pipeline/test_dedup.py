@@ -114,3 +114,17 @@ def test_two_crm_records_with_one_erp_key_both_stay(tmp_path):
     steps.transform(spec, staging)
     mapped = pd.concat(staging.read_frames("mapped"))
     assert sorted(mapped["crm_id"]) == [1, 2] and mapped["customer_number"].nunique() == 1
+
+
+def test_repeated_hashes_are_the_values_seen_more_than_once_across_the_arrays():
+    import numpy as np
+
+    from conduit.pipeline.dedup import repeated_hashes
+
+    rng = np.random.default_rng(7)
+    parts = [rng.integers(0, 5_000, size=n, dtype=np.uint64) for n in (3_000, 0, 2_500, 1)]
+    values, counts = np.unique(np.concatenate(parts), return_counts=True)
+    assert np.array_equal(repeated_hashes(parts), values[counts > 1])
+    assert np.array_equal(repeated_hashes(iter(parts)), values[counts > 1])  # any iterable, read once
+    assert repeated_hashes([np.arange(10, dtype=np.uint64)]).size == 0
+    assert repeated_hashes([]).dtype == np.uint64 and repeated_hashes([]).size == 0
