@@ -8,7 +8,9 @@
   inventory, payment, fraud, shipping; the saga log of ``order_fulfilment`` goes to the ERP database),
 * ``deploy/airflow-init.sh`` (the compose ``airflow-init`` service: password file + ``db migrate``),
 * every long-running component of ``topology.AIRFLOW_COMPONENTS`` (api-server, scheduler,
-  dag-processor, triggerer, Celery worker) with CeleryExecutor on the loopback Redis.
+  dag-processor, triggerer, Celery worker) with CeleryExecutor on the loopback Redis; with
+  ``workers`` above 1, more Celery workers on the same queue (``airflow-worker-2``, ...: what
+  scaling the compose service out does), each its own process with its own Celery hostname and log.
 
 Each process runs in its own process group with its output in ``<artifacts>/<name>.log``; ``stop()``
 kills every group, then proves that no process of the stack is left (by process group *and* by a
@@ -45,6 +47,7 @@ TERMINAL_RUN_STATES = {"success", "failed"}
 # How often waits poll the API (or a log). A poll is one cheap request; a longer interval only adds
 # its half on average to every wait, and the suite waits a few hundred times.
 POLL_S = 0.25
+WORKER = "airflow-worker"  # the Celery worker's compose service (topology.AIRFLOW_COMPONENTS)
 
 
 def free_port() -> int:
@@ -142,6 +145,13 @@ class AirflowStack:
     # module) has timed out by the time its test looks; long enough that a review a test answers at
     # once is picked up by the HITL trigger (it polls every 5 s) well before the timeout.
     order_review_timeout_s: int = 15
+    # Celery workers on the deployment's queue and the task slots of each; compose runs one worker
+    # (its replicas can be scaled out: each is one more `airflow celery worker` on the same queue).
+    workers: int = 1
+    worker_concurrency: int = 4
+    # More extras of the HubSpot connection (e.g. its request budget), beside the API version; the
+    # stand-in's URL is known only once it runs, so a test cannot pass the whole connection.
+    hubspot_extra: dict[str, Any] = field(default_factory=dict)
     _token: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     _created_dbs: list[str] = field(default_factory=list)
@@ -158,6 +168,16 @@ class AirflowStack:
     @property
     def queue(self) -> str:
         return f"conduit-e2e-{self.stack_id}"
+
+    @property
+    def worker_names(self) -> list[str]:
+        """The Celery workers' process names: the compose service's, then ``-2``, ``-3``, ..."""
+        return [WORKER if n == 1 else f"{WORKER}-{n}" for n in range(1, self.workers + 1)]
+
+    def celery_hostname(self, worker: str) -> str:
+        """A worker's Celery node name (``%h``: this host); the first keeps the one-worker name."""
+        suffix = worker.removeprefix(WORKER)
+        return f"{self.queue}{suffix.replace('-', '-w')}@%h"
 
     @property
     def base_url(self) -> str:
@@ -180,6 +200,8 @@ class AirflowStack:
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self, *, with_standin: bool = True, with_order_services: bool = True) -> AirflowStack:
+        if self.workers < 1 or self.worker_concurrency < 1:
+            raise ValueError(f"workers={self.workers}, worker_concurrency={self.worker_concurrency}: both must be >= 1")
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.home.mkdir(parents=True, exist_ok=True)
         with self._timed("databases_s"):
@@ -199,8 +221,10 @@ class AirflowStack:
             self._run_init()
         with self._timed("components_s"):
             for name, args in topology.AIRFLOW_COMPONENTS.items():
-                extra = self._component_args(name)
-                self._spawn(name, [str(VENV_BIN / "airflow"), *args, *extra])
+                for proc_name in self.worker_names if name == WORKER else [name]:
+                    extra = self._component_args(proc_name)
+                    self._spawn(proc_name, [str(VENV_BIN / "airflow"), *args, *extra],
+                                env=self._worker_env(proc_name))
             self._wait_ready()
         with open(self.artifacts / "stack-timings.jsonl", "a") as timings:
             timings.write(json.dumps({"stack_id": self.stack_id, **self.timings}) + "\n")
@@ -397,7 +421,7 @@ class AirflowStack:
             # PostgreSQL's 100 connections; the rest of the suite runs beside this deployment
             "AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE": "2",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": "4",
-            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "4",
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             # A loaded 2-core CI box answers the first Execution API calls slowly; 5 s is the default.
             "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
@@ -414,7 +438,7 @@ class AirflowStack:
             "AIRFLOW_CONN_HUBSPOT_DEFAULT": json.dumps({
                 "conn_type": topology.CONNECTION_TYPES["AIRFLOW_CONN_HUBSPOT_DEFAULT"],
                 "host": self.standin_url, "password": self.standin_token,
-                "extra": {"api_version": topology.HUBSPOT_API_VERSION}}),
+                "extra": {"api_version": topology.HUBSPOT_API_VERSION, **self.hubspot_extra}}),
             "AIRFLOW_CONN_ERP_DEFAULT": json.dumps({
                 "conn_type": topology.CONNECTION_TYPES["AIRFLOW_CONN_ERP_DEFAULT"],
                 "host": parts.hostname or "127.0.0.1", "port": parts.port or 5432, "login": pg_user,
@@ -442,10 +466,16 @@ class AirflowStack:
     def _component_args(self, name: str) -> list[str]:
         if name == "airflow-apiserver":
             return ["--host", "127.0.0.1", "--port", str(self.api_port), "--workers", "1"]
-        if name == "airflow-worker":
-            return ["--queues", self.queue, "--celery-hostname", f"{self.queue}@%h", "--concurrency", "4",
-                    "--without-gossip", "--without-mingle"]
+        if name in self.worker_names:
+            return ["--queues", self.queue, "--celery-hostname", self.celery_hostname(name),
+                    "--concurrency", str(self.worker_concurrency), "--without-gossip", "--without-mingle"]
         return []
+
+    def _worker_env(self, name: str) -> dict[str, str] | None:
+        """Every worker starts a log server; a second one on the first one's port could not bind."""
+        if name not in self.worker_names[1:]:
+            return None
+        return {**self.env, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         log_path = self.artifacts / f"{name}.log"
@@ -492,13 +522,14 @@ class AirflowStack:
         wait_until(healthy, timeout=180, what="scheduler/triggerer/dag-processor heartbeats",
                    on_timeout=self.diagnostics)
 
-        worker_log = self.procs["airflow-worker"].log_path
+        worker_logs = [self.procs[name].log_path for name in self.worker_names]
 
-        def worker_ready() -> bool:
+        def workers_ready() -> bool:
             self._check_alive()
-            return " ready." in worker_log.read_text(errors="replace")
+            return all(" ready." in log.read_text(errors="replace") for log in worker_logs)
 
-        wait_until(worker_ready, timeout=180, what="the Celery worker", on_timeout=self.diagnostics)
+        what = "the Celery worker" if self.workers == 1 else f"the {self.workers} Celery workers"
+        wait_until(workers_ready, timeout=180, what=what, on_timeout=self.diagnostics)
 
     def diagnostics(self) -> str:
         return "".join(f"\n--- {name} (rc={p.popen.poll()}) ---\n{p.tail(25)}" for name, p in self.procs.items())
