@@ -4,7 +4,9 @@ The stand-in enforces HubSpot's rate limits (429s) and delays every reply, so th
 the CPU, is the limit.
 
     bash bench/run.sh --real-limits                        # 100,000 contacts, Professional, 150 ms
-    bash bench/run.sh --real-limits --sizes 100000,1000000 --conn-extra '{"tier": "professional"}'
+    bash bench/run.sh --real-limits --sizes 100000,1000000 --conn-extra '{"rate_limit_tier": "professional"}'
+    bash bench/run.sh --real-limits --conduit-via stack --conn-extra '{"rate_limit_tier": "professional"}'
+    bash bench/run.sh --real-limits --no-limits --sizes 1000000 --conduit-via dag   # CPU-bound, vs dlt
     .venv/bin/python bench/real_limits.py --help
 
 Per size N:
@@ -18,8 +20,16 @@ Per size N:
 3. each contender as its own process, one after the other, a rolling interval apart so each
    starts with a full budget (the daily count carries over: far below the daily limit here):
    * Conduit as users run it: ``airflow dags test crm_to_erp_customer_sync`` (``bench/dag_run.py``:
-     Airflow on SQLite, the ERP in a SQLite file), the HubSpot connection's extras from
-     ``--conn-extra``; or ``--conduit-via script``: ``bench/conduit_sync.py`` into PostgreSQL with
+     Airflow on SQLite, the ERP in a SQLite file; the mapped extract tasks one after the other), the
+     HubSpot connection's extras from ``--conn-extra``; or ``--conduit-via stack``: a deployment
+     (``tests/e2e/harness.py``'s ``AirflowStack``: api-server, scheduler, dag-processor, triggerer,
+     Celery worker with 4 slots, PostgreSQL metadata and ERP databases) whose HubSpot connection is
+     this stand-in, with the extras and a budget in Redis (``--budget-redis-db``, cleared first: the
+     mapped tasks are separate processes); its start-up is reported, not counted; the DAG is
+     triggered through the API, wall = trigger -> the run's ``end_date``; per task from the API; the
+     peak RSS/VmHWM/USS of every task process of the worker (psutil, every 0.1 s, attributed to its
+     task instance by the title Airflow's task runner gives it); the deployment is stopped before
+     the next contender; or ``--conduit-via script``: ``bench/conduit_sync.py`` into PostgreSQL with
      the spec's parallelism (4 id ranges on 4 threads);
    * dlt: ``bench/dlt_sync.py`` (``rest_api``, the list endpoint, into PostgreSQL);
 4. counted AT THE STAND-IN, not by the client: its ``/_admin/stats`` counters (``requests`` per
@@ -27,6 +37,10 @@ Per size N:
    during the run, they also date the contender's first and last CRM request;
 5. verified as in ``bench/run.py``: Conduit's ERP rows == N and its key checksum == the CRM's
    records mapped with the spec; dlt's rows, distinct ids and property checksum == the CRM's.
+
+``--no-limits``: one stand-in without limits and without latency serves the truth and every
+contender (CPU-bound, like ``bench/run.py``); reported: records/s and the ratio to dlt's records/s
+at the same N (the issue's target there: the DAG >= 5x at 1M); no ideal, no target.
 
 The ideal is the budget-bound time: N / the best rate any client can reach within the limits,
 searches at their cap with full pages (200) and every other request of the rolling budget a full
@@ -44,6 +58,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import threading
@@ -196,6 +211,217 @@ def run_conduit_dag(n: int, crm, args, work: Path, expectation) -> dict:
     return row
 
 
+# --- Conduit on a deployment: scheduler + Celery worker (tests/e2e/harness.py) -----------------------------
+
+BUDGET_REDIS_CONN_ID = "bench_budget_redis"
+BUDGET_KEYS = "conduit:hubspot-budget:*"  # budget.RedisBudget's keys
+TASK_TITLE = "airflow worker -- "  # the task runner's process title, then the task instance's id
+
+
+class WorkerSampler(threading.Thread):
+    """Peak memory of every process under the Celery worker, every ``interval`` s (psutil). The pool
+    processes (the worker's children) host the task supervisors; each forks the task process
+    (depth 2), which the task runner retitles ``airflow worker -- <task instance id>``: so a task
+    process is attributed to its task instance by its title. Deeper processes (OpenLineage forks
+    one per event) are kept apart. RSS counts the pages a fork shares with its supervisor; USS
+    (``smaps_rollup``) only the process's own."""
+
+    def __init__(self, pid: int, interval: float = 0.1):
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.procs: dict[int, dict] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        while not self.stop.wait(self.interval):
+            try:
+                children = root.children(recursive=True)
+            except psutil.Error:
+                return
+            parents = {}
+            for proc in children:
+                try:
+                    parents[proc.pid] = proc.ppid()
+                except psutil.Error:
+                    continue
+            for proc in children:
+                parent = parents.get(proc.pid)
+                if parent is None:
+                    continue
+                role = ("pool" if parent == self.pid else "task" if parents.get(parent) == self.pid
+                        else "descendant")
+                try:
+                    title = " ".join(proc.cmdline())
+                    mem = proc.memory_full_info()
+                    hwm = dag_run._vm_hwm(proc.pid)
+                except (psutil.Error, OSError):
+                    continue
+                seen = self.procs.setdefault(proc.pid, {"title": title, "role": role, "peak_rss_mib": 0.0,
+                                                        "vm_hwm_mib": 0.0, "peak_uss_mib": 0.0})
+                if TASK_TITLE in title:  # set by the task runner after the fork
+                    seen["title"] = title
+                seen["peak_rss_mib"] = max(seen["peak_rss_mib"], mem.rss / 2**20)
+                seen["peak_uss_mib"] = max(seen["peak_uss_mib"], mem.uss / 2**20)
+                seen["vm_hwm_mib"] = max(seen["vm_hwm_mib"], hwm)
+
+    def by_task_instance(self) -> dict[str, dict]:
+        """Task instance id -> the peaks of the task process that ran it (a retry: the larger)."""
+        found: dict[str, dict] = {}
+        for pid, p in self.procs.items():
+            if p["role"] == "task" and TASK_TITLE in p["title"]:
+                ti = p["title"].split(TASK_TITLE, 1)[1].strip()
+                if p["vm_hwm_mib"] >= found.get(ti, {}).get("vm_hwm_mib", -1):
+                    found[ti] = {"pid": pid, **{k: round(p[k], 1) for k in ("peak_rss_mib", "vm_hwm_mib", "peak_uss_mib")}}
+        return found
+
+    def summary(self) -> list[dict]:
+        return [{"pid": pid, **p, "title": p["title"][:160],
+                 **{k: round(p[k], 1) for k in ("peak_rss_mib", "vm_hwm_mib", "peak_uss_mib")}}
+                for pid, p in self.procs.items()]
+
+
+def pg_url(dsn: str) -> str:
+    """The harness takes a URL; the benchmark a libpq DSN."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(dsn)
+    password = f":{info['password']}" if info.get("password") else ""
+    return (f"postgresql://{info.get('user', 'postgres')}{password}@{info.get('host', '127.0.0.1')}:"
+            f"{info.get('port', 5432)}/{info.get('dbname', 'postgres')}")
+
+
+def stack_env(crm_url: str, args) -> dict[str, str]:
+    """Applied last over the harness's environment: the HubSpot connection to the benchmark's own
+    stand-in, with ``--conn-extra`` and a budget in Redis (the mapped extract tasks are separate
+    processes: a budget in one process would not be shared), and no scheduled runs (the DAG's cron
+    slot that is due when it is unpaused would start a second, racing run)."""
+    from e2e import topology
+
+    extra = {"api_version": topology.HUBSPOT_API_VERSION, **args.conn_extra, "budget_redis_conn_id": BUDGET_REDIS_CONN_ID}
+    return {
+        "AIRFLOW_CONN_HUBSPOT_DEFAULT": json.dumps({"conn_type": "hubspot", "host": crm_url, "password": harness.TOKEN,
+                                                    "extra": extra}),
+        f"AIRFLOW_CONN_{BUDGET_REDIS_CONN_ID.upper()}": f"{args.redis_base}/{args.budget_redis_db}",
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+    }
+
+
+def clear_budget(args) -> int:
+    """Forget the budget's windows and day count in its Redis DB; refuses a DB holding anything else."""
+    import redis
+
+    client = redis.Redis.from_url(f"{args.redis_base}/{args.budget_redis_db}")
+    try:
+        others = [k for k in client.scan_iter(count=1000) if not k.startswith(b"conduit:hubspot-budget:")]
+        if others:
+            raise SystemExit(f"Redis DB {args.budget_redis_db} holds other keys ({others[:3]}...): choose an "
+                             "unused one with --budget-redis-db")
+        keys = list(client.scan_iter(match=BUDGET_KEYS))
+        return client.delete(*keys) if keys else 0
+    finally:
+        client.close()
+
+
+def start_stack(n: int, crm, args, work: Path):
+    """A deployment (tests/e2e/harness.py: init, api-server, scheduler, dag-processor, triggerer,
+    Celery worker; metadata and ERP databases of its own) whose HubSpot connection is ``crm``; the
+    DAG parsed and unpaused. Stopped again when starting fails."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
+    from e2e.harness import AirflowStack
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stack = AirflowStack(artifacts=args.results_dir / f"real-limits-stack-{n}-{stamp}", dags_folder=ROOT / "dags",
+                         pg_dsn=pg_url(args.dsn), redis_url=f"{args.redis_base}/0", workdir=work / f"stack-{n}",
+                         extra_env=stack_env(crm.base_url, args))
+    t = time.monotonic()
+    try:
+        stack.start(with_standin=False, with_order_services=False)
+        stack.wait_for_dag(dag_run.DAG_ID)
+        stack.unpause(dag_run.DAG_ID)
+    except BaseException:
+        stop_stack(stack)
+        raise
+    stack.bench_startup_s = round(time.monotonic() - t, 1)  # type: ignore[attr-defined]
+    log(f"conduit N={n}: the deployment started in {stack.bench_startup_s} s (not counted; {stack.timings}); "
+        f"logs in {stack.artifacts}")
+    return stack
+
+
+def stop_stack(stack) -> list[str]:
+    leftovers = stack.stop()
+    if leftovers:
+        log(f"the deployment left processes behind: {leftovers}")
+    return leftovers
+
+
+def _api_time(value: str | None) -> float | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+
+
+def run_conduit_stack(n: int, stack, args, expectation) -> dict:
+    """One triggered run of the flagship on the started deployment; wall = trigger -> the run's end
+    (its ``end_date`` in the API); per task from the API; the task processes' peak RSS sampled."""
+    from conduit.targets.sql import PostgresErpTarget
+
+    cleared = clear_budget(args)
+    sampler = WorkerSampler(stack.procs["airflow-worker"].popen.pid)
+    sampler.start()
+    spawned = time.time()
+    try:
+        run = stack.trigger(dag_run.DAG_ID)
+        final = stack.wait_for_run(dag_run.DAG_ID, run["dag_run_id"], timeout=args.stack_timeout)
+        seen_end = time.time()
+        tis = stack.task_instances(dag_run.DAG_ID, run["dag_run_id"])
+    finally:
+        sampler.stop.set()
+        sampler.join()
+    peaks = sampler.by_task_instance()
+    tasks = []
+    for ti in sorted(tis, key=lambda t: (t.get("start_date") or "~", t["map_index"])):
+        name = ti["task_id"] if ti["map_index"] < 0 else f"{ti['task_id']}[{ti['map_index']}]"
+        peak = peaks.get(ti["id"], {})
+        tasks.append({"task": name, "state": ti["state"], "try_number": ti.get("try_number"),
+                      "duration_s": round(ti["duration"], 2) if ti.get("duration") is not None else None,
+                      "start": _api_time(ti.get("start_date")), "end": _api_time(ti.get("end_date")),
+                      "peak_rss_mib": peak.get("peak_rss_mib"), "vm_hwm_mib": peak.get("vm_hwm_mib"),
+                      "peak_uss_mib": peak.get("peak_uss_mib")})
+    end = _api_time(final.get("end_date")) or seen_end
+    retried = [t["task"] for t in tasks if (t.get("try_number") or 1) > 1]
+    extract = [t for t in tasks if t["task"].startswith("extract[") and t["start"] and t["end"]]
+    task_procs = [p for p in sampler.procs.values() if p["role"] == "task" and TASK_TITLE in p["title"]]
+    by_role = {role: [p for p in sampler.procs.values() if p["role"] == role] for role in ("pool", "descendant")}
+    row = {"via": "stack", "exit_code": 0 if final["state"] == "success" else 1, "state": final["state"],
+           "spawned_at": spawned, "wall_s": round(end - spawned, 2), "seen_end_s": round(seen_end - spawned, 2),
+           "stack_startup_s": stack.bench_startup_s, "stack_timings": dict(stack.timings),
+           "budget_keys_cleared": cleared, "run_id": run["dag_run_id"], "retried_tasks": retried,
+           # the mapped extract tasks run at once: their span is the extract's time
+           "extract_s": round(max(t["end"] for t in extract) - min(t["start"] for t in extract), 2) if extract else None,
+           "peak_rss_mib": round(max((p["vm_hwm_mib"] for p in task_procs), default=0.0), 1),
+           "peak_uss_mib": round(max((p["peak_uss_mib"] for p in task_procs), default=0.0), 1),
+           "pool_peak_rss_mib": round(max((p["vm_hwm_mib"] for p in by_role["pool"]), default=0.0), 1),
+           "descendant_peak_rss_mib": round(max((p["vm_hwm_mib"] for p in by_role["descendant"]), default=0.0), 1),
+           "task_processes": len(task_procs), "descendants": len(by_role["descendant"]), "tasks": tasks,
+           "worker_processes": sampler.summary(), "artifacts": str(stack.artifacts)}
+    if final["state"] != "success":
+        row["verified"] = False
+        row["verify_detail"] = f"dag run {final['state']}: " + stack.run_summary(dag_run.DAG_ID, run["dag_run_id"])[-3000:]
+        return row
+    spec = harness.conduit_spec("public")
+    target = PostgresErpTarget(stack.erp_dsn())
+    count, got, want = target.count(spec), target.key_checksum(spec), expectation.checksum()
+    row["verified"] = count == n and got == want and not retried
+    row["verify_detail"] = (f"rows {count}/{n}, key_checksum {got} {'==' if got == want else '!='} {want}"
+                            + (f", tasks retried: {retried}" if retried else ""))
+    return row
+
+
 def run_conduit_script(n: int, crm, args, work: Path, expectation) -> dict:
     """``bench/conduit_sync.py`` (the steps, the spec's parallelism on threads) into PostgreSQL."""
     schema = f"{args.schema_prefix}_conduit_{n}"
@@ -232,46 +458,76 @@ def run_dlt(n: int, crm, args, work: Path, crm_sum: str) -> dict:
 def bench_size(n: int, args, budget: Budget, work: Path, rows: list[dict], save) -> None:
     from conduit.standin.testing import run_standin
 
+    unlimited = {"interval_max": 10**9, "daily_max": 10**12}
     log(f"N={n}: reading the CRM's truth from an unlimited stand-in (seed {args.seed})")
-    with run_standin(contacts=n, seed=args.seed, token=harness.TOKEN, interval_max=10**9, daily_max=10**12,
-                     startup_timeout=600) as crm:
+    with run_standin(contacts=n, seed=args.seed, token=harness.TOKEN, startup_timeout=600, **unlimited) as crm:
         truth = harness.fetch_crm(crm.base_url)
+        if args.no_limits:  # the contenders read this same stand-in: no limits, no latency
+            check_and_run(n, crm, truth, args, None, work, rows, save)
+            return
+    check_and_run(n, None, truth, args, budget, work, rows, save)
+
+
+def check_and_run(n: int, crm, truth: dict, args, budget: Budget | None, work: Path, rows: list[dict], save) -> None:
+    from conduit.standin.testing import run_standin
+
     if len(truth["id"]) != n:
         raise SystemExit(f"the stand-in lists {len(truth['id'])} contacts, expected {n}")
     crm_sum = harness.property_checksum(truth)
     expectation = harness.ConduitExpectation(harness.conduit_spec("unused"), truth) if "conduit" in args.only else None
-    del truth
-
-    ideal_s = n / budget.rate()
-    log(f"N={n}: the limited stand-in: {budget.describe()}, {args.latency_ms} ms per reply; ideal {ideal_s:.1f} s")
+    truth.clear()
+    if crm is not None:
+        run_contenders(n, crm, args, None, work, rows, save, crm_sum, expectation)
+        return
+    log(f"N={n}: the limited stand-in: {budget.describe()}, {args.latency_ms} ms per reply; "
+        f"ideal {n / budget.rate():.1f} s")
     with run_standin(contacts=n, seed=args.seed, token=harness.TOKEN, startup_timeout=600, enforce_rate_limits=True,
                      interval_max=budget.interval_max, interval_ms=budget.interval_ms, daily_max=budget.daily_max,
                      search_per_second=budget.search_per_second, slow_ms=args.latency_ms) as crm:
-        harness.STANDIN_PID = crm.process.pid
-        for i, name in enumerate(c for c in CONTENDERS if c in args.only):
-            if i:  # a fresh rolling window (and search second) for the next contender
-                time.sleep(budget.interval_ms / 1000 + 1)
+        run_contenders(n, crm, args, budget, work, rows, save, crm_sum, expectation)
+
+
+def run_contenders(n: int, crm, args, budget: Budget | None, work: Path, rows: list[dict], save, crm_sum: str,
+                   expectation) -> None:
+    """Each contender against ``crm`` in turn, counted at the stand-in; ``budget`` None: no limits."""
+    harness.STANDIN_PID = crm.process.pid
+    ideal_s = n / budget.rate() if budget else None
+    for i, name in enumerate(c for c in CONTENDERS if c in args.only):
+        if i and budget:  # a fresh rolling window (and search second) for the next contender
+            time.sleep(budget.interval_ms / 1000 + 1)
+        stack = start_stack(n, crm, args, work) if name == "conduit" and args.conduit_via == "stack" else None
+        try:
             clock = RequestClock(crm.base_url)
             before, load_before, refused_before = crm.admin.stats(), os.getloadavg(), refused_by_policy(crm.base_url)
             clock.start()
-            if name == "conduit":
-                run_conduit = run_conduit_dag if args.conduit_via == "dag" else run_conduit_script
-                row = run_conduit(n, crm, args, work, expectation)
-            else:
-                row = run_dlt(n, crm, args, work, crm_sum)
-            clock.stop.set()
-            clock.join()
-            row.update(contender=name, n=n, **counted(before, crm.admin.stats()), **phases(row, clock),
-                       load_before=[round(x, 2) for x in load_before], load_after=[round(x, 2) for x in os.getloadavg()])
-            row.update(judged(n, row, ideal_s))
-            refused = refused_by_policy(crm.base_url)
-            if refused is not None and refused_before is not None:
-                row["http_429_by_policy"] = {k: v - refused_before.get(k, 0) for k, v in refused.items()
-                                             if v != refused_before.get(k, 0)}
-            rows.append(row)
-            save()
-            log(f"{name} N={n}: {row['wall_s']:.1f} s, {row['requests']} requests, {row['http_429']} x 429, "
-                f"{row['share_of_ideal']:.0%} of the ideal, verified={row['verified']} ({row['verify_detail']})")
+            try:
+                if stack is not None:
+                    row = run_conduit_stack(n, stack, args, expectation)
+                elif name == "conduit":
+                    run_conduit = run_conduit_dag if args.conduit_via == "dag" else run_conduit_script
+                    row = run_conduit(n, crm, args, work, expectation)
+                else:
+                    row = run_dlt(n, crm, args, work, crm_sum)
+            finally:
+                clock.stop.set()
+                clock.join()
+        finally:
+            if stack is not None:  # before the next contender: an idle deployment still takes CPU
+                leftovers = stop_stack(stack)
+        if stack is not None:
+            row.update(stack_stop_s=stack.timings.get("stop_s"), stack_leftovers=leftovers)
+        row.update(contender=name, n=n, **counted(before, crm.admin.stats()), **phases(row, clock),
+                   load_before=[round(x, 2) for x in load_before], load_after=[round(x, 2) for x in os.getloadavg()])
+        row.update(judged(n, row, ideal_s))
+        refused = refused_by_policy(crm.base_url)
+        if refused is not None and refused_before is not None:
+            row["http_429_by_policy"] = {k: v - refused_before.get(k, 0) for k, v in refused.items()
+                                         if v != refused_before.get(k, 0)}
+        rows.append(row)
+        save()
+        share = f"{row['share_of_ideal']:.0%} of the ideal, " if budget else ""
+        log(f"{name} N={n}: {row['wall_s']:.1f} s, {row['requests']} requests, {row['http_429']} x 429, {share}"
+            f"verified={row['verified']} ({row['verify_detail']})")
 
 
 def phases(row: dict, clock: RequestClock) -> dict:
@@ -285,26 +541,39 @@ def phases(row: dict, clock: RequestClock) -> dict:
             "after_last_request_s": round(wall - startup - crm_phase, 2)}
 
 
-def judged(n: int, row: dict, ideal_s: float) -> dict:
+def judged(n: int, row: dict, ideal_s: float | None) -> dict:
+    """Rates, and without limits (``ideal_s`` None) no ideal and no target."""
     ok = row.get("exit_code") == 0 and row.get("verified")
-    bound = ideal_s * TARGET_FACTOR + (row["startup_s"] or 0)
     extract_s = row.get("extract_s")
-    return {"ideal_s": round(ideal_s, 2), "share_of_ideal": ideal_s / row["wall_s"] if ok else 0.0,
+    judged = {"records_per_s": round(n / row["wall_s"], 1) if ok else 0.0, "failed": not ok}
+    if ideal_s is None:
+        return {**judged, "ideal_s": None, "share_of_ideal": None, "extract_share_of_ideal": None,
+                "target_s": None, "target_met": None}
+    bound = ideal_s * TARGET_FACTOR + (row["startup_s"] or 0)
+    return {**judged, "ideal_s": round(ideal_s, 2), "share_of_ideal": ideal_s / row["wall_s"] if ok else 0.0,
             "extract_share_of_ideal": ideal_s / extract_s if ok and extract_s else None,
-            "records_per_s": round(n / row["wall_s"], 1) if ok else 0.0,
-            "target_s": round(bound, 2), "target_met": bool(ok and row["wall_s"] <= bound),
-            "failed": not ok}
+            "target_s": round(bound, 2), "target_met": bool(ok and row["wall_s"] <= bound)}
+
+
+def versus_dlt(rows: list[dict]) -> None:
+    """Each row's records/s over dlt's at the same N (the issue's unlimited target: the DAG >= 5x)."""
+    dlt = {r["n"]: r["records_per_s"] for r in rows if r["contender"] == "dlt" and not r["failed"]}
+    for r in rows:
+        r["vs_dlt"] = round(r["records_per_s"] / dlt[r["n"]], 2) if dlt.get(r["n"]) and not r["failed"] else None
 
 
 # --- report -----------------------------------------------------------------------------------------------
 
 
-def report(rows: list[dict], budget: Budget, latency_ms: int) -> str:
+def report(rows: list[dict], budget: Budget | None, latency_ms: int) -> str:
+    versus_dlt(rows)
+    if budget is None:
+        return report_unlimited(rows)
     lines = [f"budget: {budget.describe()}; {latency_ms} ms latency on every reply",
              "share of ideal = (N / budget-bound rate) / wall; target: wall <= "
              f"{TARGET_FACTOR} x ideal + start-up (spawn -> first CRM request); requests and 429s counted by the stand-in"]
     head = (f"{'contender':<9} {'via':<8} {'N':>9} {'wall s':>8} {'start-up s':>10} {'extract s':>9} "
-            f"{'requests':>8} {'429s':>5} {'rec/s':>7} {'ideal s':>8} {'of ideal':>8} {'extract':>7} "
+            f"{'requests':>8} {'429s':>5} {'rec/s':>7} {'vs dlt':>6} {'ideal s':>8} {'of ideal':>8} {'extract':>7} "
             f"{'target s':>8} {'target':>6} {'verified':>8}  load1")
     lines += [head, "-" * len(head)]
     for r in rows:
@@ -312,15 +581,58 @@ def report(rows: list[dict], budget: Budget, latency_ms: int) -> str:
         lines.append(
             f"{r['contender']:<9} {r['via']:<8} {r['n']:>9} {r['wall_s']:>8.1f} {_num(r['startup_s']):>10} "
             f"{_num(r['extract_s']):>9} {r['requests']:>8} {r['http_429']:>5} {r['records_per_s']:>7,.0f} "
-            f"{r['ideal_s']:>8.1f} {r['share_of_ideal']:>8.0%} {'-' if share is None else f'{share:.0%}':>7} "
+            f"{_ratio(r):>6} {r['ideal_s']:>8.1f} {r['share_of_ideal']:>8.0%} "
+            f"{'-' if share is None else f'{share:.0%}':>7} "
             f"{r['target_s']:>8.1f} {'met' if r['target_met'] else 'MISSED':>6} {'FAILED' if r['failed'] else 'yes':>8}"
             f"  {r['load_before'][0]:.1f}/{r['load_after'][0]:.1f}")
     lines += ["", "of ideal = ideal / wall; extract = ideal / the extract step's own time (Conduit: its extract "
-              "tasks; dlt: its extract step); start-up = spawn -> first CRM request (stand-in's clock, +-0.1 s)"]
-    lines += [f"  {r['contender']} N={r['n']}: first -> last CRM request {_num(r['crm_phase_s'])} s, then "
-              f"{_num(r['after_last_request_s'])} s to exit; requests by endpoint {r['by_endpoint']}, errors "
-              f"{r['errors_by_status']}{_policies(r)}; {r['verify_detail']}" for r in rows]
-    return "\n".join(lines)
+              "tasks; dlt: its extract step); start-up = spawn (stack: trigger) -> first CRM request "
+              "(stand-in's clock, +-0.1 s)"]
+    return "\n".join(lines + _details(rows))
+
+
+def report_unlimited(rows: list[dict]) -> str:
+    lines = ["no limits, no latency: the stand-in answers as fast as it can (CPU-bound); "
+             "vs dlt = records/s / dlt's records/s at the same N (the issue's target: the DAG >= 5x at 1M)"]
+    head = (f"{'contender':<9} {'via':<8} {'N':>9} {'wall s':>8} {'start-up s':>10} {'extract s':>9} "
+            f"{'requests':>8} {'rec/s':>8} {'vs dlt':>6} {'peak RSS MiB':>12} {'verified':>8}  load1")
+    lines += [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['contender']:<9} {r['via']:<8} {r['n']:>9} {r['wall_s']:>8.1f} {_num(r['startup_s']):>10} "
+            f"{_num(r['extract_s']):>9} {r['requests']:>8} {r['records_per_s']:>8,.0f} {_ratio(r):>6} "
+            f"{_num(r.get('peak_rss_mib')):>12} {'FAILED' if r['failed'] else 'yes':>8}"
+            f"  {r['load_before'][0]:.1f}/{r['load_after'][0]:.1f}")
+    lines += ["", "start-up = spawn (stack: trigger) -> first CRM request; peak RSS: the process (dags test: the CLI, "
+              "every task in it; stack: the largest task process of the Celery worker)"]
+    return "\n".join(lines + _details(rows))
+
+
+def _details(rows: list[dict]) -> list[str]:
+    lines = [f"  {r['contender']} N={r['n']}: first -> last CRM request {_num(r['crm_phase_s'])} s, then "
+             f"{_num(r['after_last_request_s'])} s to exit; requests by endpoint {r['by_endpoint']}, errors "
+             f"{r['errors_by_status']}{_policies(r)}; {r['verify_detail']}" for r in rows]
+    for r in rows:
+        if r.get("via") != "stack":
+            continue
+        lines += [f"  conduit on the deployment N={r['n']}: start-up {r['stack_startup_s']} s (not counted: "
+                  f"{r['stack_timings']}), wall = trigger -> the run's end_date {r['wall_s']} s (seen by polling "
+                  f"{r['seen_end_s']} s); {r['task_processes']} task processes, the largest {r['peak_rss_mib']} MiB VmHWM "
+                  f"({r['peak_uss_mib']} MiB USS), pool processes (supervisors) up to {r['pool_peak_rss_mib']} MiB, "
+                  f"{r['descendants']} processes the tasks forked up to {r['descendant_peak_rss_mib']} MiB; "
+                  f"stopped in {r.get('stack_stop_s')} s",
+                  f"    {'task':<22} {'state':<9} {'try':>3} {'start s':>8} {'s':>7}  {'peak RSS MiB':>12} {'VmHWM':>6} "
+                  f"{'USS':>6}"]
+        t0 = r["spawned_at"]
+        for t in r["tasks"]:
+            lines.append(f"    {t['task']:<22} {str(t['state']):<9} {t.get('try_number') or '-':>3} "
+                         f"{_num(t['start'] - t0 if t['start'] else None):>8} {_num(t['duration_s']):>7}  "
+                         f"{_num(t['peak_rss_mib']):>12} {_num(t['vm_hwm_mib']):>6} {_num(t.get('peak_uss_mib')):>6}")
+    return lines
+
+
+def _ratio(row: dict) -> str:
+    return "-" if row.get("vs_dlt") is None else f"{row['vs_dlt']:.2f}x"
 
 
 def _policies(row: dict) -> str:
@@ -343,8 +655,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-ms", type=int, default=150, help="delay of every CRM reply (HubSpot: 100-300 ms)")
     p.add_argument("--conn-extra", type=json.loads, default={},
                    help="JSON merged into Conduit's HubSpot connection extras, e.g. the rate budget's settings")
-    p.add_argument("--conduit-via", choices=["dag", "script"], default="dag",
-                   help="dag: airflow dags test (as users run it); script: bench/conduit_sync.py, 4 threads")
+    p.add_argument("--conduit-via", choices=["dag", "stack", "script"], default="dag",
+                   help="dag: airflow dags test (tasks one after the other); stack: a triggered run on a deployment "
+                        "(tests/e2e/harness.py: scheduler + Celery worker, the mapped tasks at once; start-up not "
+                        "counted); script: bench/conduit_sync.py, 4 threads")
+    p.add_argument("--no-limits", action="store_true",
+                   help="the stand-in without limits and without latency (CPU-bound): rows/s and the ratio to dlt's")
+    p.add_argument("--redis-base", default="redis://127.0.0.1:6379", help="Redis of the stack's budget (and broker)")
+    p.add_argument("--budget-redis-db", type=int, default=9,
+                   help="the stack's budget DB (cleared before the run; must hold nothing else; not 13: e2e's broker)")
+    p.add_argument("--stack-timeout", type=float, default=3600, help="longest wait for the stack's run, s")
     p.add_argument("--dsn", default=os.environ.get("BENCH_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test"))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--dlt-python", default=str(BENCH / ".venv-dlt" / "bin" / "python"))
@@ -356,20 +676,23 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown contender(s) {sorted(set(args.only) - set(CONTENDERS))}; choose from {CONTENDERS}")
     if not isinstance(args.conn_extra, dict):
         p.error("--conn-extra must be a JSON object")
-    budget = budget_of(args)
+    budget = None if args.no_limits else budget_of(args)
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = args.results_dir / f"real-limits-{stamp}.json"
     meta = {"started": stamp, "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "argv": sys.argv[1:], "sizes": sizes, "contenders": args.only, "tier": args.tier,
-            "budget": asdict(budget), "budget_bound_rate": budget.rate(), "latency_ms": args.latency_ms,
+            "budget": asdict(budget) if budget else None, "budget_bound_rate": budget.rate() if budget else None,
+            "no_limits": args.no_limits, "latency_ms": 0 if args.no_limits else args.latency_ms,
             "conn_extra": args.conn_extra, "conduit_via": args.conduit_via}
     rows: list[dict] = []
 
     def save() -> None:
         path.write_text(json.dumps({**meta, "rows": rows}, indent=2, default=str))
 
+    # a SIGTERM unwinds like Ctrl-C, so the finally blocks stop the stand-ins and the deployment
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="conduit-real-limits-") as tmp:
         try:
             for n in sizes:

@@ -6,8 +6,9 @@
 # dlt lives in its own venv, bench/.venv-dlt, created here on first use from bench/requirements-dlt.txt.
 #   bash bench/run.sh --dag [--contacts 100000] [--per-task]: the flagship DAG as users run it
 # (`airflow dags test`, embedded defaults; bench/dag_run.py --help), a full and a no-change run.
-#   bash bench/run.sh --real-limits [--sizes 100000] [--conn-extra JSON]: Conduit (the DAG) and dlt
-# against the stand-in with HubSpot's Professional limits and 150 ms latency (bench/real_limits.py --help).
+#   bash bench/run.sh --real-limits [--sizes 100000] [--conn-extra JSON] [--conduit-via dag|stack|script]
+# [--no-limits]: Conduit (the DAG; stack: on a scheduler + Celery worker) and dlt against the stand-in
+# with HubSpot's Professional limits and 150 ms latency, or without limits (bench/real_limits.py --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python

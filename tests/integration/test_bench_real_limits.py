@@ -1,7 +1,10 @@
 """``bench/real_limits.py`` (``bash bench/run.sh --real-limits``): the benchmark against the stand-in
 with HubSpot's limits enforced and a latency on every reply. Not a timed test: at a tiny size and
 shrunk limits it checks that the harness counts at the stand-in, verifies the data and reports the
-share of the budget-bound ideal; and that the stand-in's latency does not serialise requests."""
+share of the budget-bound ideal; that the stand-in's latency does not serialise requests; the
+``--no-limits`` mode; and that the deployment path's sampler gives each task process's memory to its
+task instance. (``--conduit-via stack`` itself is not run here: a deployment takes 25-60 s to start
+and the run ~30 s more at 2,000 contacts; bench/README.md has its numbers.)"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from conduit.standin.testing import run_standin
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
-from real_limits import Budget  # noqa: E402
+from real_limits import TASK_TITLE, Budget, WorkerSampler, judged, versus_dlt  # noqa: E402
 
 
 def test_budget_bound_rate_is_computed_from_the_limits() -> None:
@@ -82,3 +85,72 @@ def test_real_limits_harness_counts_at_the_standin_and_verifies(tmp_path: Path, 
     assert row["share_of_ideal"] == row["ideal_s"] / row["wall_s"]
     assert row["target_s"] == round(1.2 * row["ideal_s"] + row["startup_s"], 2)
     assert "of ideal" in proc.stdout and "conduit   script" in proc.stdout
+
+
+def test_no_limits_mode_reports_rates_and_no_ideal(tmp_path: Path, pg_server_dsn: str) -> None:
+    """``--no-limits``: the contenders read the unlimited stand-in (no 429 possible, no latency); no
+    ideal and no target, records/s instead."""
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench/real_limits.py"), "--sizes", "2000", "--only", "conduit",
+         "--conduit-via", "script", "--no-limits", "--dsn", pg_server_dsn, "--results-dir", str(results),
+         "--schema-prefix", f"bench_rl_u{os.getpid()}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    [path] = results.glob("real-limits-2*.json")
+    report = json.loads(path.read_text())
+    assert report["no_limits"] is True and report["budget"] is None and report["latency_ms"] == 0
+    [row] = report["rows"]
+    assert row["verified"] and not row["failed"] and row["verify_detail"].startswith("rows 2000/2000")
+    assert row["http_429"] == 0 and row["requests"] > 0
+    assert row["ideal_s"] is None and row["target_met"] is None and row["share_of_ideal"] is None
+    assert row["records_per_s"] == round(2000 / row["wall_s"], 1)
+    assert row["vs_dlt"] is None  # dlt did not run
+    assert "no limits, no latency" in proc.stdout and "vs dlt" in proc.stdout
+
+
+def test_ratio_to_dlt_is_per_size_and_failed_runs_get_none() -> None:
+    rows = [{"contender": "conduit", "n": 10, "records_per_s": 500.0, "failed": False},
+            {"contender": "dlt", "n": 10, "records_per_s": 100.0, "failed": False},
+            {"contender": "conduit", "n": 20, "records_per_s": 0.0, "failed": True},
+            {"contender": "dlt", "n": 20, "records_per_s": 50.0, "failed": False}]
+    versus_dlt(rows)
+    assert [r["vs_dlt"] for r in rows] == [5.0, 1.0, None, 1.0]
+    unlimited = judged(1000, {"exit_code": 0, "verified": True, "wall_s": 4.0, "extract_s": 2.0}, None)
+    assert unlimited["records_per_s"] == 250.0 and unlimited["ideal_s"] is None and not unlimited["failed"]
+
+
+# A pool process forks a task process that retitles itself as Airflow's task runner does, allocates
+# ~80 MiB of its own and waits; a third level (as OpenLineage's per-event forks) stays apart.
+TREE = """
+import os, sys, time
+from setproctitle import setproctitle
+if os.fork() == 0:  # the pool process
+    if os.fork() == 0:  # the task process
+        setproctitle(sys.argv[1])
+        if os.fork() == 0:
+            setproctitle(sys.argv[1] + " - OpenLineage - on_running")
+            time.sleep(3)
+            os._exit(0)
+        ballast = b"x" * (80 * 2**20)  # after the fork: the task's own pages, not shared
+        time.sleep(3)
+        os._exit(0)
+    os.wait()
+    os._exit(0)
+os.wait()
+"""
+
+
+def test_worker_sampler_gives_a_task_process_its_task_instance(tmp_path: Path) -> None:
+    root = subprocess.Popen([sys.executable, "-c", TREE, f"{TASK_TITLE}ti-123"])
+    sampler = WorkerSampler(root.pid, interval=0.1)
+    sampler.start()
+    root.wait(timeout=30)
+    sampler.stop.set()
+    sampler.join()
+    found = sampler.by_task_instance()
+    assert set(found) == {"ti-123"}, sampler.summary()
+    assert found["ti-123"]["peak_uss_mib"] >= 80 and found["ti-123"]["vm_hwm_mib"] >= 80
+    roles = sorted(p["role"] for p in sampler.procs.values())
+    assert roles == ["descendant", "pool", "task"], sampler.summary()
