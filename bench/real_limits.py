@@ -336,10 +336,17 @@ def start_stack(n: int, crm, args, work: Path):
         sys.path.insert(0, str(ROOT / "tests"))
     from e2e.harness import AirflowStack
 
+    from conduit.specs.model import load_spec
+
+    # A slot for every extract item of a full read (the id ranges and the archived listing). With one
+    # slot fewer, the last item waits in Celery's queue for the whole extract, and once it has waited
+    # [scheduler] task_queued_timeout (600 s) Airflow 3.3 refuses its workload token ("Invalid auth
+    # token") and the task is retried: the 1M run of 2026-12-07 02:32 failed that way with 4 slots.
+    slots = load_spec(ROOT / "include" / "syncs" / f"{dag_run.DAG_ID}.yaml").source.parallelism + 1
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     stack = AirflowStack(artifacts=args.results_dir / f"real-limits-stack-{n}-{stamp}", dags_folder=ROOT / "dags",
                          pg_dsn=pg_url(args.dsn), redis_url=f"{args.redis_base}/0", workdir=work / f"stack-{n}",
-                         extra_env=stack_env(crm.base_url, args))
+                         extra_env=stack_env(crm.base_url, args), worker_concurrency=slots)
     t = time.monotonic()
     try:
         stack.start(with_standin=False, with_order_services=False)
