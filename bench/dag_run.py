@@ -53,16 +53,14 @@ def log(message: str) -> None:
     print(f"[dag-bench {datetime.now():%H:%M:%S} load {load}] {message}", file=sys.stderr, flush=True)
 
 
-class Sampler(threading.Thread):
-    """Polls a process and its descendants: RSS and VmHWM per pid, and the root's RSS over time."""
+class ProcessPoller(threading.Thread):
+    """Calls :meth:`sample` with the process ``pid`` (a ``psutil.Process``) every ``interval`` s
+    until :attr:`stop` is set, the process is gone or ``sample`` returns False."""
 
-    def __init__(self, pid: int, interval: float = 0.05):
+    def __init__(self, pid: int, interval: float):
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
-        self.timeline: list[tuple[float, float, float]] = []  # (epoch s, root RSS MiB, root VmHWM MiB)
-        self.cpu: list[tuple[float, float]] = []  # (epoch s, root user + system CPU s)
         self.procs: dict[int, dict] = {}
-        self.tree_peak = 0.0
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -74,33 +72,56 @@ class Sampler(threading.Thread):
             return
         while not self.stop.is_set():
             try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.Error:
+                if self.sample(root) is False:
+                    return
+            except psutil.NoSuchProcess:
                 return
-            total = 0.0
-            now = time.time()
-            for proc in procs:
-                try:
-                    rss = proc.memory_info().rss / 2**20
-                    hwm = _vm_hwm(proc.pid)
-                    seen = self.procs.setdefault(proc.pid, {"cmdline": " ".join(proc.cmdline())[:160],
-                                                            "peak_rss_mib": 0.0, "vm_hwm_mib": 0.0,
-                                                            "first_s": now})
-                except (psutil.Error, OSError):
-                    continue
-                seen["peak_rss_mib"] = max(seen["peak_rss_mib"], rss)
-                seen["vm_hwm_mib"] = max(seen["vm_hwm_mib"], hwm)
-                seen["last_s"] = now
-                total += rss
-                if proc.pid == self.pid:
-                    self.timeline.append((now, rss, hwm))
-                    try:
-                        times = proc.cpu_times()
-                        self.cpu.append((now, times.user + times.system))
-                    except psutil.Error:
-                        pass
-            self.tree_peak = max(self.tree_peak, total)
             self.stop.wait(self.interval)
+
+    def sample(self, root) -> bool | None:
+        raise NotImplementedError
+
+
+class Sampler(ProcessPoller):
+    """Polls a process and its descendants: RSS and VmHWM per pid, and the root's RSS over time."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        super().__init__(pid, interval)
+        self.timeline: list[tuple[float, float, float]] = []  # (epoch s, root RSS MiB, root VmHWM MiB)
+        self.cpu: list[tuple[float, float]] = []  # (epoch s, root user + system CPU s)
+        self.tree_peak = 0.0
+
+    def sample(self, root) -> bool | None:
+        import psutil
+
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return False
+        total = 0.0
+        now = time.time()
+        for proc in procs:
+            try:
+                rss = proc.memory_info().rss / 2**20
+                hwm = _vm_hwm(proc.pid)
+                seen = self.procs.setdefault(proc.pid, {"cmdline": " ".join(proc.cmdline())[:160],
+                                                        "peak_rss_mib": 0.0, "vm_hwm_mib": 0.0,
+                                                        "first_s": now})
+            except (psutil.Error, OSError):
+                continue
+            seen["peak_rss_mib"] = max(seen["peak_rss_mib"], rss)
+            seen["vm_hwm_mib"] = max(seen["vm_hwm_mib"], hwm)
+            seen["last_s"] = now
+            total += rss
+            if proc.pid == self.pid:
+                self.timeline.append((now, rss, hwm))
+                try:
+                    times = proc.cpu_times()
+                    self.cpu.append((now, times.user + times.system))
+                except psutil.Error:
+                    pass
+        self.tree_peak = max(self.tree_peak, total)
+        return None
 
 
 def _vm_hwm(pid: int) -> float:

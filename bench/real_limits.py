@@ -218,7 +218,7 @@ BUDGET_KEYS = "conduit:hubspot-budget:*"  # budget.RedisBudget's keys
 TASK_TITLE = "airflow worker -- "  # the task runner's process title, then the task instance's id
 
 
-class WorkerSampler(threading.Thread):
+class WorkerSampler(dag_run.ProcessPoller):
     """Peak memory of every process under the Celery worker, every ``interval`` s (psutil). The pool
     processes (the worker's children) host the task supervisors; each forks the task process
     (depth 2), which the task runner retitles ``airflow worker -- <task instance id>``: so a task
@@ -227,48 +227,41 @@ class WorkerSampler(threading.Thread):
     (``smaps_rollup``) only the process's own."""
 
     def __init__(self, pid: int, interval: float = 0.1):
-        super().__init__(daemon=True)
-        self.pid, self.interval = pid, interval
-        self.procs: dict[int, dict] = {}
-        self.stop = threading.Event()
+        super().__init__(pid, interval)
 
-    def run(self) -> None:
+    def sample(self, root) -> bool | None:
         import psutil
 
         try:
-            root = psutil.Process(self.pid)
+            children = root.children(recursive=True)
         except psutil.Error:
-            return
-        while not self.stop.wait(self.interval):
+            return False
+        parents = {}
+        for proc in children:
             try:
-                children = root.children(recursive=True)
+                parents[proc.pid] = proc.ppid()
             except psutil.Error:
-                return
-            parents = {}
-            for proc in children:
-                try:
-                    parents[proc.pid] = proc.ppid()
-                except psutil.Error:
-                    continue
-            for proc in children:
-                parent = parents.get(proc.pid)
-                if parent is None:
-                    continue
-                role = ("pool" if parent == self.pid else "task" if parents.get(parent) == self.pid
-                        else "descendant")
-                try:
-                    title = " ".join(proc.cmdline())
-                    mem = proc.memory_full_info()
-                    hwm = dag_run._vm_hwm(proc.pid)
-                except (psutil.Error, OSError):
-                    continue
-                seen = self.procs.setdefault(proc.pid, {"title": title, "role": role, "peak_rss_mib": 0.0,
-                                                        "vm_hwm_mib": 0.0, "peak_uss_mib": 0.0})
-                if TASK_TITLE in title:  # set by the task runner after the fork
-                    seen["title"] = title
-                seen["peak_rss_mib"] = max(seen["peak_rss_mib"], mem.rss / 2**20)
-                seen["peak_uss_mib"] = max(seen["peak_uss_mib"], mem.uss / 2**20)
-                seen["vm_hwm_mib"] = max(seen["vm_hwm_mib"], hwm)
+                continue
+        for proc in children:
+            parent = parents.get(proc.pid)
+            if parent is None:
+                continue
+            role = ("pool" if parent == self.pid else "task" if parents.get(parent) == self.pid
+                    else "descendant")
+            try:
+                title = " ".join(proc.cmdline())
+                mem = proc.memory_full_info()
+                hwm = dag_run._vm_hwm(proc.pid)
+            except (psutil.Error, OSError):
+                continue
+            seen = self.procs.setdefault(proc.pid, {"title": title, "role": role, "peak_rss_mib": 0.0,
+                                                    "vm_hwm_mib": 0.0, "peak_uss_mib": 0.0})
+            if TASK_TITLE in title:  # set by the task runner after the fork
+                seen["title"] = title
+            seen["peak_rss_mib"] = max(seen["peak_rss_mib"], mem.rss / 2**20)
+            seen["peak_uss_mib"] = max(seen["peak_uss_mib"], mem.uss / 2**20)
+            seen["vm_hwm_mib"] = max(seen["vm_hwm_mib"], hwm)
+        return None
 
     def by_task_instance(self) -> dict[str, dict]:
         """Task instance id -> the peaks of the task process that ran it (a retry: the larger)."""
