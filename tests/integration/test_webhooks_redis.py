@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +25,8 @@ from conduit.webhooks.app import SECRET_ENV, webhook_app
 from conduit.webhooks.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_v3
 from conduit.webhooks.stream import REDIS_URL_ENV, replay_key, stream_key
 
-pytestmark = pytest.mark.redis
+# A watcher that does not stop when cancelled hangs its test: fail within 2 minutes, not pytest's 15
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
 QUIET_S = 1.0  # how long "nothing more fires" is watched for
 
@@ -90,6 +92,49 @@ def test_a_burst_fires_once_is_acked_and_never_fires_again(sync_name, redis_url,
         await assert_quiet(watcher(sync_name, redis_url).run())  # a restart finds nothing to fire
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(30)
+def test_a_cancellation_the_redis_client_reports_as_its_own_error_still_stops_the_watcher(
+    sync_name, redis_url, monkeypatch
+):
+    """The triggerer stops a watcher by cancelling it. The Redis client may surface that
+    cancellation as its own TimeoutError (its read deadline racing the cancel), which the watcher
+    otherwise treats as a Redis hiccup and retries forever: a CI run hung 15 minutes in
+    test_a_burst_fires_once... with the watcher still polling Redis after the test's wait_for
+    had cancelled it."""
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    async def read_until_cancelled(self, client, start, block_ms=None):
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise RedisTimeoutError("Timeout reading from 127.0.0.1:6379") from None
+        return []
+
+    monkeypatch.setattr(RedisStreamEventTrigger, "_read", read_until_cancelled)
+
+    async def scenario() -> None:
+        events = watcher(sync_name, redis_url).run()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(events), 0.5)
+
+    # in a thread of its own: a watcher that swallows its cancellation would hang the test's loop
+    # (and pytest's own timeout with it) instead of failing it
+    outcome: list[BaseException | None] = []
+    runner = threading.Thread(target=lambda: outcome.append(_run_catching(scenario)), daemon=True)
+    runner.start()
+    runner.join(15)
+    assert not runner.is_alive(), "the watcher ignored its cancellation and is still retrying Redis"
+    assert outcome == [None], outcome
+
+
+def _run_catching(scenario) -> BaseException | None:
+    try:
+        asyncio.run(scenario())
+    except BaseException as exc:  # noqa: BLE001 - handed to the test's thread to report
+        return exc
+    return None
 
 
 def test_events_waiting_before_the_first_run_fire_once_and_big_bursts_stay_one_event(

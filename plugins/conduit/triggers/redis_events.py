@@ -139,6 +139,10 @@ class RedisStreamEventTrigger(BaseEventTrigger):
                     entries = await self._collect(client, backlog=backlog)
                     backlog = False
                 except (RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
+                    if _cancelling():
+                        # the triggerer cancelled this run and the Redis client turned the
+                        # cancellation into one of its errors: retrying would never stop
+                        raise asyncio.CancelledError from exc
                     if isinstance(exc, ResponseError) and not str(exc).startswith("NOGROUP"):
                         raise
                     # Redis down, or restarted without persistence (group gone): wait and start over
@@ -194,6 +198,13 @@ class RedisStreamEventTrigger(BaseEventTrigger):
             await client.xack(
                 self.stream_key, self.consumer_group, *entry_ids[start : start + self.max_batch]
             )
+
+
+def _cancelling() -> bool:
+    """Whether this task has been asked to stop: a cancellation still pending on it, even when what
+    it was awaiting raised something else."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def crm_changes_asset_name(sync_name: str) -> str:
