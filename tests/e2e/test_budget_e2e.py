@@ -152,13 +152,13 @@ def test_four_mapped_extract_tasks_on_two_workers_share_one_budget_without_a_429
     crm_ids = sorted(live_contact_ids(stack))
     assert len(crm_ids) == CONTACTS
     # the account's limits from now on, with fresh windows and nothing used today
-    crm._call("PUT", "/rate_limits", {"enforce": True, **SMALL, "daily_max": DAILY_MAX})
+    crm.enforce_rate_limits(**SMALL, daily_max=DAILY_MAX)
     stack.wait_for_dag(DAG_ID)
     stack.unpause(DAG_ID)
     run_id = stack.trigger(DAG_ID, {})["dag_run_id"]
     final = stack.wait_for_run(DAG_ID, run_id, timeout=300)
     assert final["state"] == "success", f"run {run_id} ended {final['state']}:\n" + stack.run_summary(DAG_ID, run_id)
-    limiter = crm._call("GET", "/rate_limits")
+    limiter = crm.rate_limits()
 
     # no 429 storm (what the shared budget is for): the stand-in refused (almost) nothing
     refused = sum(limiter["refused"].values())

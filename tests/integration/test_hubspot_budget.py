@@ -49,11 +49,11 @@ print(json.dumps({**result, "started": started, "ended": time.time(), "waited": 
 
 
 def set_limits(crm, **limits) -> dict:
-    return crm.admin._call("PUT", "/rate_limits", {"enforce": True, **limits})
+    return crm.admin.enforce_rate_limits(**limits)
 
 
 def limiter_state(crm) -> dict:
-    return crm.admin._call("GET", "/rate_limits")
+    return crm.admin.rate_limits()
 
 
 def hubspot_conn(crm, **extra) -> str:

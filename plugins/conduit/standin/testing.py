@@ -61,6 +61,15 @@ class AdminClient(AdminSession):
     def stats(self) -> dict:
         return self._call("GET", "/stats")
 
+    def enforce_rate_limits(self, **limits) -> dict:
+        """Enforce HubSpot's limits from now on, with fresh windows and nothing used today
+        (``interval_max``, ``interval_ms``, ``search_per_second``, ``daily_max`` override the tier's)."""
+        return self._call("PUT", "/rate_limits", {"enforce": True, **limits})
+
+    def rate_limits(self) -> dict:
+        """The limiter's state: its limits, ``daily_used`` and ``refused`` by policy."""
+        return self._call("GET", "/rate_limits")
+
     def reset(self, **overrides) -> dict:
         """Back to the seeded data; ``seed``/``contacts``/``companies``/``bad_emails`` may change it."""
         return self._call("POST", "/reset", overrides or None)
