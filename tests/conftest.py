@@ -4,6 +4,7 @@ private AIRFLOW_HOME so tests never touch a developer's Airflow."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -64,6 +65,17 @@ def redis_url() -> str:
     except redis.RedisError as exc:
         _unavailable("Redis at " + REDIS_URL, exc)
     return REDIS_URL
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The private AIRFLOW_HOME goes with a green session; a failed one keeps it (task logs, the
+    metadata DB) and says where."""
+    if os.environ.get("AIRFLOW_HOME") != str(_HOME):
+        return
+    if exitstatus == 0:
+        shutil.rmtree(_HOME, ignore_errors=True)
+    else:
+        print(f"\nAIRFLOW_HOME of this session kept for a look: {_HOME}")
 
 
 class Clock:
