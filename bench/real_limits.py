@@ -422,6 +422,25 @@ def run_conduit_stack(n: int, stack, args, expectation) -> dict:
     return row
 
 
+def no_change_run(stack) -> dict:
+    """A second run at once, the CRM unchanged: an incremental run that reads a window and changes
+    nothing. Its wall is what a run costs on this deployment whatever the data: the DAG's fixed cost."""
+    from conduit.targets.sql import PostgresErpTarget
+
+    spec, target = harness.conduit_spec("public"), PostgresErpTarget(stack.erp_dsn())
+    count, checksum = target.count(spec), target.key_checksum(spec)
+    spawned = time.time()
+    run = stack.trigger(dag_run.DAG_ID)
+    final = stack.wait_for_run(dag_run.DAG_ID, run["dag_run_id"], timeout=600)
+    end = _api_time(final.get("end_date")) or time.time()
+    tis = stack.task_instances(dag_run.DAG_ID, run["dag_run_id"])
+    unchanged = target.count(spec) == count and target.key_checksum(spec) == checksum
+    return {"state": final["state"], "wall_s": round(end - spawned, 2),
+            "verified": final["state"] == "success" and unchanged, "erp_unchanged": unchanged,
+            "tasks_s": {(t["task_id"] if t["map_index"] < 0 else f"{t['task_id']}[{t['map_index']}]"):
+                        round(t["duration"], 2) if t.get("duration") is not None else None for t in tis}}
+
+
 def run_conduit_script(n: int, crm, args, work: Path, expectation) -> dict:
     """``bench/conduit_sync.py`` (the steps, the spec's parallelism on threads) into PostgreSQL."""
     schema = f"{args.schema_prefix}_conduit_{n}"
@@ -511,15 +530,21 @@ def run_contenders(n: int, crm, args, budget: Budget | None, work: Path, rows: l
             finally:
                 clock.stop.set()
                 clock.join()
+            # the full run's requests and 429s; the no-change run's are its own
+            after, refused = crm.admin.stats(), refused_by_policy(crm.base_url)
+            if stack is not None and row["verified"]:
+                row["no_change"] = no_change_run(stack)
+                if not row["no_change"]["verified"]:
+                    row["verified"] = False
+                    row["verify_detail"] += f"; the no-change run after it: {row['no_change']}"
         finally:
             if stack is not None:  # before the next contender: an idle deployment still takes CPU
                 leftovers = stop_stack(stack)
         if stack is not None:
             row.update(stack_stop_s=stack.timings.get("stop_s"), stack_leftovers=leftovers)
-        row.update(contender=name, n=n, **counted(before, crm.admin.stats()), **phases(row, clock),
+        row.update(contender=name, n=n, **counted(before, after), **phases(row, clock),
                    load_before=[round(x, 2) for x in load_before], load_after=[round(x, 2) for x in os.getloadavg()])
         row.update(judged(n, row, ideal_s))
-        refused = refused_by_policy(crm.base_url)
         if refused is not None and refused_before is not None:
             row["http_429_by_policy"] = {k: v - refused_before.get(k, 0) for k, v in refused.items()
                                          if v != refused_before.get(k, 0)}
@@ -623,6 +648,11 @@ def _details(rows: list[dict]) -> list[str]:
                   f"stopped in {r.get('stack_stop_s')} s",
                   f"    {'task':<22} {'state':<9} {'try':>3} {'start s':>8} {'s':>7}  {'peak RSS MiB':>12} {'VmHWM':>6} "
                   f"{'USS':>6}"]
+        if r.get("no_change"):
+            nc = r["no_change"]
+            lines.append(f"    then a no-change run (the DAG's fixed cost here): {nc['wall_s']} s, {nc['state']}, ERP "
+                         f"{'unchanged' if nc['erp_unchanged'] else 'CHANGED'}; task s: "
+                         + ", ".join(f"{k} {_num(v)}" for k, v in nc["tasks_s"].items()))
         t0 = r["spawned_at"]
         for t in r["tasks"]:
             lines.append(f"    {t['task']:<22} {str(t['state']):<9} {t.get('try_number') or '-':>3} "
