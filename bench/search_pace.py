@@ -53,7 +53,8 @@ def main() -> None:
     p.add_argument("--redis", default="redis://127.0.0.1:6379/9", help="where the budget's windows live")
     p.add_argument("--variants", default="observe,no-observe,observe,no-observe")
     args = p.parse_args()
-    with run_standin(contacts=args.contacts, seed=1, slow_ms=150, enforce_rate_limits=True) as crm:
+    with run_standin(contacts=args.contacts, seed=1, slow_ms=150, enforce_rate_limits=True, interval_max=190,
+                     daily_max=650_000) as crm:  # Professional, as the connection says
         os.environ["AIRFLOW_CONN_HUBSPOT_DEFAULT"] = json.dumps({
             "conn_type": "hubspot", "host": crm.base_url, "password": crm.token,
             "extra": {"api_version": "2026-09", "rate_limit_tier": "professional", "budget_redis_conn_id": "bench_budget"}})
@@ -63,7 +64,7 @@ def main() -> None:
             hooks[0].budget.clear()
             if variant == "no-observe":
                 for hook in hooks:
-                    hook.budget.observe = lambda headers, search: None
+                    hook.budget.observe = lambda headers, **_: None
             searches, wall = pace(hooks, args.seconds)
             refused = crm.admin.rate_limits().get("refused")
             print(f"{variant:<11} {searches} searches in {wall:.1f} s = {searches / wall:.2f}/s (the budget's pace "

@@ -4,6 +4,7 @@ of a full read on both of HubSpot's budgets: pure functions and the source over 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -146,6 +147,28 @@ def test_hubspots_headers_correct_the_local_view(make_budget):
     # a count below ours changes nothing (ours was already higher)
     budget.observe({"X-HubSpot-RateLimit-Max": "10", "X-HubSpot-RateLimit-Remaining": "9"}, search=False)
     assert budget.daily_remaining() == 38
+
+
+def test_our_own_requests_in_hubspots_answer_are_not_taken_for_another_clients(make_budget):
+    """HubSpot's count is as of when it took our request; its answer comes a round trip later, when
+    an earlier search of ours has left our one-second window. That search is ours, not another
+    client's: no phantom for it, so two more searches go at once (with the phantom only one)."""
+    budget = make_budget(RateLimits(interval_max=100, daily_max=None, search_per_second=3, margin_ms=0),
+                         sleep=no_waiting)
+    first = budget.acquire(search=True)
+    time.sleep(0.6)
+    sent = budget.acquire(search=True)
+    time.sleep(0.6)  # the "round trip": the first search leaves our window meanwhile
+    counted = sum(1 for at in (first, sent) if at > sent - 1000)  # what HubSpot held when it took ours
+    assert counted == 2, "the machine overslept: the first search had left HubSpot's window too"
+    budget.observe({"X-HubSpot-RateLimit-Secondly": "3", "X-HubSpot-RateLimit-Secondly-Remaining": str(3 - counted)},
+                   search=True, sent_ms=sent)
+    taken = 0
+    with pytest.raises(Waited):
+        for _ in range(3):
+            budget.acquire(search=True)
+            taken += 1
+    assert taken == 2
 
 
 def test_the_secondly_headers_steer_only_searches(make_budget):

@@ -19,6 +19,14 @@ lower limit than the connection says), phantom entries make up the difference, s
 whichever view is stricter; the same for the day's count. A 429 stays possible (other clients,
 clock edges) and is retried; it is no longer how the pace is found.
 
+HubSpot's count is as of when it took the request; its answer arrives a round trip later, when our
+window has moved on and may have dropped requests of ours that HubSpot still counted. So the windows
+keep their entries one span longer than they count them, and the headers are compared with what the
+window held from one span before the answered request was sent (``sent_ms``), not from one span
+before the answer arrived: else each answer near a window's edge would add phantoms for our own
+requests. (Requests of ours sent after it count too, so another client's use may be seen up to
+our concurrency late; phantoms are stamped at the answer's arrival, so they never drop early.)
+
 The windows are made ``margin_ms`` longer than HubSpot's: a request is counted when it is sent, but
 HubSpot counts it when it arrives, up to a network delay later.
 """
@@ -167,13 +175,15 @@ class Budget:
             self.waited_s += pause
             self._sleep(pause)
 
-    def observe(self, headers: Mapping[str, str], *, search: bool) -> None:
+    def observe(self, headers: Mapping[str, str], *, search: bool, sent_ms: int | None = None) -> None:
+        """The answer's rate-limit headers into the windows; ``sent_ms``: when its request took its
+        slot (what :meth:`acquire` returned), so that ours HubSpot counted are not counted twice."""
         said = server_remaining(headers, search=search)
         daily = headers.get("X-HubSpot-RateLimit-Daily")
         if daily is not None and daily.isdigit():
             self.reported_daily_max = int(daily)
         if said != ServerRemaining():
-            self._observe(said, self._day())
+            self._observe(said, self._day(), sent_ms)
 
     def daily_remaining(self) -> int | None:
         if self.limits.daily_max is None:
@@ -202,7 +212,7 @@ class Budget:
         today) when the daily limit is reached."""
         raise NotImplementedError
 
-    def _observe(self, said: ServerRemaining, day: str) -> None:
+    def _observe(self, said: ServerRemaining, day: str, sent_ms: int | None) -> None:
         raise NotImplementedError
 
     def _daily_used(self, day: str) -> int:
@@ -220,27 +230,33 @@ class LocalBudget(Budget):
         self._daily: dict[str, int] = {}
 
     def _trim(self, now: float) -> None:
+        """Drop entries older than two spans (one span is counted, one more is kept for :meth:`_observe`)."""
         limits = self.limits
         for window, span in ((self._interval, limits.interval_ms + limits.margin_ms),
                              (self._search, 1000 + limits.margin_ms)):
-            while window and window[0] <= now - span:
+            while window and window[0] <= now - 2 * span:
                 window.popleft()
+
+    @staticmethod
+    def _count(window: deque[float], after: float) -> int:
+        return sum(1 for t in window if t > after)
 
     def _try(self, search: bool, day: str) -> tuple[int, int]:
         limits = self.limits
         with self._lock:
-            now = self._clock() * 1000
+            now = int(self._clock() * 1000)  # whole ms, as acquire() returns it (observe's sent_ms)
             used = self._daily.get(day, 0)
             if limits.daily_max is not None and used >= limits.daily_max:
                 return -1, used
             self._trim(now)
+            interval_span, search_span = limits.interval_ms + limits.margin_ms, 1000 + limits.margin_ms
             wait = 0.0
-            if len(self._interval) >= limits.interval_max:
+            if self._count(self._interval, now - interval_span) >= limits.interval_max:
                 oldest = self._interval[len(self._interval) - limits.interval_max]
-                wait = oldest + limits.interval_ms + limits.margin_ms - now
-            if search and len(self._search) >= limits.search_per_second:
+                wait = oldest + interval_span - now
+            if search and self._count(self._search, now - search_span) >= limits.search_per_second:
                 oldest = self._search[len(self._search) - limits.search_per_second]
-                wait = max(wait, oldest + 1000 + limits.margin_ms - now)
+                wait = max(wait, oldest + search_span - now)
             if wait > 0:
                 return max(1, int(wait + 0.999)), 0
             self._interval.append(now)
@@ -249,15 +265,17 @@ class LocalBudget(Budget):
             self._daily[day] = used + 1
             return 0, int(now)
 
-    def _observe(self, said: ServerRemaining, day: str) -> None:
+    def _observe(self, said: ServerRemaining, day: str, sent_ms: int | None) -> None:
         limits = self.limits
         with self._lock:
-            now = self._clock() * 1000
+            now = int(self._clock() * 1000)
             self._trim(now)
-            for window, remaining, cap in ((self._interval, said.interval, limits.interval_max),
-                                           (self._search, said.search, limits.search_per_second)):
+            upto = now if sent_ms is None else sent_ms
+            for window, remaining, cap, span in (
+                    (self._interval, said.interval, limits.interval_max, limits.interval_ms + limits.margin_ms),
+                    (self._search, said.search, limits.search_per_second, 1000 + limits.margin_ms)):
                 if remaining is not None:
-                    window.extend([now] * max(0, cap - remaining - len(window)))
+                    window.extend([now] * max(0, cap - remaining - self._count(window, upto - span)))
             if said.daily is not None and limits.daily_max is not None:
                 self._daily[day] = max(self._daily.get(day, 0), limits.daily_max - said.daily)
 
@@ -276,29 +294,24 @@ local smax, sspan = tonumber(ARGV[3]), tonumber(ARGV[4])
 local dmax, search, ttl = tonumber(ARGV[5]), ARGV[6] == '1', tonumber(ARGV[7])
 local used = tonumber(redis.call('GET', KEYS[4]) or '0')
 if dmax > 0 and used >= dmax then return {-1, used} end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ispan)
-local wait = 0
-local n = redis.call('ZCARD', KEYS[1])
-if n >= imax then
-  local oldest = redis.call('ZRANGE', KEYS[1], n - imax, n - imax, 'WITHSCORES')
-  wait = tonumber(oldest[2]) + ispan - now
+-- entries older than one span are not counted, but kept one span more for the observe script
+local function full(key, cap, span)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 2 * span)
+  if redis.call('ZCOUNT', key, '(' .. (now - span), '+inf') < cap then return 0 end
+  local n = redis.call('ZCARD', key)
+  local oldest = redis.call('ZRANGE', key, n - cap, n - cap, 'WITHSCORES')
+  return tonumber(oldest[2]) + span - now
 end
-if search then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - sspan)
-  local s = redis.call('ZCARD', KEYS[2])
-  if s >= smax then
-    local oldest = redis.call('ZRANGE', KEYS[2], s - smax, s - smax, 'WITHSCORES')
-    wait = math.max(wait, tonumber(oldest[2]) + sspan - now)
-  end
-end
+local wait = full(KEYS[1], imax, ispan)
+if search then wait = math.max(wait, full(KEYS[2], smax, sspan)) end
 if wait > 0 then return {wait, 0} end
 local member = redis.call('INCR', KEYS[3])
 redis.call('PEXPIRE', KEYS[3], ispan * 2)
 redis.call('ZADD', KEYS[1], now, member)
-redis.call('PEXPIRE', KEYS[1], ispan * 2)
+redis.call('PEXPIRE', KEYS[1], ispan * 3)
 if search then
   redis.call('ZADD', KEYS[2], now, member)
-  redis.call('PEXPIRE', KEYS[2], ispan * 2)
+  redis.call('PEXPIRE', KEYS[2], ispan * 3)
 end
 redis.call('INCR', KEYS[4])
 redis.call('EXPIRE', KEYS[4], ttl)
@@ -306,18 +319,21 @@ return {0, now}
 """
 
 # KEYS as above. ARGV: interval_max, interval span, search_max, search span, daily_max (0: none), ttl, then
-# what the server says remains in the interval, the search window and the day (-1: not said).
+# what the server says remains in the interval, the search window and the day (-1: not said), and when
+# the answered request took its slot (-1: not known; then now).
 _OBSERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local upto = tonumber(ARGV[10])
+if upto < 0 then upto = now end
 local function catch_up(key, cap, span, remaining)
   if remaining < 0 then return end
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - span)
-  local missing = cap - remaining - redis.call('ZCARD', key)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 2 * span)
+  local missing = cap - remaining - redis.call('ZCOUNT', key, '(' .. (upto - span), '+inf')
   for _ = 1, missing do
     redis.call('ZADD', key, now, 'p' .. redis.call('INCR', KEYS[3]))
   end
-  if missing > 0 then redis.call('PEXPIRE', key, span * 2) end
+  if missing > 0 then redis.call('PEXPIRE', key, span * 3) end
 end
 catch_up(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[7]))
 catch_up(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[8]))
@@ -358,10 +374,10 @@ class RedisBudget(Budget):
             *self._spans(), self.limits.daily_max or 0, int(search), _DAY_TTL_S])
         return int(wait), int(value)
 
-    def _observe(self, said: ServerRemaining, day: str) -> None:
+    def _observe(self, said: ServerRemaining, day: str, sent_ms: int | None) -> None:
         remaining = [-1 if v is None else v for v in (said.interval, said.search, said.daily)]
         self._observe_script(keys=self._keys(day), args=[*self._spans(), self.limits.daily_max or 0, _DAY_TTL_S,
-                                                         *remaining])
+                                                         *remaining, -1 if sent_ms is None else sent_ms])
 
     def _daily_used(self, day: str) -> int:
         return int(self.client.get(self._keys(day)[3]) or 0)

@@ -206,14 +206,15 @@ class HubSpotHook(HttpHook):
         headers = _JSON_BODY if data is not None else None
         budget = self.budget
         search = path.endswith("/search")
+        sent_ms = None
         if budget is not None:  # pace: wait for a slot in the account's windows (every try counts)
-            budget.acquire(search=search)
+            sent_ms = budget.acquire(search=search)
         with self._counting:
             self.requests_sent += 1
         started = time.monotonic()
         response = self.session.request(method, url, params=params, data=data, headers=headers,
                                         timeout=self.settings["timeout"])
-        self._observe(response, time.monotonic() - started, search)
+        self._observe(response, time.monotonic() - started, search, sent_ms)
         if response.status_code < 400:
             content = response.content
             if not content:
@@ -240,12 +241,12 @@ class HubSpotHook(HttpHook):
         with self._counting:
             return statistics.median(self._round_trips) if self._round_trips else 0.0
 
-    def _observe(self, response: requests.Response, elapsed_s: float, search: bool) -> None:
+    def _observe(self, response: requests.Response, elapsed_s: float, search: bool, sent_ms: int | None) -> None:
         """The round trip into :attr:`latency_s`, the rate-limit headers into the budget."""
         with self._counting:
             self._round_trips.append(elapsed_s)
         if self.budget is not None:
-            self.budget.observe(response.headers, search=search)
+            self.budget.observe(response.headers, search=search, sent_ms=sent_ms)
 
     def _daily_limit_reached(self, response: requests.Response) -> CrmDailyLimitReached:
         budget = self.budget
