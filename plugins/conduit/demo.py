@@ -81,7 +81,7 @@ def _report(dag_id: str, dag_run, summaries: dict[str, dict], seconds: float, *,
         f"  deleted    {load.get('deleted', 0):>7}",
         f"  rejected   {gate.get('rejected', load.get('rejected', 0)):>7}   (quarantined with their reasons)",
         f"  defects    {sum(d['count'] for d in gate.get('defects', {}).values()):>7}   "
-        "(loaded with the field empty; listed in conduit_defects)",
+        "(found by this run, loaded with the field empty; every open one is in conduit_defects)",
         *details,
         "",
         "Where to look:",
@@ -89,7 +89,8 @@ def _report(dag_id: str, dag_run, summaries: dict[str, dict], seconds: float, *,
     ]
     if summaries.get("data_docs", {}).get("data_docs"):
         lines.append(f"  GX Data Docs          {summaries['data_docs']['data_docs']}")
-    lines.append("  run it again: the second run is incremental and reports 0 inserted, 0 updated")
+    if extract.get("mode") == "full":
+        lines.append("  run it again: the second run is incremental and reports 0 inserted, 0 updated")
     return "\n".join(lines)
 
 
@@ -214,8 +215,13 @@ def _tryton_demo(repo: Path, home: Path, args: argparse.Namespace) -> int:
                "AIRFLOW_CONN_CONDUIT_STATE_DEFAULT": json.dumps({"conn_type": "sqlite", "host": str(state)})}
         database = tryton.workdir / f"{tryton.database}.sqlite"
         rest = f"{tryton.url_for('party.party')}?f=code&f=name&s=5"
+        # the key goes to a file only its owner reads, not into the output a user may paste somewhere
+        key_file = tryton.workdir / "api-key"
+        key_file.touch(mode=0o600)
+        key_file.chmod(0o600)
+        key_file.write_text(tryton.api_key)
         code = run_sync(repo, TRYTON_DAG_ID, env, args, details=lambda s: tryton_details(tryton, repo, s), where=[
-            f"  Tryton parties (REST) curl -H 'Authorization: Bearer {tryton.api_key}' '{rest}'"
+            f"  Tryton parties (REST) curl -H \"Authorization: Bearer $(cat '{key_file}')\" '{rest}'"
             + ("" if args.serve else "   (with --serve)"),
             f"  Tryton's database     sqlite3 {database} 'select code, name, active from party_party'",
             f"  quarantine            sqlite3 {state} 'select * from conduit_quarantine'",

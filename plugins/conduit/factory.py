@@ -131,7 +131,7 @@ def build_sync_dag(spec: SyncSpec, expectations_dir: str | Path | None = None) -
         if spec.quality:
             suite = str(expectations / spec.quality.suite)
             quality_gate = QualityGateOperator(task_id="quality_gate", extract_plan=plan_extract.output,
-                                               suite_path=suite, **common)
+                                               suite_path=suite, plan_only="{{ params.plan_only }}", **common)
             data_docs = DataDocsOperator(task_id="data_docs", suite_path=suite, **common)
             transform >> [quality_gate, data_docs]
             quality_gate >> plan

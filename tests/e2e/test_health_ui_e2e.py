@@ -174,8 +174,22 @@ def test_the_health_view_shows_two_runs_and_replays_the_quarantine(health_stack:
         for crm_id in nameless:
             crm.modify(crm_id, {"firstname": "Fixed", "lastname": f"Name {crm_id}"})
         stack.unpause(REPLAY_DAG_ID)
-        page.reload()
+        # the page's script held back: until it has wired the button, the button is disabled (a
+        # click there did nothing and the list never emptied: CI, stop 24)
+        held: list = []
+        page.route("**/conduit.js", lambda route: held.append(route))
+        page.reload(wait_until="commit")
         tab = page.frame_locator('iframe[title="Sync health"]')
+        tab.locator("[data-testid=replay]").wait_for()
+        for _ in range(300):  # the route handler runs only inside Playwright's calls: no time.sleep
+            if held:
+                break
+            page.wait_for_timeout(100)
+        assert held, "the page never asked for conduit.js"
+        assert tab.locator("[data-testid=replay]").is_disabled()
+        page.unroute("**/conduit.js")
+        for route in held:
+            route.continue_()
         tab.locator("[data-testid=replay]:not([disabled])").click()
         tab.locator("[data-testid=quarantine-list] tr.empty").wait_for(timeout=300_000)
         (replay,) = runs_of(stack, REPLAY_DAG_ID)

@@ -16,8 +16,10 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+import redis
 import requests
 
+from conduit.webhooks.stream import stream_key
 from e2e import topology
 from e2e.harness import AirflowStack, wait_until
 from e2e.ui import log_in, shot
@@ -248,6 +250,10 @@ def test_a_signed_hubspot_webhook_starts_a_sync_that_picks_the_change_up(airflow
         first_name = conn.execute(f"SELECT first_name FROM public.{topology.ERP_TABLE} WHERE crm_id = %s",
                                   (crm_id,)).fetchone()[0]
     assert first_name == "Webhooked"
+    # acknowledged in Redis only once the real triggerer's supervisor stored the asset event (ack mode)
+    with redis.Redis.from_url(stack.env["CONDUIT_REDIS_URL"]) as events:
+        wait_until(lambda: events.xpending(stream_key(DAG_ID), "conduit")["pending"] == 0,
+                   timeout=30, what="the webhook's stream entries acknowledged")
     admin.unsubscribe_webhooks()
 
 

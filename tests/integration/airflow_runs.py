@@ -139,13 +139,15 @@ def dag_runs(dag_id: str, **where) -> list[dict]:
         ]
 
 
-def run_existing_dagrun(dag, run_id: str, timeout: float = 300):
+def run_existing_dagrun(dag, run_id: str, timeout: float = 300, *, before=None, after=None):
     """Run the tasks of an existing run the way ``dag.test()`` runs its own (same loop, same
-    in-process task runner), since ``dag.test()`` only runs a new manual run."""
+    in-process task runner), since ``dag.test()`` only runs a new manual run. ``before(ti)`` and
+    ``after(ti)`` are called around each try: what happens to a task's worker or the services at
+    that moment. Retry delays are waited out without spinning."""
     from airflow.models.dagbag import DBDagBag
     from airflow.models.dagrun import DagRun
+    from airflow.sdk import timezone
     from airflow.sdk.definitions.dag import _run_task
-    from airflow.utils import timezone
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
@@ -162,18 +164,23 @@ def run_existing_dagrun(dag, run_id: str, timeout: float = 300):
                 ti.state = TaskInstanceState.SCHEDULED
                 ti.scheduled_dttm = timezone.utcnow()
             session.commit()
-            for ti in dr.get_task_instances(session=session):
-                if ti.state == TaskInstanceState.SCHEDULED:
-                    _run_task(ti=ti, task=dag.task_dict[ti.task_id])
+            scheduled = [ti for ti in dr.get_task_instances(session=session) if ti.state == TaskInstanceState.SCHEDULED]
+            for ti in scheduled:
+                if before:
+                    before(ti)
+                _run_task(ti=ti, task=dag.task_dict[ti.task_id])
+                if after:
+                    after(ti)
+            if not scheduled:
+                time.sleep(0.5)  # a retry delay
         return dr.state, {ti.task_id: ti.state for ti in dr.get_task_instances(session=session)}
 
 
-def stored_xcom(dag_id: str, run_id: str, task_id: str):
-    """A task's return value as stored in the metadata DB."""
+def stored_xcom(dag_id: str, run_id: str, task_id: str, key: str = "return_value"):
+    """A task's XCom (its return value unless ``key`` says otherwise) as stored in the metadata DB."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        row = session.query(XComModel).filter_by(dag_id=dag_id, run_id=run_id, task_id=task_id,
-                                                 key="return_value").one()
+        row = session.query(XComModel).filter_by(dag_id=dag_id, run_id=run_id, task_id=task_id, key=key).one()
         return XComModel.deserialize_value(row)

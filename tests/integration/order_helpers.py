@@ -20,6 +20,14 @@ def order_dag():
     return bag.dags["order_fulfilment"]
 
 
+def nightly_dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    return bag.dags["order_fulfilment_nightly"]
+
+
 def new_order(**changes) -> dict:
     return {**EXAMPLE_ORDER, "order_id": f"T-{uuid.uuid4().hex[:10]}", **changes}
 
@@ -47,3 +55,15 @@ def saga_row(order_id: str) -> tuple[dict, list[dict]]:
     return log.saga(f"order-{order_id}"), log.steps(f"order-{order_id}")
 
 
+def trigger_order_run(order: dict, **params) -> str:
+    """A run of order_fulfilment made as the REST API's trigger makes it and started by the
+    scheduler's own code, none of its tasks run yet (see :func:`run_tasks`). Returns its run_id."""
+    from airflow.api.common.trigger_dag import trigger_dag
+    from airflow.utils.types import DagRunTriggeredByType
+    from airflow_runs import register_dags_and_unpause, scheduler_creates_and_starts_runs
+
+    register_dags_and_unpause("order_fulfilment")
+    run = trigger_dag("order_fulfilment", triggered_by=DagRunTriggeredByType.REST_API,
+                      conf={"order": order, "ship_within_s": 30, "ship_poll_s": 0.1, **params})
+    scheduler_creates_and_starts_runs()
+    return run.run_id

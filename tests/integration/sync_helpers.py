@@ -224,6 +224,17 @@ def load(target, spec, staging: RunStaging, summary: dict[str, Any], *, run_id: 
     return steps.load(target, spec, staging, run_id=run_id, watermark_ms=summary["watermark_ms"])
 
 
+def quarantine_table(env) -> pd.DataFrame:
+    """Every entry the sync ever parked (replayed ones included), read from the ERP's database."""
+    import os
+
+    import psycopg
+
+    with psycopg.connect(os.environ["AIRFLOW_CONN_ERP_DEFAULT"]) as conn:
+        cur = conn.execute(f'SELECT * FROM "{env.schema}".conduit_quarantine ORDER BY id')
+        return pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
+
+
 def staged_ids(staging: RunStaging, kind: str = "raw") -> list[str]:
     return [i for frame in staging.read_frames(kind, ["id"]) for i in frame["id"].tolist()]
 

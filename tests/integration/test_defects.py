@@ -75,20 +75,21 @@ def test_junk_contact_details_load_as_null_with_every_defect_listed_and_a_fix_re
     assert {d["first_run_id"] for d in defects} == {first.run_id}
     assert all(d["resolved_at"] is None and d["first_seen_at"] == d["last_seen_at"] for d in defects)
 
-    # the CRM gets fixed for one record, gets another bad value for another, and a third is
-    # touched without changing its bad phone
+    # the CRM gets fixed for one record, gets another bad value for another, a third is
+    # touched without changing its bad phone, and a fourth is archived
     phone_only = sorted(d for d in phones if sum(e[0] == d[0] for e in expected) == 1)
-    fixed, replaced, touched = phone_only[:3]
+    fixed, replaced, touched, archived = phone_only[:4]
     changed_ms = crm.admin.clock_ms() - 120_000  # inside the next incremental run's window
     crm.admin.modify(fixed[1], {"phone": "+49 30 1234567"}, lastmodifieddate_ms=changed_ms)
     crm.admin.modify(replaced[1], {"phone": "still no number"}, lastmodifieddate_ms=changed_ms)
     crm.admin.modify(touched[1], {"firstname": "Touched"}, lastmodifieddate_ms=changed_ms)
+    crm.admin.archive(archived[1])
 
     second = run_ok(sync_env)
 
     assert xcom(second, "extract")["mode"] == "incremental"
     gate = xcom(second, "quality_gate")
-    assert (gate["defects_opened"], gate["defects_seen_again"], gate["defects_resolved"]) == (1, 1, 2)
+    assert (gate["defects_opened"], gate["defects_seen_again"], gate["defects_resolved"]) == (1, 1, 3)
     assert target.fetch_rows(spec, keys=[fixed[0]]).iloc[0]["phone"] == "+49301234567"
     by_key = {}
     for d in read_defects(target, spec):
@@ -99,10 +100,13 @@ def test_junk_contact_details_load_as_null_with_every_defect_listed_and_a_fix_re
     old, new = by_key[replaced[0]]
     assert (old["raw_value"], old["resolved_by_run"]) == (replaced[4], second.run_id)
     assert (new["raw_value"], new["resolved_at"], new["first_run_id"]) == ("still no number", None, second.run_id)
+    (gone,) = by_key[archived[0]]  # the record left the CRM, the load deactivated it: its defect is over
+    assert gone["resolved_by_run"] == second.run_id
+    assert not target.fetch_rows(spec, keys=[archived[0]]).iloc[0]["active"]
     (again,) = by_key[touched[0]]
     assert again["resolved_at"] is None and again["last_run_id"] == second.run_id
     assert again["first_run_id"] == first.run_id and again["last_seen_at"] > again["first_seen_at"]
-    untouched = [d for k, ds in by_key.items() if k not in (fixed[0], replaced[0], touched[0]) for d in ds]
+    untouched = [d for k, ds in by_key.items() if k not in (fixed[0], replaced[0], touched[0], archived[0]) for d in ds]
     assert untouched and all(d["last_run_id"] == first.run_id and d["resolved_at"] is None for d in untouched)
 
 

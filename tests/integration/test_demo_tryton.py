@@ -100,6 +100,12 @@ def test_demo_target_tryton_loads_every_served_contact_and_reports_it(tmp_path, 
     home = tmp_path / "demo"
     out, counts = run_demo(home)
     assert "(full extract)" in out
+    assert "run it again" in out
+    # Tryton's REST key is in a file only its owner reads, not in the report a user may paste somewhere
+    key_file = home / "tryton" / "api-key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert len(key_file.read_text()) >= 16 and key_file.read_text() not in out
+    assert f"$(cat '{key_file}')" in out
 
     served = served_contacts()
     assert len(served) == CONTACTS
@@ -128,6 +134,7 @@ def test_demo_target_tryton_loads_every_served_contact_and_reports_it(tmp_path, 
     # run it again: the same Tryton database and state, an incremental run that writes nothing
     out, counts = run_demo(home)
     assert "(incremental extract)" in out
+    assert "run it again" not in out
     assert (counts["inserted"], counts["updated"], counts["deleted"], counts["rejected"]) == (0, 0, 0, 0)
     again, _ = read_tryton(home, monkeypatch)
     assert {c: p["write_date"] for c, p in again.items()} == {c: p["write_date"] for c, p in parties.items()}

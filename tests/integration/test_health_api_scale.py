@@ -265,7 +265,10 @@ def test_the_overview_lists_300_syncs_with_a_bounded_number_of_statements(scale)
         assert "connection" not in row["reason"]
     assert sum(r["target_type"] == "tryton" for r in overview["syncs"]) == 150
     assert sum(len(f["runs"]) for f in expected.values()) == 5000
-    assert overview["verdicts"]["failing"] == sum(f.get("failed", False) for f in expected.values()) > 0
+    # the flagships' verdicts are whatever earlier tests of the session left: counted apart
+    flagships_failing = sum(r["verdict"] == "failing" for r in overview["syncs"] if r["name"] in FLAGSHIPS)
+    assert overview["verdicts"]["failing"] - flagships_failing == \
+        sum(f.get("failed", False) for f in expected.values()) > 0
 
     few, fewer = counted(api, "/conduit-ui/api/syncs?limit=5")
     assert (few["total"], len(few["syncs"])) == (300, 5)

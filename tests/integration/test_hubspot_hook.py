@@ -86,6 +86,18 @@ def test_5xx_storm_is_retried(crm, hook):
     assert len(set(ids)) == 1200 and hook.retries >= 3
 
 
+@pytest.mark.parametrize(("status", "retry_after_s", "min_wait_s"), [(423, None, 2.0), (477, 1, 1.0), (524, None, 0.0)])
+def test_hubspots_other_try_again_answers_are_retried(crm, hook, status, retry_after_s, min_wait_s):
+    """423 Locked (wait at least 2 s), 477 migration in progress (its Retry-After), 524: retried,
+    not a failed task (contract §1.9)."""
+    crm.admin.faults(server_errors={"burst": 1, "status": status, "retry_after_s": retry_after_s})
+    started = time.monotonic()
+    ids = all_ids(hook.iter_list_pages("contacts", PROPS, limit=100))
+    assert len(set(ids)) == 1200 and hook.retries == 1
+    assert time.monotonic() - started >= min_wait_s
+    assert crm.admin.stats()["sent"].get(str(status)) == 1
+
+
 def test_endless_5xx_raises_a_retryable_error(crm, hook):
     crm.admin.faults(server_errors={"burst": 100, "status": 502})
     with pytest.raises(CrmRetryableError, match="still failing after 5 retries"):
@@ -269,3 +281,35 @@ def test_a_redirect_is_followed_by_the_session(hook):
     # the stand-in answers a trailing slash with a 307 to the path without it
     body = hook.request("GET", hook.objects_path("contacts") + "/", params={"limit": 3, "properties": "email"})
     assert len(body["results"]) == 3 and hook.requests_sent == 1
+
+
+def test_a_spec_too_wide_for_one_search_body_is_still_read_every_way(crm, hook):
+    """HubSpot refuses a search body over 3,000 characters with a 400 (contract §1.5), and the body
+    names every property the spec reads: a wide spec must still read its window, its id ranges and
+    the reconciliation's question (searching ids, reading the properties by id), not fail every run."""
+    from conduit.sources.hubspot.source import HubSpotSource
+    from conduit.specs.model import HubSpotSource as SourceSpec
+
+    wide = [f"customer_master_custom_property_{i:03d}" for i in range(80)]
+    config = SourceSpec(type="hubspot", properties=["email", "lastmodifieddate", *wide])
+    source = HubSpotSource(config, hook=hook)
+    live = all_ids(hook.iter_list_pages("contacts", ["email"], limit=100))
+    tagged = live[::97]
+    stamp = crm.admin.clock_ms() - 5_000
+    for record_id in tagged:
+        crm.admin.modify(record_id, {wide[-1]: f"wide-{record_id}"}, lastmodifieddate_ms=stamp)
+    window = window_all(crm)
+
+    def read(item) -> dict[str, dict]:
+        records = [r for page in source.read(item) for r in page]
+        assert len(records) == len({r["id"] for r in records})  # each record once
+        return {r["id"]: r["properties"] for r in records}
+
+    changed = read({"kind": "changed", "window": [window.lower_ms, window.upper_ms]})
+    assert sorted(changed, key=int) == sorted(live, key=int)
+    assert {i: changed[i][wide[-1]] for i in tagged} == {i: f"wide-{i}" for i in tagged}
+    ranges = [i for i in source.plan(None, parallelism=3) if i["kind"] == "range"]
+    by_range = {k: v for item in ranges for k, v in read(item).items()}
+    assert sorted(by_range, key=int) == sorted(live, key=int) and by_range[tagged[0]][wide[-1]] == f"wide-{tagged[0]}"
+    late = source.modified_since_created_before(stamp)  # created before, modified at the bound
+    assert {r["id"] for r in late} >= set(tagged) and all(r["properties"][wide[-1]] for r in late if r["id"] in tagged)

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 from airflow.sdk import DagRunState
-from order_helpers import DAGS, effects, new_order, saga_row
+from order_helpers import effects, new_order, nightly_dag, saga_row
 
 from conduit.exceptions import OrderFeedError
 from conduit.orders.feed import read_orders
@@ -30,14 +30,6 @@ EXPECTED = {
 # each never-shipping order waits out its whole shipping deadline (1 s): five of them are enough
 MIX = ["happy"] * 95 + ["never_ships"] * 5 + [kind for kind in EXPECTED if kind not in ("happy", "never_ships")
                                              for _ in range(20)]
-
-
-def nightly_dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS))
-    assert bag.import_errors == {}
-    return bag.dags["order_fulfilment_nightly"]
 
 
 def test_two_hundred_orders_with_mixed_faults_end_shipped_once_or_fully_compensated(order_env, tmp_path):

@@ -3,11 +3,15 @@ HTTP and a saga log on PostgreSQL: every path, proven by the services' ledgers a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from airflow.sdk import DagRunState
-from order_helpers import effects, new_order, run_order, saga_row
+from order_helpers import effects, new_order, nightly_dag, run_order, saga_row
+
+from conduit.hooks.saga_log import SagaLogHook
+from conduit.orders.model import saga_id_for
 
 pytestmark = pytest.mark.postgres
 
@@ -111,7 +115,6 @@ def test_a_second_run_for_the_same_order_acts_on_nothing(order_env):
 def test_the_readme_minimal_saga_runs_and_compensates(order_env, monkeypatch):
     """docs/examples/minimal_saga.py, shown whole in the README, on real Airflow and services
     (deployed as its own DAG bundle, as a user would add a folder)."""
-    import json
     import os
 
     from airflow.dag_processing.dagbag import DagBag
@@ -148,3 +151,30 @@ def test_a_malformed_order_is_refused_by_field_before_anything_is_reserved(order
     assert saga["status"] == "compensated"
     assert saga["cause"].startswith(f"validate: BusinessRejection: order '{order['order_id']}' is invalid")
     assert all(field in saga["cause"] for field in ("amount", "country", "address"))
+
+
+def test_an_order_the_nightly_sent_for_review_goes_through_order_fulfilment_as_attempt_2(order_env, tmp_path):
+    """The batch releases an order that needs a review; order_fulfilment with attempt 2 (a new saga,
+    new idempotency keys) takes it, and a third attempt after it shipped is refused. (Here, not in
+    test_order_batch.py: CI runs that module in the e2e process, where Playwright's event loop is
+    running and dag.test() cannot run the deferred shipment sensor.)"""
+    order = new_order()
+    order_env.admin.faults(fraud={"scores": {order["order_id"]: 0.5}})  # between 0.3 and 0.8: review
+    feed = tmp_path / "pending.jsonl"
+    feed.write_text(json.dumps(order) + "\n")
+    nightly = nightly_dag().test(run_conf={"feed": str(feed), "ship_within_s": 5, "ship_poll_s": 0.1})
+    assert nightly.state == DagRunState.SUCCESS
+    assert saga_row(order["order_id"])[0]["status"] == "compensated"
+    assert effects(order_env, order["order_id"]) == {"reserve": 1, "release": 1}
+
+    order_env.admin.faults(fraud={"scores": {order["order_id"]: 0.1}})  # say the person cleared it
+    dag_run, states = run_order(order, attempt=2)
+    assert dag_run.state == DagRunState.SUCCESS, states
+    log = SagaLogHook().get_conn()
+    assert log.saga(saga_id_for(order["order_id"], 2))["status"] == "committed"
+    assert effects(order_env, order["order_id"]) == {"reserve": 2, "release": 1, "authorize": 1, "create": 1,
+                                                     "capture": 1}
+    dag_run, states = run_order(order, attempt=3)  # attempt 2 shipped: nothing to try again
+    assert dag_run.state == DagRunState.FAILED and states["start"] == "failed"
+    assert log.saga(saga_id_for(order["order_id"], 3)) is None
+    assert effects(order_env, order["order_id"])["reserve"] == 2

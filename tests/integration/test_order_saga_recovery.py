@@ -1,29 +1,43 @@
-"""Exactly-once effects of the order saga when Airflow runs tasks more than once: a compensation
-killed with SIGKILL in the middle of its call and then run again, and a failed saga run cleared and
-rerun. Real Airflow (``dag.test()``, the scheduler's own clear), real services over HTTP, the saga
-log on PostgreSQL; the services' ledgers are the proof."""
+"""Exactly-once effects of the order saga when Airflow runs tasks more than once or loses them: a
+compensation killed with SIGKILL in the middle of its call and then run again, a failed saga run
+cleared and rerun, an action killed while its request waits in the service, a step's begin task
+lost after registering the step. Real Airflow (``dag.test()``, the scheduler's own clear and
+mark-failed), real services over HTTP, the saga log on PostgreSQL; the services' ledgers are the
+proof."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import pytest
 from airflow.sdk import DagRunState
 from airflow_runs import dag_runs, run_existing_dagrun
-from order_helpers import DAGS, effects, new_order, order_dag, run_order, saga_row
+from order_helpers import (
+    DAGS,
+    effects,
+    new_order,
+    nightly_dag,
+    order_dag,
+    run_order,
+    saga_row,
+    trigger_order_run,
+)
 
 pytestmark = pytest.mark.postgres
 
 DAG_ID = "order_fulfilment"
+NIGHTLY_DAG_ID = "order_fulfilment_nightly"
 CHILD = r"""
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
-dag = DagBag(dag_folder=sys.argv[1]).dags["order_fulfilment"]
+dag = DagBag(dag_folder=sys.argv[1]).dags[sys.argv[3] if len(sys.argv) > 3 else "order_fulfilment"]
 dag.test(run_conf=json.loads(sys.argv[2]))
 """
 
@@ -125,3 +139,146 @@ def test_a_compensation_killed_in_the_middle_of_its_call_then_retried_is_done_on
     inventory = next(s for s in steps if s["step"] == "inventory")
     assert (inventory["compensation_status"], inventory["compensation_attempts"]) == ("done", 2)
     assert saga["status"] == "compensated" and saga["cause"].startswith("reject by rule high_fraud_score")
+
+
+def mark_run_failed(run_id: str, dag_id: str = DAG_ID) -> None:
+    """What "Mark run as failed" in the UI (PATCH dagRuns/{run} {"state": "failed"}) does: running
+    tasks failed, pending ones skipped, teardowns left to run."""
+    from airflow.api.common.mark_tasks import set_dag_run_state_to_failed
+    from airflow.models.dagbag import DBDagBag
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        dag = DBDagBag().get_dag_for_run(run, session)
+    set_dag_run_state_to_failed(dag=dag, run_id=run_id, commit=True)
+
+
+def killed_while_authorising(services, run_conf: dict, late_s: float, dag_id: str = DAG_ID) -> tuple[str, float]:
+    """Run ``dag_id`` in a child process; the payment service holds the authorisation request for
+    ``late_s`` seconds before it does it (a queue); once it is there, the child is killed with
+    SIGKILL (the worker lost in the middle of the call) and the run marked failed. Returns the run
+    and when the request had arrived (epoch seconds)."""
+    services.admin.faults(payment={"fail_next": 1, "mode": "late", "delay_s": late_s, "operation": "authorize"})
+    patient = json.loads(os.environ["AIRFLOW_CONN_PAYMENT_DEFAULT"])
+    child_env = {**os.environ, "AIRFLOW_CONN_PAYMENT_DEFAULT": json.dumps({**patient, "extra": {"timeout": 120}})}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(DAGS), json.dumps(run_conf), dag_id], env=child_env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: services.admin.requests().get("payment", {}).get("authorize", {}).get("received"),
+                 "the authorisation request to reach the service", timeout=120)
+        arrived = time.time()
+        os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    (run,) = [r for r in dag_runs(dag_id) if r["state"] == DagRunState.RUNNING]
+    mark_run_failed(run["run_id"], dag_id)
+    return run["run_id"], arrived
+
+
+def wait_for_the_late_authorisation(services, order_id: str, late_s: float) -> None:
+    """Until the held request is done: as a repeat of a call the service saw since, or as the first."""
+    def done():
+        calls = services.admin.requests()["payment"]["authorize"]
+        return calls["replayed"] or (calls["received"] == 1 and effects(services, order_id).get("authorize"))
+
+    wait_for(done, "the late authorisation request to be done", timeout=late_s + 30)
+
+
+def test_an_action_killed_while_its_request_waits_in_the_service_is_undone_when_it_lands_late(order_env):
+    """The payment service holds the authorisation request; the action's worker is killed in the
+    middle of the call and the run is marked failed. The compensation must not take "no
+    authorisation yet" for "none ever": the request is done after it, and the money would stay held
+    with the saga saying compensated."""
+    order, late_s = new_order(), 30.0
+    run_id, arrived = killed_while_authorising(order_env, {"order": order, "ship_within_s": 30, "ship_poll_s": 0.1},
+                                               late_s)
+    assert effects(order_env, order["order_id"]) == {"reserve": 1}  # the authorisation is still waiting
+
+    state, states = run_existing_dagrun(order_dag(), run_id)
+    assert state == DagRunState.FAILED and states["payment.action"] == "failed", states
+    assert states["payment.compensate"] == "success", states
+
+    wait_for_the_late_authorisation(order_env, order["order_id"], late_s)
+    assert effects(order_env, order["order_id"]) == {"reserve": 1, "release": 1, "authorize": 1, "void": 1}
+    assert order_env.admin.requests()["payment"]["authorize"] == {"received": 2, "faulted": 1, "replayed": 1}
+    saga, steps = saga_row(order["order_id"])
+    assert saga["status"] == "compensated"
+    payment = next(s for s in steps if s["step"] == "payment")
+    assert (payment["action_status"], payment["compensation_status"]) == ("running", "done")
+    assert payment["compensation_result"]["status"] == "voided"
+    assert payment["compensated_at"] < arrived + late_s  # while the request was still held: the race
+
+
+def test_an_inline_saga_killed_while_its_request_waits_in_the_service_is_undone_when_it_lands_late(
+        order_env, tmp_path):
+    """The same for the nightly batch: the order's flow task is killed in the middle of the
+    authorisation, the run marked failed; the order's compensation task undoes the late one too."""
+    order, late_s = new_order(), 30.0
+    feed = tmp_path / "pending.jsonl"
+    feed.write_text(json.dumps(order) + "\n")
+    run_id, arrived = killed_while_authorising(order_env, {"feed": str(feed), "ship_within_s": 5, "ship_poll_s": 0.1},
+                                      late_s, dag_id=NIGHTLY_DAG_ID)
+
+    state, states = run_existing_dagrun(nightly_dag(), run_id)
+    assert (states["order.process"], states["order.compensate"]) == ("failed", "success"), states
+
+    wait_for_the_late_authorisation(order_env, order["order_id"], late_s)
+    assert effects(order_env, order["order_id"]) == {"reserve": 1, "release": 1, "authorize": 1, "void": 1}
+    assert order_env.admin.requests()["payment"]["authorize"] == {"received": 2, "faulted": 1, "replayed": 1}
+    saga, steps = saga_row(order["order_id"])
+    assert saga["status"] == "compensated"
+    assert next(s for s in steps if s["step"] == "payment")["compensated_at"] < arrived + late_s
+
+
+def unreachable_saga_log() -> str:
+    """The saga log's connection with a port nothing listens on: the database is unreachable."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return json.dumps({**json.loads(os.environ["AIRFLOW_CONN_CONDUIT_SAGA_DEFAULT"]), "host": "127.0.0.1", "port": port})
+
+
+def test_a_begin_task_lost_after_registering_its_step_leaves_the_saga_compensated(order_env, monkeypatch):
+    """payment.begin registers the step, then its worker is lost before the try is reported; its
+    retries find the saga log unreachable and it fails. Its action never runs and its compensation
+    (a teardown of a failed setup) never runs: the stock reserved before is still released, and the
+    saga, which owes nothing for payment, ends compensated instead of compensating for ever (which
+    also refuses the order's next attempt)."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.sdk import TaskInstanceState, timezone
+    from airflow.utils.session import create_session
+
+    order = new_order()
+    run_id = trigger_order_run(order)
+    reachable, unreachable = os.environ["AIRFLOW_CONN_CONDUIT_SAGA_DEFAULT"], unreachable_saga_log()
+
+    def before(ti):
+        retry_of_begin = ti.task_id == "payment.begin" and ti.try_number > 1
+        monkeypatch.setenv("AIRFLOW_CONN_CONDUIT_SAGA_DEFAULT", unreachable if retry_of_begin else reachable)
+
+    def after(ti):
+        if ti.task_id != "payment.begin":
+            return
+        if ti.try_number == 1:
+            assert [s["step"] for s in saga_row(order["order_id"])[1]][-1] == "payment"  # registered
+        with create_session() as session:
+            tried = session.get(TaskInstance, ti.id)
+            if ti.try_number == 1:  # its process vanished before it reported: a failed try
+                tried.state = TaskInstanceState.UP_FOR_RETRY
+            if tried.state == TaskInstanceState.UP_FOR_RETRY:  # its retry delay has passed (~35 s of test time)
+                tried.end_date = timezone.utcnow() - timedelta(hours=1)
+
+    state, states = run_existing_dagrun(order_dag(), run_id, before=before, after=after)
+
+    assert state == DagRunState.FAILED, states
+    assert (states["payment.begin"], states["payment.action"]) == ("failed", "upstream_failed"), states
+    assert (states["payment.compensate"], states["inventory.compensate"]) == ("upstream_failed", "success"), states
+    assert effects(order_env, order["order_id"]) == {"reserve": 1, "release": 1}
+    saga, steps = saga_row(order["order_id"])
+    assert saga["status"] == "compensated", saga
+    payment = next(s for s in steps if s["step"] == "payment")
+    assert (payment["action_status"], payment["compensation_status"]) == ("pending", "not_needed")

@@ -11,7 +11,7 @@ import pandas as pd
 import psycopg
 import pytest
 from airflow.sdk import TaskInstanceState
-from sync_helpers import CONTACTS, SEED, bad_email_ids, seeded_mapped, xcom
+from sync_helpers import CONTACTS, SEED, bad_email_ids, quarantine_table, seeded_mapped, xcom
 
 from conduit.standin.data import generate, iter_records
 
@@ -44,12 +44,6 @@ def active_rows(env) -> pd.DataFrame:
     return rows[rows["active"].astype(bool)].reset_index(drop=True)
 
 
-def quarantine_rows(env) -> pd.DataFrame:
-    with psycopg.connect(os.environ["AIRFLOW_CONN_ERP_DEFAULT"]) as conn:
-        cur = conn.execute(f'SELECT * FROM "{env.schema}".conduit_quarantine ORDER BY id')
-        return pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
-
-
 def task_error(capsys, error: str) -> str:
     """The text of the ``error`` a task failed with: dag.test() runs tasks in this process and
     their logs (with the traceback) go to stdout."""
@@ -73,7 +67,7 @@ def test_block_policy_fails_the_run_naming_expectation_and_record(sync_env, caps
     assert states["load"] == TaskInstanceState.UPSTREAM_FAILED
     assert sync_env.target().count(sync_env.spec(), active_only=False) == 0
     assert sync_env.target().read_watermark(sync_env.spec()) is None
-    assert quarantine_rows(sync_env).empty  # block parks nothing: nothing was accepted either
+    assert quarantine_table(sync_env).empty  # block parks nothing: nothing was accepted either
     text = task_error(capsys, "QualityGateFailed")
     assert text.startswith(f"conduit.exceptions.QualityGateFailed: policy block: {EMAIL_CHECK} 1 rows")
     assert f"FAIL {EMAIL_CHECK} [critical]: 1 failed (e.g. HS-C-{bad_id})" in text
@@ -98,7 +92,7 @@ def test_quarantine_policy_parks_bad_rows_and_loads_the_rest_with_data_docs(sync
     assert loaded["customer_number"].tolist() == want["customer_number"].tolist()
     assert loaded["row_hash"].tolist() == want["row_hash"].tolist()
 
-    parked = quarantine_rows(sync_env)
+    parked = quarantine_table(sync_env)
     assert sorted(parked["crm_id"]) == sorted(bad)
     assert sorted(parked["record_key"]) == sorted(f"HS-C-{i}" for i in bad)
     assert set(parked["expectation"]) == {"expect_column_values_to_match_regex"}
@@ -137,7 +131,7 @@ def test_warn_policy_loads_everything_and_reports(sync_env):
     assert gate["reason"].startswith(f"policy warn, loading all rows despite: {EMAIL_CHECK} 3 rows")
     assert xcom(dag_run, "load")["inserted"] == 600
     assert sync_env.target().count(sync_env.spec()) == 600
-    assert quarantine_rows(sync_env).empty
+    assert quarantine_table(sync_env).empty
 
 
 def test_rejected_ratio_just_above_fails_and_exactly_at_passes(sync_env):
@@ -151,7 +145,7 @@ def test_rejected_ratio_just_above_fails_and_exactly_at_passes(sync_env):
     assert dag_run.state == "failed", states
     assert states["quality_gate"] == TaskInstanceState.FAILED
     assert sync_env.target().count(spec, active_only=False) == 0
-    assert quarantine_rows(sync_env).empty  # a failed gate loads nothing and parks nothing
+    assert quarantine_table(sync_env).empty  # a failed gate loads nothing and parks nothing
 
     sync_env.crm.admin.reset(bad_emails=6)
     dag_run, states = run(sync_env)
@@ -160,7 +154,7 @@ def test_rejected_ratio_just_above_fails_and_exactly_at_passes(sync_env):
     gate = xcom(dag_run, "quality_gate")
     assert (gate["checked"], gate["rejected"], gate["passed"]) == (600, 6, True)
     assert sync_env.target().count(spec) == 594
-    assert sorted(quarantine_rows(sync_env)["crm_id"]) == sorted(bad_email_ids(spec, 6))
+    assert sorted(quarantine_table(sync_env)["crm_id"]) == sorted(bad_email_ids(spec, 6))
 
 
 def test_table_level_failure_blocks_even_under_quarantine(sync_env, capsys):
@@ -174,7 +168,7 @@ def test_table_level_failure_blocks_even_under_quarantine(sync_env, capsys):
     assert states["quality_gate"] == TaskInstanceState.FAILED
     assert states["load"] == TaskInstanceState.UPSTREAM_FAILED
     assert sync_env.target().count(sync_env.spec(), active_only=False) == 0
-    assert quarantine_rows(sync_env).empty
+    assert quarantine_table(sync_env).empty
     assert task_error(capsys, "QualityGateFailed").startswith(
         "conduit.exceptions.QualityGateFailed: table-level expectation failed: "
         "expect_column_values_to_be_unique(customer_number) observed")

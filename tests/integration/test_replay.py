@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
-import psycopg
 import pytest
-from sync_helpers import bad_email_ids, seeded_mapped, xcom
+from sync_helpers import bad_email_ids, quarantine_table, seeded_mapped, xcom
 
 from conduit.pipeline.replay import group_entries, revalidate, select_spec
 from conduit.sources.hubspot.source import chunks
@@ -40,16 +40,33 @@ def run_replay(env, *, dry_run=False) -> tuple[object, dict]:
     return dag_run, xcom(dag_run, "replay")
 
 
+def replay_try(env, run_id: str, try_number: int, *, crash_at: str | None = None):
+    """One try of the replay DAG's task for the run ``run_id``: the real operator, with Airflow's
+    own outlet-event accessors. With ``crash_at`` the try runs in a forked task process that the
+    crash point SIGKILLs (as the OOM killer would); returns (its exit code, None). Else
+    (summary, the outlet events the try added)."""
+    from airflow.sdk.execution_time.context import OutletEventAccessors
 
+    from conduit.crash import ARM, ONCE
+    from conduit.operators.replay import QuarantineReplayOperator
 
+    operator = QuarantineReplayOperator(task_id="replay", sync=env.spec().name,
+                                        syncs_dir=str(env.include / "syncs"))
+    outlets = OutletEventAccessors()
+    context = {"run_id": run_id, "ti": SimpleNamespace(try_number=try_number), "outlet_events": outlets}
+    if crash_at is None:
+        summary = operator.execute(context)
+        return summary, [event for key in outlets for event in outlets[key].asset_alias_events]
+    pid = os.fork()
+    if pid == 0:  # the task process: never returns into pytest
+        os.environ[ARM], os.environ[ONCE] = crash_at, str(env.include / f"{crash_at}.fired")
+        try:
+            operator.execute(context)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), None
 
-
-
-
-def quarantine(env) -> pd.DataFrame:
-    with psycopg.connect(os.environ["AIRFLOW_CONN_ERP_DEFAULT"]) as conn:
-        cur = conn.execute(f'SELECT * FROM "{env.schema}".conduit_quarantine ORDER BY id')
-        return pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
 
 
 def active(env) -> pd.DataFrame:
@@ -67,7 +84,7 @@ def test_replay_after_the_crm_is_fixed_loads_fixed_rows_once(sync_env):
     fixed, still_bad, archived = (bad := bad_email_ids(spec, 4))[:2], bad[2], bad[3]
     run_sync(sync_env)
     assert sync_env.target().count(spec) == 596
-    assert sorted(quarantine(sync_env)["crm_id"]) == sorted(bad)
+    assert sorted(quarantine_table(sync_env)["crm_id"]) == sorted(bad)
     watermark = sync_env.target().read_watermark(spec)
 
     changed_ms = crm.admin.clock_ms() - 120_000  # inside the next incremental sync's window
@@ -92,7 +109,7 @@ def test_replay_after_the_crm_is_fixed_loads_fixed_rows_once(sync_env):
         assert rows.loc[f"HS-C-{crm_id}", "last_run_id"] == replay_run.run_id
     assert sync_env.target().read_watermark(spec) == watermark  # the sync's cursor stays
 
-    entries = quarantine(sync_env).set_index("crm_id")
+    entries = quarantine_table(sync_env).set_index("crm_id")
     done = entries.loc[fixed]
     assert done["replayed_at"].notna().all()
     assert (done["replayed_by_run"] == replay_run.run_id).all()
@@ -104,7 +121,7 @@ def test_replay_after_the_crm_is_fixed_loads_fixed_rows_once(sync_env):
     assert (again["open_entries"], again["replayed_records"], again["inserted"], again["updated"]) == (2, 0, 0, 0)
     pd.testing.assert_frame_equal(sync_env.target().fetch_rows(spec)[["customer_number", "updated_at",
                                                                         "last_run_id"]], before)
-    pd.testing.assert_frame_equal(quarantine(sync_env).set_index("crm_id").loc[fixed], done)
+    pd.testing.assert_frame_equal(quarantine_table(sync_env).set_index("crm_id").loc[fixed], done)
 
     # the next incremental sync reads the fixed records again and finds them already loaded
     sync_run = run_sync(sync_env)
@@ -118,7 +135,7 @@ def test_replay_after_the_mapping_is_fixed_dry_run_first(sync_env):
     # a mapping bug: country names reach the ERP unconverted, so most rows break the ISO-2 check
     sync_env.edit_spec(mapping__country_code__transforms=[], quality__max_rejected_ratio=1.0)
     run_sync(sync_env)
-    parked = quarantine(sync_env)
+    parked = quarantine_table(sync_env)
     assert set(parked["column_name"]) == {"country_code"}
     bad = sorted(set(parked["crm_id"]))
     assert len(bad) > 100  # more than one batch read
@@ -131,11 +148,11 @@ def test_replay_after_the_mapping_is_fixed_dry_run_first(sync_env):
     assert dry["dry_run"] is True
     assert (dry["replayed_records"], dry["inserted"], dry["still_failing"]) == (len(bad), len(bad), 0)
     assert sync_env.target().count(sync_env.spec()) == loaded  # rolled back, entries still open
-    assert quarantine(sync_env)["replayed_at"].isna().all()
+    assert quarantine_table(sync_env)["replayed_at"].isna().all()
 
     replay_run, summary = run_replay(sync_env)
     assert (summary["replayed_records"], summary["inserted"], summary["not_in_crm"]) == (len(bad), len(bad), 0)
-    entries = quarantine(sync_env)
+    entries = quarantine_table(sync_env)
     assert (entries["replayed_by_run"] == replay_run.run_id).all() and entries["replayed_at"].notna().all()
     spec = sync_env.spec()
     want = seeded_mapped(spec).set_index("customer_number").sort_index()
@@ -146,6 +163,40 @@ def test_replay_after_the_mapping_is_fixed_dry_run_first(sync_env):
 
     _, again = run_replay(sync_env)
     assert (again["open_entries"], again["replayed_records"], again["inserted"]) == (0, 0, 0)
+
+
+@pytest.mark.postgres
+def test_a_replay_retried_after_its_committed_load_still_tells_downstream_dags(sync_env):
+    """The replay task killed after its load committed (``replay.after_load``): the retry finds the
+    entries closed and replays nothing, yet the ERP table did change in this run. Like the sync's
+    load, the retry must still add the ERP table's asset event, or the DAGs scheduled on the table
+    (the revenue ETL) never hear of the replayed records."""
+    from conduit.lineage.assets import erp_table_asset
+
+    sync_env.edit_spec(mapping__email__transforms=[{"type": "email"}])
+    crm = sync_env.crm
+    crm.admin.reset(bad_emails=2)
+    spec = sync_env.spec()
+    bad = bad_email_ids(spec, 2)
+    run_sync(sync_env)
+    for crm_id in bad:
+        crm.admin.modify(crm_id, {"email": f"fixed.{crm_id}@example.com"},
+                         lastmodifieddate_ms=crm.admin.clock_ms() - 120_000)
+    run_id = "manual__replay-killed-after-load"
+
+    assert replay_try(sync_env, run_id, 1, crash_at="replay.after_load") == (-9, None)
+    entries = quarantine_table(sync_env).set_index("crm_id").loc[bad]
+    assert (entries["replayed_by_run"] == run_id).all()  # the killed try's load committed
+    assert set(active(sync_env).loc[[f"HS-C-{i}" for i in bad], "last_run_id"]) == {run_id}
+
+    summary, events = replay_try(sync_env, run_id, 2)
+
+    assert summary["replayed_records"] == 0  # nothing is replayed twice
+    assert [(e.dest_asset_key.name, e.extra["run_id"]) for e in events] == [(erp_table_asset(spec).name, run_id)]
+
+    # a retry whose earlier try never loaded anything tells nobody
+    _, again = replay_try(sync_env, "manual__replay-nothing-to-do", 2)
+    assert again == []
 
 
 # --- the pure parts ---------------------------------------------------------------------------

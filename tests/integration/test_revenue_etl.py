@@ -130,3 +130,88 @@ def test_manual_run_seeds_orders_and_reports_without_a_sync(airflow_db, tmp_path
     assert len(report) == 49 and "HS-C-3" not in set(report["customer_number"])
     assert report["source_sync_run_id"].isna().all() and set(report["etl_run_id"]) == {dag_run.run_id}
     assert store.read_run(dag_run.run_id)["source_events"] == 0
+
+
+@pytest.mark.parametrize("erp", ["postgres", "sqlite"])
+def test_a_rerun_of_an_older_run_does_not_roll_the_report_back(erp, request, tmp_path):
+    """Run A reports as of T1, run B as of T2 (a customer ordered again in between). Clearing and
+    rerunning A afterwards (e.g. once the data that failed its gate is fixed) must not put the
+    T1 report back over B's: that customer's later revenue would vanish from the report."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import insert, text
+
+    from conduit.etl.steps import run_revenue_etl
+    from conduit.etl.store import RevenueStore, engine_for
+
+    suite = DAGS.parent / "include" / "expectations" / "customer_revenue.yaml"
+    if erp == "postgres":
+        engine, schema = engine_for(request.getfixturevalue("pg_server_dsn")), request.getfixturevalue("pg_schema")
+    else:  # SQLite hands the stored as_of back naive
+        engine, schema = engine_for(str(tmp_path / "erp.db")), None
+    customers = f'"{schema}".erp_customers' if schema else "erp_customers"
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {customers} (customer_number text PRIMARY KEY, active boolean NOT NULL)"))
+        conn.execute(text(f"INSERT INTO {customers} VALUES ('HS-C-1', true), ('HS-C-2', true)"))
+    store = RevenueStore(engine, schema=schema or "public")
+    store.ensure_tables()
+    t1 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
+    t2 = t1 + timedelta(days=1)
+    with engine.begin() as conn:
+        conn.execute(insert(store.tables.orders), [
+            {"order_id": "SO-1", "customer_number": "HS-C-1", "ordered_at": t1 - timedelta(days=3),
+             "status": "completed", "amount": 100, "currency": "EUR"},
+            {"order_id": "SO-2", "customer_number": "HS-C-1", "ordered_at": t1 + timedelta(hours=5),
+             "status": "completed", "amount": 250, "currency": "EUR"},
+        ])
+
+    def revenue_of(number: str) -> float:
+        report = store.read_report().set_index("customer_number")
+        return float(report.loc[number, "revenue"])
+
+    run_revenue_etl(store, suite, run_id="run-A", as_of=t1)
+    assert revenue_of("HS-C-1") == 100.0
+    run_revenue_etl(store, suite, run_id="run-B", as_of=t2)
+    assert revenue_of("HS-C-1") == 350.0
+
+    rerun = run_revenue_etl(store, suite, run_id="run-A", as_of=t1)  # run A cleared and rerun
+    report = store.read_report()
+    assert set(report["etl_run_id"]) == {"run-B"}, rerun
+    assert revenue_of("HS-C-1") == 350.0 and (rerun["written"], rerun["superseded_by"]) == (0, "run-B")
+    assert store.read_run("run-B")["revenue_total"] == 350
+
+
+def test_orders_placed_after_as_of_do_not_break_a_rerun(pg_server_dsn, pg_schema):
+    """Only orders placed by as_of count, "so a rerun of a run gives the same numbers whatever was
+    ordered since" (conduit.etl.revenue): an order placed since, in a status or currency the
+    report cannot use, must not fail the rerun either."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import insert, text
+
+    from conduit.etl.steps import run_revenue_etl
+    from conduit.etl.store import RevenueStore, engine_for
+
+    suite = DAGS.parent / "include" / "expectations" / "customer_revenue.yaml"
+    engine = engine_for(pg_server_dsn)
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE TABLE "{pg_schema}".erp_customers '
+                          "(customer_number text PRIMARY KEY, active boolean NOT NULL)"))
+        conn.execute(text(f"INSERT INTO \"{pg_schema}\".erp_customers VALUES ('HS-C-1', true)"))
+    store = RevenueStore(engine, schema=pg_schema)
+    store.ensure_tables()
+    as_of = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
+    order = {"customer_number": "HS-C-1", "status": "completed", "amount": 100, "currency": "EUR"}
+    with engine.begin() as conn:
+        conn.execute(insert(store.tables.orders), [{**order, "order_id": "SO-1", "ordered_at": as_of - timedelta(days=1)}])
+    first = run_revenue_etl(store, suite, run_id="run-A", as_of=as_of)
+    report = store.read_report()
+
+    with engine.begin() as conn:  # ordered since: a status and a currency the report does not know
+        conn.execute(insert(store.tables.orders), [
+            {**order, "order_id": "SO-2", "ordered_at": as_of + timedelta(minutes=5), "status": "on_hold"},
+            {**order, "order_id": "SO-3", "ordered_at": as_of + timedelta(hours=1), "currency": "USD"},
+        ])
+    rerun = run_revenue_etl(store, suite, run_id="run-A", as_of=as_of)
+    assert rerun["revenue_total"] == first["revenue_total"] == 100.0 and rerun["segments"] == first["segments"]
+    pd.testing.assert_frame_equal(store.read_report(), report)

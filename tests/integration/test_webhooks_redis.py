@@ -20,7 +20,12 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from conduit.triggers.redis_events import RedisStreamEventTrigger, crm_change_watcher, crm_changes_asset
+from conduit.triggers.redis_events import (
+    RedisBurstProducer,
+    RedisStreamEventTrigger,
+    crm_change_watcher,
+    crm_changes_asset,
+)
 from conduit.webhooks.app import SECRET_ENV, webhook_app
 from conduit.webhooks.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_v3
 from conduit.webhooks.stream import REDIS_URL_ENV, replay_key, stream_key
@@ -98,11 +103,9 @@ def test_a_burst_fires_once_is_acked_and_never_fires_again(sync_name, redis_url,
 def test_a_cancellation_the_redis_client_reports_as_its_own_error_still_stops_the_watcher(
     sync_name, redis_url, monkeypatch
 ):
-    """The triggerer stops a watcher by cancelling it. The Redis client may surface that
-    cancellation as its own TimeoutError (its read deadline racing the cancel), which the watcher
-    otherwise treats as a Redis hiccup and retries forever: a CI run hung 15 minutes in
-    test_a_burst_fires_once... with the watcher still polling Redis after the test's wait_for
-    had cancelled it."""
+    """The triggerer stops a watcher by cancelling it. Were a Redis client to surface that
+    cancellation as its own TimeoutError, a watcher that treats those as Redis hiccups would retry
+    forever (this was the first guess at the CI hangs; the test below has their real mechanism)."""
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     async def read_until_cancelled(self, client, start, block_ms=None):
@@ -112,20 +115,111 @@ def test_a_cancellation_the_redis_client_reports_as_its_own_error_still_stops_th
             raise RedisTimeoutError("Timeout reading from 127.0.0.1:6379") from None
         return []
 
-    monkeypatch.setattr(RedisStreamEventTrigger, "_read", read_until_cancelled)
+    monkeypatch.setattr(RedisBurstProducer, "_read", read_until_cancelled)
+    assert_stops_when_cancelled(watcher(sync_name, redis_url))
+
+
+@pytest.mark.timeout(30)
+def test_a_cancellation_the_redis_client_swallows_still_stops_the_watcher(sync_name, redis_url, monkeypatch):
+    """Worse than turning the cancellation into its own error: a client that catches it and answers
+    as if the read had merely found nothing (a timeout context racing the cancel can do that). The
+    watcher must stop all the same, with its Redis work cancelled, not keep polling."""
+    reads: list[str] = []
+
+    async def read_swallowing_the_cancel(self, client, start, block_ms=None):
+        reads.append(start)
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            pass
+        return []
+
+    monkeypatch.setattr(RedisBurstProducer, "_read", read_swallowing_the_cancel)
+    assert_stops_when_cancelled(watcher(sync_name, redis_url))
+    # the round it was cancelled in ran on (backlog, then news), cut off at shutdown; none after it
+    assert reads == ["0", ">"]
+
+
+@pytest.mark.timeout(60)
+def test_a_cancellation_redis_py_drops_as_its_send_finishes_still_stops_the_watcher(
+    sync_name, redis_url, monkeypatch
+):
+    """The mechanism behind the CI hangs. With a socket timeout, redis-py sends each command through
+    ``asyncio.wait_for``; on Python 3.11 a cancellation that arrives as that send finishes is
+    dropped. Here the triggerer's cancel lands exactly there, on the watcher's blocking read: the
+    watcher must stop, and no Redis work of it may go on (its work task lost the cancel the same way
+    and is cancelled again)."""
+    from redis.asyncio.connection import AbstractConnection
+
+    send = AbstractConnection._send_packed_command
+    reads_after_cancel: list[bytes] = []
+    state: dict = {"reads": 0, "watcher": None}
+
+    async def send_then_cancel_the_watcher_on_the_blocking_read(self, command):
+        await send(self, command)
+        if any(b"XREADGROUP" in bytes(part) for part in command):
+            state["reads"] += 1
+            if state["reads"] == 2:  # the backlog read, then the blocking read for news
+                state["watcher"].cancel()  # the triggerer stops it as this send finishes
+            elif state["reads"] > 2:
+                reads_after_cancel.append(b"".join(bytes(part) for part in command))
+
+    monkeypatch.setattr(
+        AbstractConnection, "_send_packed_command", send_then_cancel_the_watcher_on_the_blocking_read
+    )
+
+    async def scenario() -> tuple[bool, float, list[asyncio.Task]]:
+        events = watcher(sync_name, redis_url, poll_interval=5).run()
+
+        async def triggerer() -> None:
+            async for _ in events:
+                pass
+
+        state["watcher"] = asyncio.create_task(triggerer())
+        started = time.monotonic()
+        done, _ = await asyncio.wait([state["watcher"]], timeout=10)
+        stopped_s = time.monotonic() - started
+        await asyncio.sleep(1.0)  # Redis work that outlived the watcher would read again here
+        still_running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return state["watcher"] in done, stopped_s, still_running
+
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(asyncio.run(scenario()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread to report
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive(), "the watcher lost its cancellation and is still working Redis"
+    assert state["reads"] >= 2, "the scenario never reached the blocking read"
+    [result] = outcome
+    assert not isinstance(result, BaseException), result
+    stopped, stopped_s, still_running = result
+    assert stopped, "the watcher did not stop within 10 s of its cancellation"
+    assert stopped_s < 1.0, stopped_s  # at once, not after the 5 s read or the grace period
+    assert still_running == []
+    assert reads_after_cancel == []
+
+
+def assert_stops_when_cancelled(trigger: RedisStreamEventTrigger) -> None:
+    """Cancel the watcher's wait for its next event, as the triggerer does, and require it to stop.
+    In a thread of its own: a watcher that loses its cancellation would hang the test's event loop
+    (and pytest's own timeout with it) instead of failing the test."""
 
     async def scenario() -> None:
-        events = watcher(sync_name, redis_url).run()
+        events = trigger.run()
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(anext(events), 0.5)
 
-    # in a thread of its own: a watcher that swallows its cancellation would hang the test's loop
-    # (and pytest's own timeout with it) instead of failing it
     outcome: list[BaseException | None] = []
     runner = threading.Thread(target=lambda: outcome.append(_run_catching(scenario)), daemon=True)
     runner.start()
     runner.join(15)
-    assert not runner.is_alive(), "the watcher ignored its cancellation and is still retrying Redis"
+    assert not runner.is_alive(), "the watcher ignored its cancellation and is still working Redis"
     assert outcome == [None], outcome
 
 

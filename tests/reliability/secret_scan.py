@@ -7,7 +7,10 @@ from __future__ import annotations
 import base64
 import json
 import math
+import pickle
 import re
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,10 +97,21 @@ class Scanner:
         for number, line in enumerate(text.splitlines(), 1):
             self.scan(artifact, f"{where}:{number}", line)
 
-    def scan_tree(self, artifact: str, root: Path) -> None:
-        """Every file under ``root``; Parquet also decoded (its pages may be compressed)."""
-        for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
-            self.scan(artifact, str(path), path.read_bytes())
+    def scan_tree(self, artifact: str, root: Path, *, read_in_child: bool = False) -> None:
+        """Every file under ``root``; Parquet also decoded (its pages may be compressed).
+
+        ``read_in_child``: the files are read by a child process, never opened in this one. For a
+        tree holding an SQLite database this process has open (AIRFLOW_HOME: the metadata DB and
+        its -wal and -shm files): SQLite's locks are POSIX record locks, and closing *any*
+        descriptor of a file drops every lock the process holds on that file. Read here, the
+        files leave this process's open connections without their locks; the next process that
+        closes the database (the ``airflow db migrate`` of another conftest's ``airflow_db``, say)
+        then takes itself for the last user, checkpoints and deletes the -wal and -shm under them,
+        and this process's later connections fail with "disk I/O error"."""
+        files = _read_tree_in_child(Path(root)) if read_in_child else _read_tree(Path(root))
+        for name, blob in files:
+            path = Path(name)
+            self.scan(artifact, name, blob)
             if path.suffix == ".parquet":
                 import pyarrow.parquet as pq
 
@@ -112,3 +126,19 @@ class Scanner:
             hits = sum(h.artifact == artifact for h in self.hits)
             lines.append(f"{artifact:<34} {items:>7} {size:>11}  {hits}")
         return "\n".join(lines)
+
+
+def _read_tree(root: Path) -> list[tuple[str, bytes]]:
+    """(path, bytes) of every file under ``root``, in path order."""
+    return [(str(p), p.read_bytes()) for p in sorted(q for q in root.rglob("*") if q.is_file())]
+
+
+def _read_tree_in_child(root: Path) -> list[tuple[str, bytes]]:
+    """``_read_tree(root)``, done by a child process (see ``Scanner.scan_tree``)."""
+    code = ("import pickle, sys\n"
+            "from pathlib import Path\n"
+            "root = Path(sys.argv[1])\n"
+            "files = [(str(p), p.read_bytes()) for p in sorted(q for q in root.rglob('*') if q.is_file())]\n"
+            "pickle.dump(files, sys.stdout.buffer)\n")
+    child = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, check=True, timeout=300)
+    return pickle.loads(child.stdout)

@@ -129,8 +129,9 @@ def test_two_workers_running_the_same_extract_tasks_at_once(bench):
         codes = [exit_code(pid) for pid in workers]
     finally:
         bench.crm.admin.clear_faults()
-    # Each writer stages a part under a temp name of its own, then replaces the part atomically
-    # (conduit.pipeline.staging.PartWriter): both workers complete, the part is one of theirs.
+    # Each writer stages its parts in a folder of its own and publishes the folder as the item's
+    # partition in one rename (conduit.pipeline.staging.PartWriter): both workers complete, and
+    # the partition is one worker's whole read, never a mix.
     assert codes == [0, 0], codes
     run.run()  # the retry of a worker that failed finds the item's XCom; the run goes on
     diff = bench.compare(spec)

@@ -76,6 +76,23 @@ def leak_schema(superuser) -> Iterator[str]:
     superuser(f'DROP SCHEMA IF EXISTS "{SCHEMA}" CASCADE')
 
 
+@pytest.fixture
+def own_runs_forgotten(airflow_db) -> Iterator[None]:
+    """The sync's runs made by the test are deleted after it (with their task instances and XComs):
+    the session's later tests share the metadata DB and read the sync's run history, where the
+    last of these runs failed on purpose. Runs of earlier tests stay."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        earlier = set(session.scalars(select(DagRun.id).where(DagRun.dag_id == DAG_ID)))
+    yield
+    with create_session() as session:
+        for run in session.scalars(select(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.id.not_in(earlier))):
+            session.delete(run)
+
+
 # --- OpenLineage into a file, for this test only ------------------------------------------------
 
 
@@ -97,6 +114,12 @@ def lineage_file(tmp_path) -> Iterator[Path]:
     from airflow.sdk.listener import get_listener_manager as task_listeners
 
     path = tmp_path / "openlineage.jsonl"
+    # Built before OpenLineage is switched on: each manager is built once per process, with the
+    # listeners of the plugins, and the plugins are loaded once per process, the provider's with
+    # its listener only if OpenLineage is on at that moment. Built in here, the managers would
+    # hold the listener for the rest of the session (registered by the plugin, so not by this
+    # fixture, which unregisters only what it registered).
+    all_managers = [task_listeners(), dag_run_listeners()]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIRFLOW__OPENLINEAGE__TRANSPORT",
                      json.dumps({"type": "file", "log_file_path": str(path), "append": True}))
@@ -105,7 +128,8 @@ def lineage_file(tmp_path) -> Iterator[Path]:
         _clear_openlineage_config()
         listener = get_openlineage_listener()
         listener.adapter._client = None  # built again from the transport above
-        managers = [m for m in (task_listeners(), dag_run_listeners()) if not m.pm.is_registered(listener)]
+        managers = [m for m in all_managers if not m.pm.is_registered(listener)]
+        had_executor = listener._executor is not None
         for manager in managers:
             manager.pm.register(listener)
         try:
@@ -114,6 +138,10 @@ def lineage_file(tmp_path) -> Iterator[Path]:
             for manager in managers:
                 manager.pm.unregister(listener)
             listener.adapter._client = None
+            if not had_executor and listener._executor is not None:
+                # the process pool of the DAG-run events (forked workers): not left running
+                executor, listener._executor = listener._executor, None
+                executor.shutdown(wait=True)
     _clear_openlineage_config()
 
 
@@ -337,7 +365,8 @@ def scan_hook_errors(scanner: Scanner, spec, canaries: Canaries, echo: str, monk
 
 
 def test_no_artifact_of_good_or_failing_runs_holds_the_token_or_the_erp_password(
-        make_sync_env, leak_schema, canaries, lineage_file, pg_server_dsn, capfd, monkeypatch, tmp_path):
+        make_sync_env, leak_schema, canaries, lineage_file, own_runs_forgotten, pg_server_dsn, capfd, monkeypatch,
+        tmp_path):
     env = make_sync_env(schema=leak_schema, erp_dsn=canaries.dsn(), token=canaries.token.value)
     scanner = Scanner([canaries.token, canaries.password])
     with echoing_server() as echo:
@@ -356,7 +385,9 @@ def test_no_artifact_of_good_or_failing_runs_holds_the_token_or_the_erp_password
     assert "Task failed with exception" in out and "; retry 1/" in out  # failures and retries were logged
     for error in ("QualityGateFailed", "CrmAuthError", "CrmRetryableError", "TargetError"):
         assert f"conduit.exceptions.{error}" in out, error
-    scanner.scan_tree("AIRFLOW_HOME files (logs, metadata DB file)", Path(os.environ["AIRFLOW_HOME"]))
+    # read by a child process: this process has the metadata DB open (see Scanner.scan_tree)
+    scanner.scan_tree("AIRFLOW_HOME files (logs, metadata DB file)", Path(os.environ["AIRFLOW_HOME"]),
+                      read_in_child=True)
     tables = scan_metadata_db(scanner)
     assert tables["xcom"] > 0 and tables["rendered_task_instance_fields"] > 0
     events = scan_lineage(scanner, lineage_file)

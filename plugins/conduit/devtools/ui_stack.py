@@ -183,18 +183,30 @@ class UiStack:
         resp.raise_for_status()
         return resp.json()["access_token"]
 
-    def trigger(self, password: str, dag_id: str = SYNC_DAG_ID, timeout: float = 180) -> str:
-        """Unpause the DAG once it is parsed and trigger a run; returns its run id."""
+    def trigger(self, password: str, dag_id: str = SYNC_DAG_ID, timeout: float = 180,
+                scheduled_wait_s: float = 15) -> str:
+        """Unpause the DAG once it is parsed; returns the id of the run that syncs now. Unpausing
+        makes the scheduler start the latest scheduled run (the nightly slot just past), which is
+        that run: a manual run beside it would find nothing left to do. When none starts (the DAG
+        was unpaused already, or a kept home ran that slot before), a run is triggered."""
         headers = {"Authorization": f"Bearer {self.token(password)}"}
+        dag_url = f"{self.url}/api/v2/dags/{dag_id}"
         deadline = time.monotonic() + timeout
-        while requests.get(f"{self.url}/api/v2/dags/{dag_id}", headers=headers, timeout=30).status_code != 200:
+        while (dag := requests.get(dag_url, headers=headers, timeout=30)).status_code != 200:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{dag_id} was not parsed within {timeout:.0f} s")
             time.sleep(2)
-        requests.patch(f"{self.url}/api/v2/dags/{dag_id}", json={"is_paused": False}, headers=headers,
-                       timeout=30).raise_for_status()
-        resp = requests.post(f"{self.url}/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": {}},
-                             headers=headers, timeout=30)
+        if dag.json()["is_paused"]:
+            requests.patch(dag_url, json={"is_paused": False}, headers=headers, timeout=30).raise_for_status()
+            deadline = time.monotonic() + scheduled_wait_s
+            while time.monotonic() < deadline:
+                runs = requests.get(f"{dag_url}/dagRuns", params={"state": ["queued", "running"]},
+                                    headers=headers, timeout=30).json()["dag_runs"]
+                if runs:
+                    return runs[0]["dag_run_id"]
+                time.sleep(1)
+        resp = requests.post(f"{dag_url}/dagRuns", json={"logical_date": None, "conf": {}}, headers=headers,
+                             timeout=30)
         resp.raise_for_status()
         return resp.json()["dag_run_id"]
 
@@ -243,7 +255,7 @@ def banner(stack: UiStack, password: str, *, run_id: str | None, nameless: list[
         f"  state        {stack.home}   (ERP: erp.sqlite; logs: logs/; rm -rf it to start over)",
     ]
     if run_id:
-        lines.append(f"  triggered    {SYNC_DAG_ID} run {run_id}: watch the page fill")
+        lines.append(f"  running      {SYNC_DAG_ID} run {run_id}: watch the page fill")
     else:
         lines.append(f"  next         unpause and trigger {SYNC_DAG_ID} in the UI (or start with --trigger)")
     if nameless:
@@ -260,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nameless", type=int, default=0, metavar="K",
                         help="blank the names of K contacts first (the gate quarantines them)")
-    parser.add_argument("--trigger", action="store_true", help=f"unpause and trigger {SYNC_DAG_ID} once up")
+    parser.add_argument("--trigger", action="store_true",
+                        help=f"unpause {SYNC_DAG_ID} once up: the scheduled run that starts (or a manual one) syncs")
     args = parser.parse_args(argv)
 
     repo = Path.cwd()
@@ -271,10 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     password = write_password(home / "airflow")
     port = free_port(args.port)
 
-    def stop_on_signal(signum, frame):  # SIGTERM stops it like Ctrl-C
+    def stop_on_signal(signum, frame):  # SIGTERM stops it like Ctrl-C; a second one is ignored
+        ignore_stop_signals()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGINT, stop_on_signal)
     print(f"starting the stand-in CRM ({args.contacts} contacts), the order services and Airflow "
           f"(SQLite, LocalExecutor) under {home} ...", flush=True)
     try:
@@ -284,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 return serve(stack, password, trigger=args.trigger, nameless=nameless)
             finally:
+                # however the stop began (a signal, a component that died), a signal now must not cut
+                # the clean-up short: it would leave Airflow components running on their own
+                ignore_stop_signals()
                 stack.stop()
     except KeyboardInterrupt:
         print("\nstopped", flush=True)
@@ -291,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, TimeoutError) as exc:
         print(f"the stack did not start: {exc}", file=sys.stderr)
         return 1
+
+
+def ignore_stop_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def serve(stack: UiStack, password: str, *, trigger: bool, nameless: list[str]) -> int:

@@ -34,7 +34,7 @@ Runs whenever **{spec.name}** changed ERP customers (its asset event on
   refunded do not count), order count, first/last order date, segment: `none` (no completed
   order), `at_risk` (last order > {RULES.at_risk_days} days ago), `vip` (revenue >= {RULES.vip_revenue:,.0f}),
   `new` (first order <= {RULES.new_days} days ago), else `regular`. Orders count up to the run's `run_after`, so a rerun of a run
-  writes the same report.
+  computes the same report; it writes it only if no later run has written one since.
 * **Quality gate:** `{SUITE}` (policy block: a failure writes nothing and fails the run).
 
 Trigger with **seed_orders** to create realistic orders (deterministic per **seed**) for customers

@@ -150,6 +150,9 @@ def customer_revenue(
     (dates as day timestamps in UTC, revenue in the orders' currency)."""
     import pandas as pd
 
+    cutoff = pd.Timestamp(_naive_utc(as_of), tz=UTC)
+    if "ordered_at" in orders.columns:  # orders placed since as_of neither count nor fail the run
+        orders = orders[~(pd.to_datetime(orders["ordered_at"], utc=True) > cutoff)]  # a null date stays, for check_orders
     check_orders(orders)
     if not {"customer_number", "active"} <= set(customers.columns):
         raise RevenueDataError("customers: need the columns customer_number and active")
@@ -157,7 +160,7 @@ def customer_revenue(
     active = active.drop_duplicates().astype({"customer_number": object})
 
     ordered_at = pd.to_datetime(orders["ordered_at"], utc=True)
-    counted = orders[(orders["status"] == REVENUE_STATUS) & (ordered_at <= pd.Timestamp(_naive_utc(as_of), tz=UTC))]
+    counted = orders[(orders["status"] == REVENUE_STATUS) & (ordered_at <= cutoff)]
     per_customer = (
         counted.assign(
             cents=(counted["amount"].astype("float64") * 100).round().astype("int64"),

@@ -64,6 +64,9 @@ def run_revenue_etl(
     }
     rows = report_rows(report, run_id=run_id, as_of=as_of, source_sync_run_id=source["sync_run_id"])
     written = store.replace_report(rows, run)
+    if written.get("superseded_by"):
+        logger.warning("report not written: run %s (as of %s) already wrote a later one; trigger a new run "
+                       "for a fresh report", written["superseded_by"], as_of.isoformat())
     return {
         "etl_run_id": run_id, "as_of": as_of.isoformat(), "customers": len(report), "orders_read": len(orders),
         "revenue_total": revenue_total, "segments": segments, **written, "source": source,

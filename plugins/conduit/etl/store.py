@@ -223,13 +223,20 @@ class RevenueStore:
             from sqlalchemy.dialects.sqlite import insert
         return insert(table).on_conflict_do_nothing(index_elements=[table.primary_key.columns[0].name])
 
-    def replace_report(self, rows: pd.DataFrame, run: Mapping[str, Any]) -> dict[str, int]:
-        """The report becomes ``rows`` and the run's row is written, together or not at all."""
+    def replace_report(self, rows: pd.DataFrame, run: Mapping[str, Any]) -> dict[str, Any]:
+        """The report becomes ``rows`` and the run's row is written, together or not at all. A run
+        older than one that already wrote (a cleared and rerun earlier run) writes nothing: the
+        newer report stays (``superseded_by`` names its run)."""
         from sqlalchemy import delete, func, insert, select
 
         report, runs = self.tables.report, self.tables.runs
         with self.engine.begin() as conn:
             self._lock(conn, f"conduit:etl:write:{self.where(REPORT_TABLE)}")
+            newest = conn.execute(select(runs.c.etl_run_id, runs.c.as_of)
+                                  .where(runs.c.etl_run_id != run["etl_run_id"])
+                                  .order_by(runs.c.as_of.desc()).limit(1)).first()
+            if newest is not None and _utc(newest.as_of) > _utc(run["as_of"]):
+                return {"replaced": 0, "written": 0, "superseded_by": newest.etl_run_id}
             replaced = conn.execute(delete(report)).rowcount
             rows[[c.name for c in report.columns]].to_sql(
                 report.name, conn, schema=self.schema, if_exists="append", index=False, chunksize=5000,
@@ -238,6 +245,11 @@ class RevenueStore:
             conn.execute(delete(runs).where(runs.c.etl_run_id == run["etl_run_id"]))
             conn.execute(insert(runs), [{**run, "computed_at": datetime.now(UTC)}])
         return {"replaced": replaced, "written": written}
+
+
+def _utc(instant: datetime) -> datetime:
+    """Aware UTC (SQLite hands timestamps back naive, as the UTC they were written in)."""
+    return instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant.astimezone(UTC)
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -57,10 +57,16 @@ def hubspot_dataset(base_url: str, object_type: str, api_version: str = "2026-09
     from conduit.hooks.hubspot import objects_path
 
     url = urlsplit(base_url if "://" in base_url else f"https://{base_url}")
-    authority = url.hostname + (f":{url.port}" if url.port else "")
+    authority = _host(url.hostname) + (f":{url.port}" if url.port else "")
     path = objects_path(api_version, object_type)
     prefix = url.path.strip("/")  # a base URL may carry a path (a proxy, the stand-in)
     return DatasetRef(f"{url.scheme}://{authority}", f"{prefix}/{path}" if prefix else path)
+
+
+def _host(host: str) -> str:
+    """A host as a URI authority writes it: an IPv6 literal in brackets (``[::1]``), or
+    ``scheme://::1:8000`` names no host and port."""
+    return f"[{host}]" if ":" in host else host
 
 
 def postgres_dataset(host: str, port: int | None, database: str, schema: str, table: str) -> DatasetRef:
@@ -81,7 +87,7 @@ def erp_dataset(facts: Mapping[str, Any], schema: str, table: str) -> DatasetRef
     ``location``: a PostgreSQL or SQLite table, or a Tryton model (``tryton://host:port``,
     ``<database>.<model>``)."""
     if facts["kind"] == "tryton":
-        return DatasetRef(f"tryton://{facts['host']}:{facts['port']}", f"{facts['database']}.{table}")
+        return DatasetRef(f"tryton://{_host(facts['host'])}:{facts['port']}", f"{facts['database']}.{table}")
     if facts["kind"] == "sqlite":
         return sqlite_dataset(facts["path"], table)
     return postgres_dataset(facts["host"], facts["port"], facts["database"], schema, table)

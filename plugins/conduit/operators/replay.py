@@ -52,17 +52,25 @@ class QuarantineReplayOperator(SyncHooks, LineageReporting, BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from conduit.pipeline.replay import replay
 
-        spec = self.spec
-        summary = replay(self.source, self.erp_hook.get_target(), spec,
+        spec, target = self.spec, self.erp_hook.get_target()
+        summary = replay(self.source, target, spec,
                          Path(self.expectations_dir) / spec.quality.suite if spec.quality else None,
                          run_id=context["run_id"],
                          dry_run=as_bool(self.dry_run), logger=self.log)
-        if summary["inserted"] + summary["updated"] and not summary["dry_run"]:
+        changed = bool(summary["inserted"] + summary["updated"])
+        if not changed and not summary["dry_run"] and context["ti"].try_number > 1:
+            # A try killed after its load committed closed its entries in that transaction: the retry
+            # finds nothing to replay, yet the table did change in this run and downstream DAGs must
+            # still hear of it (once more is harmless), as after the sync's load.
+            if target.replayed_by(spec, context["run_id"]):
+                summary["committed_by_an_earlier_try"] = changed = True
+        if changed and not summary["dry_run"]:
             from conduit.lineage.assets import erp_changes_alias, erp_table_asset
 
             context["outlet_events"][erp_changes_alias(spec)].add(
                 erp_table_asset(spec), extra={"sync": spec.name, "run_id": context["run_id"], "replay": True,
-                                              "inserted": summary["inserted"], "updated": summary["updated"]})
+                                              "inserted": summary["inserted"], "updated": summary["updated"],
+                                              "committed_by_an_earlier_try": "committed_by_an_earlier_try" in summary})
         self.summary = summary
         return summary
 

@@ -38,20 +38,29 @@ class RulesBranchOperator(BaseBranchOperator):
     def choose_branch(self, context: Context) -> str:
         from dataclasses import asdict
 
+        from airflow.sdk.exceptions import AirflowFailException
+
         from conduit.rules.engine import evaluate
         from conduit.rules.model import load_rules
 
-        rules = load_rules(rules_path(self.rules_file))
+        path = rules_path(self.rules_file)
+        rules = load_rules(path)
         decision = evaluate(rules, self.facts)
         self.log.info("rules %s: %s (rule %s: %s; facts %s)", rules.name, decision.outcome, decision.rule,
                       decision.reason, decision.facts_used)
+        unrouted = None
+        if decision.outcome not in self.routes:  # the file gained an outcome this DAG has no path for
+            unrouted = (f"{path}: rule {decision.rule} chose {decision.outcome!r}, which {self.task_id} has no "
+                        f"route for (routes: {', '.join(sorted(self.routes))})")
         if self.saga_id:
             from conduit.hooks.saga_log import SagaLogHook
 
             log = SagaLogHook(saga_conn_id=self.log_conn_id).get_conn()
             log.note(self.saga_id, self.task_id, "rule", {"rules": rules.name, **asdict(decision)})
-            if decision.outcome in self.abort_outcomes:
-                log.set_cause(self.saga_id, f"{decision.outcome} by rule {decision.rule}: {decision.reason}",
-                              step=self.task_id)
+            if unrouted or decision.outcome in self.abort_outcomes:
+                log.set_cause(self.saga_id, unrouted or f"{decision.outcome} by rule {decision.rule}: "
+                              f"{decision.reason}", step=self.task_id)
         context["ti"].xcom_push(key="decision", value={"rules": rules.name, **asdict(decision)})
+        if unrouted:
+            raise AirflowFailException(unrouted)
         return self.routes[decision.outcome]

@@ -222,7 +222,7 @@ class ErpUpsertOperator(SyncStepOperator):
         summary = {**asdict(result), "dry_run": as_bool(self.dry_run),
                    "watermark_ms": self.extract_plan[0]["watermark_ms"]}
         self.log.info("loaded %s", summary)
-        changed = result.inserted + result.updated + result.deleted
+        changed = result.changed
         if not changed and not summary["dry_run"] and context["ti"].try_number > 1:
             # A try killed after its load committed leaves the retry nothing to change, yet the
             # table did change in this run: downstream DAGs must still hear of it (once more is harmless).
@@ -243,6 +243,8 @@ class ErpUpsertOperator(SyncStepOperator):
         from conduit.targets.sql_render import BOOKKEEPING_COLUMNS
 
         written = summary.get("inserted", 0) + summary.get("updated", 0) if summary else None
+        if summary and summary.get("dry_run"):
+            written = 0  # rolled back: its counts say what a real load would write, not what this one wrote
         return load_lineage(self.spec, self.dataset("crm"), self.dataset("mapped"), self.dataset("erp"),
                             audit_columns={c.name: c.dtype for c in BOOKKEEPING_COLUMNS}, row_count=written)
 
@@ -250,15 +252,17 @@ class ErpUpsertOperator(SyncStepOperator):
 class QualityGateOperator(SyncStepOperator):
     """Runs the spec's expectation suite on the mapped rows. Under ``block`` any failure stops the
     run; under ``quarantine`` failing rows are parked with their reasons and the rest loads (unless
-    too many fail); ``warn`` only reports. A failed gate raises ``QualityGateFailed`` (no retry)."""
+    too many fail); ``warn`` only reports. A failed gate raises ``QualityGateFailed`` (no retry).
+    With ``dry_run`` or ``plan_only`` it decides and reports but parks nothing and records no defect."""
 
-    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_plan")
+    template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_plan", "plan_only")
     ui_color = "#ffd8d8"
 
-    def __init__(self, *, extract_plan: Any, suite_path: str, **kwargs) -> None:
+    def __init__(self, *, extract_plan: Any, suite_path: str, plan_only: Any = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.extract_plan = extract_plan
         self.suite_path = suite_path
+        self.plan_only = plan_only
 
     def execute(self, context: Context) -> dict[str, Any]:
         from conduit.exceptions import QualityGateFailed
@@ -269,6 +273,7 @@ class QualityGateOperator(SyncStepOperator):
         report, decision, summary = steps.gate(
             self.erp_hook.get_target(), self.spec, self.staging(context), self.suite_path,
             run_id=context["run_id"], full_extract=self.extract_plan[0]["mode"] == "full",
+            dry_run=as_bool(self.dry_run) or as_bool(self.plan_only),  # either changes nothing, quarantine included
         )
         self.log.info("quality gate %s\n%s", self.spec.quality.suite, "\n".join(summary_lines(report)))
         # per expectation (a dozen small entries): lineage's assertions and the sync health page read them

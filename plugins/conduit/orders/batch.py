@@ -17,7 +17,7 @@ from airflow.sdk import DAG, Param, task_group
 
 from conduit.operators.orders import OrderBatchReportOperator, PendingOrdersOperator
 from conduit.orders.feed import default_feed
-from conduit.orders.flow import ORDER_COMPENSATIONS, process_order
+from conduit.orders.flow import ORDER_ACTIONS, ORDER_COMPENSATIONS, process_order
 from conduit.orders.model import SAGA_ID_PREFIX
 from conduit.saga.builder import COMPENSATION_RETRIES, FORWARD_RETRIES
 from conduit.saga.operators import InlineCompensationOperator, InlineSagaOperator, SagaStartOperator
@@ -54,7 +54,7 @@ def build_nightly_order_dag(*, dag_id: str = NIGHTLY_DAG_ID, log_conn_id: str = 
             process = InlineSagaOperator(task_id="process", flow=process_order,
                                          **{**FORWARD_RETRIES, "execution_timeout": timedelta(hours=2)}, **common)
             undo = InlineCompensationOperator(task_id="compensate", compensations=ORDER_COMPENSATIONS,
-                                              **COMPENSATION_RETRIES, **common)
+                                              actions=ORDER_ACTIONS, **COMPENSATION_RETRIES, **common)
             start.as_setup() >> process >> undo.as_teardown(setups=start)
 
         sagas = order_saga.expand(order=pending.output)

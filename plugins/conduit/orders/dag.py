@@ -31,7 +31,11 @@ EXAMPLE_ORDER = {
     "country": "DE",
     "address": {"name": "Ada Lovelace", "line1": "Main St 1", "city": "Berlin", "country": "DE"},
 }
-SAGA_ID = SAGA_ID_PREFIX + "{{ params.order.order_id }}"
+# as conduit.orders.model.saga_id_for; attempt n > 1 supersedes attempt n - 1, which must be compensated
+SAGA_ID = (SAGA_ID_PREFIX + "{{ params.order.order_id }}"
+           "{% if params.attempt > 1 %}-attempt-{{ params.attempt }}{% endif %}")
+SUPERSEDES = ("{% if params.attempt > 1 %}" + SAGA_ID_PREFIX + "{{ params.order.order_id }}"
+              "{% if params.attempt > 2 %}-attempt-{{ params.attempt - 1 }}{% endif %}{% endif %}")
 
 
 def build_order_dag(*, dag_id: str = DAG_ID, review_timeout: timedelta = timedelta(hours=4)) -> DAG:
@@ -51,11 +55,16 @@ def build_order_dag(*, dag_id: str = DAG_ID, review_timeout: timedelta = timedel
             "ship_within_s": Param(86400, type="integer", minimum=1, title="Ship within (seconds)",
                                    description="How long to wait for the shipment to ship before undoing the order"),
             "ship_poll_s": Param(30, type="number", minimum=0.05, title="Shipment status poll interval (seconds)"),
+            "attempt": Param(1, type="integer", minimum=1, title="Attempt",
+                             description="1 for a new order. To try an order again whose saga ended compensated "
+                                         "(e.g. the nightly batch's needs_review), the next number: a new saga "
+                                         "with new idempotency keys, refused unless the one before it was "
+                                         "compensated."),
         },
         tags=["conduit", "saga", "orders"],
         doc_md=__doc__,
     ) as dag:
-        saga = Saga(saga_id=SAGA_ID, payload="{{ params.order }}")
+        saga = Saga(saga_id=SAGA_ID, payload="{{ params.order }}", supersedes=SUPERSEDES)
         validate = saga.step("validate", action=steps.validate, retries=0)
         inventory = saga.step("inventory", action=steps.reserve_inventory, compensation=steps.release_inventory)
         fraud = saga.step("fraud", action=steps.score_fraud)
@@ -82,6 +91,7 @@ def build_order_dag(*, dag_id: str = DAG_ID, review_timeout: timedelta = timedel
         wait = ShipmentShippedSensor(
             task_id="wait_for_shipment", shipment_id="{{ ti.xcom_pull(task_ids='shipping.action')['shipment_id'] }}",
             max_wait_s="{{ params.ship_within_s }}", poll_interval="{{ params.ship_poll_s }}",
+            since="{{ ti.xcom_pull(task_ids='shipping.action').get('created_at') }}",  # a retry keeps the deadline
             on_failure_callback=saga.cause_on_failure("the shipment did not ship in time"),
         )
         capture = saga.step("capture", action=steps.capture_payment)

@@ -24,15 +24,22 @@ def default_feed() -> str:
 
 
 def read_orders(path: str | Path) -> list[dict[str, Any]]:
-    """Every order in the feed, validated; duplicates of an order id are one order."""
+    """Every order in the feed, validated. An order repeated with the same contents is one order;
+    repeated with other contents it is a bad line (which one the shop meant is not ours to guess)."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_bytes().splitlines()  # decoded per line, so a bad byte names its line
     except OSError as exc:
         raise OrderFeedError(f"{path}: cannot read the orders feed: {exc}") from None
     orders: dict[str, dict[str, Any]] = {}
+    first_line: dict[str, int] = {}
     problems = []
-    for number, line in enumerate(lines, start=1):
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(f"line {number}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
+            continue
         if not line.strip():
             continue
         try:
@@ -44,7 +51,12 @@ def read_orders(path: str | Path) -> list[dict[str, Any]]:
         except BusinessRejection as exc:
             problems.append(f"line {number}: {exc}")
             continue
-        orders.setdefault(order["order_id"], order)
+        order_id = order["order_id"]
+        if order_id in orders and orders[order_id] != order:
+            problems.append(f"line {number}: order {order_id} differs from line {first_line[order_id]}")
+            continue
+        orders.setdefault(order_id, order)
+        first_line.setdefault(order_id, number)
     if problems:
         raise OrderFeedError(f"{path}: {len(problems)} bad line(s), nothing processed:\n" + "\n".join(problems[:20]))
     if len(orders) > MAX_ORDERS:

@@ -1,7 +1,8 @@
 """The order saga as code, for the nightly batch: the same steps, rules and compensations as the
 task-per-step ``order_fulfilment`` DAG, run inside one task per order (:mod:`conduit.saga.inline`).
 A batch has nobody to ask, so an order the rules send to a person is released and reported as
-``needs_review`` (trigger ``order_fulfilment`` for it)."""
+``needs_review``: trigger ``order_fulfilment`` for it with ``attempt: 2`` (its saga here is
+``order-<id>``, compensated; the attempt is a new saga that asks the person)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,13 @@ from conduit.orders import steps
 from conduit.saga import StepContext
 from conduit.saga.inline import InlineSaga
 
+# the compensable steps' actions: a compensation repeats its action first when the flow's task
+# died in the middle of that call (conduit.saga.operators.result_to_undo)
+ORDER_ACTIONS: dict[str, Callable[[StepContext], Any]] = {
+    "inventory": steps.reserve_inventory,
+    "payment": steps.authorize_payment,
+    "shipping": steps.create_shipment,
+}
 ORDER_COMPENSATIONS: dict[str, Callable[[StepContext], Any]] = {
     "inventory": steps.release_inventory,
     "payment": steps.void_or_refund_payment,
@@ -33,9 +41,11 @@ def route(ctx: StepContext) -> dict[str, Any]:
     return {"rules": rules.name, **asdict(evaluate(rules, {"order": ctx.payload, "fraud": ctx.results["fraud"]}))}
 
 
-def wait_until_shipped(*, within_s: float, poll_s: float, sleep: Callable[[float], None] = time.sleep):
+def wait_until_shipped(*, within_s: float, poll_s: float, sleep: Callable[[float], None] = time.sleep,
+                       clock: Callable[[], float] = time.time):
     """A step action that polls the shipment until it ships, failing (no retry) when it does not
-    ship in time or was cancelled: the compensations are the fallback."""
+    ship in time or was cancelled: the compensations are the fallback. The time counts from the
+    step's first attempt (the saga log's), so a retried task does not wait ``within_s`` again."""
 
     def action(ctx: StepContext) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
@@ -43,14 +53,14 @@ def wait_until_shipped(*, within_s: float, poll_s: float, sleep: Callable[[float
         from conduit.hooks.order_services import ShippingHook
 
         hook, shipment_id = ShippingHook(), ctx.results["shipping"]["shipment_id"]
-        deadline = time.monotonic() + within_s
+        deadline = (ctx.started_at if ctx.started_at is not None else clock()) + within_s
         while True:
             status = hook.shipment(shipment_id)["status"]
             if status == "shipped":
                 return {"shipment_id": shipment_id, "status": status}
             if status != "created":
                 raise AirflowFailException(f"shipment {shipment_id} is {status}, not shipped")
-            if time.monotonic() >= deadline:
+            if clock() >= deadline:
                 raise AirflowFailException(f"the shipment did not ship in time: {shipment_id} not shipped "
                                            f"within {within_s:g}s")
             sleep(poll_s)
@@ -61,15 +71,18 @@ def wait_until_shipped(*, within_s: float, poll_s: float, sleep: Callable[[float
 def process_order(saga: InlineSaga) -> None:
     params = (saga.context or {}).get("params") or {}
     saga.step("validate", steps.validate)
-    saga.step("inventory", steps.reserve_inventory, compensable=True)
+    saga.step("inventory", ORDER_ACTIONS["inventory"], compensable=True)
     saga.step("fraud", steps.score_fraud)
     decision = saga.step("route", route)
     if decision["outcome"] == "reject":
         saga.abort(f"reject by rule {decision['rule']}: {decision['reason']}")
     if decision["outcome"] == "review":
         saga.abort(f"{NEEDS_REVIEW} (rule {decision['rule']}: {decision['reason']})")
-    saga.step("payment", steps.authorize_payment, compensable=True)
-    saga.step("shipping", steps.create_shipment, compensable=True)
+    if decision["outcome"] != "approve":  # an outcome added to the rules file later: never a charge
+        saga.abort(f"{NEEDS_REVIEW} (rule {decision['rule']} chose {decision['outcome']!r}, "
+                   f"which this flow does not know; it knows approve, review and reject)")
+    saga.step("payment", ORDER_ACTIONS["payment"], compensable=True)
+    saga.step("shipping", ORDER_ACTIONS["shipping"], compensable=True)
     saga.step("wait_for_shipment", wait_until_shipped(within_s=float(params.get("ship_within_s", 3600)),
                                                       poll_s=float(params.get("ship_poll_s", 10))))
     saga.step("capture", steps.capture_payment)

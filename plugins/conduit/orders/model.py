@@ -12,8 +12,10 @@ from conduit.exceptions import BusinessRejection
 SAGA_ID_PREFIX = "order-"  # an order's saga id: its business key, the seed of every idempotency key
 
 
-def saga_id_for(order_id: str) -> str:
-    return f"{SAGA_ID_PREFIX}{order_id}"
+def saga_id_for(order_id: str, attempt: int = 1) -> str:
+    """The saga of an order's ``attempt``: the first is ``order-<id>``, a later one (the order tried
+    again after an earlier saga was compensated: new idempotency keys) ``order-<id>-attempt-<n>``."""
+    return f"{SAGA_ID_PREFIX}{order_id}" + (f"-attempt-{attempt}" if attempt > 1 else "")
 
 
 class OrderItem(BaseModel):

@@ -8,6 +8,7 @@ then undoes it with a key of its own; what is already undone is left alone.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from conduit.orders.model import parse_order
@@ -75,7 +76,8 @@ def create_shipment(ctx: StepContext) -> dict[str, Any]:
 
     order = parse_order(ctx.payload)
     shipment = ShippingHook().create_shipment(order.order_id, order.address.model_dump(), ctx.key())
-    return {"shipment_id": shipment["shipment_id"]}
+    # created_at anchors the wait for it to ship (logged with the result, so a retry keeps it)
+    return {"shipment_id": shipment["shipment_id"], "created_at": time.time()}
 
 
 def cancel_shipment(ctx: StepContext) -> dict[str, Any]:

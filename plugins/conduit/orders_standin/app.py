@@ -121,6 +121,9 @@ def create_app(config: OrderServicesConfig | None = None) -> FastAPI:
                         request.headers.get("Idempotency-Key") if method == "POST" else None,
                         key_required=key_required and method == "POST", success_status=success_status)
             answer = services.call(call, lambda key: action(request, raw, key))
+            if answer.late_s:  # the request waits in the service, then is done (even if its caller is gone)
+                await asyncio.sleep(answer.late_s)
+                answer = services.perform(call, lambda key: action(request, raw, key))
             if answer.delay_s:
                 await asyncio.sleep(answer.delay_s)
             return _json(answer.reply.status, answer.reply.body, answer.reply.headers)

@@ -1,8 +1,9 @@
 """Switchable faults of the order services, one settings object per service.
 
 Every service has the same transient faults (the next N calls fail with a 503, a 429 or a timeout
-after the work was done); each adds the business refusals a saga has to handle. Settings are
-patched, not replaced: ``PUT /_admin/faults`` changes only the keys it names.
+after the work was done, or wait in the service before the work is done); each adds the business
+refusals a saga has to handle. Settings are patched, not replaced: ``PUT /_admin/faults`` changes
+only the keys it names.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "shipping": ("create", "cancel", "status", "get"),
 }
 SERVICES = tuple(OPERATIONS)
-Mode = Literal["5xx", "429", "timeout"]
+Mode = Literal["5xx", "429", "timeout", "late"]
 Score = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -32,9 +33,12 @@ class TransientFaults(BaseModel):
     fail_next: int = Field(default=0, ge=0, description="how many calls still fail; each faulted call uses one")
     operation: str | None = Field(default=None, description="only calls of this operation fail")
     mode: Mode = Field(default="5xx", description="5xx: 503 unavailable; 429: rate_limited; "
-                                                  "timeout: done and remembered, answered after delay_s")
+                                                  "timeout: done and remembered, answered after delay_s; "
+                                                  "late: held delay_s before it is done (a request queued in "
+                                                  "the service), then done and answered")
     retry_after_s: int = Field(default=1, ge=0, description="the 429's Retry-After header")
-    delay_s: float = Field(default=3.0, ge=0, description="how long a timeout fault holds the answer back")
+    delay_s: float = Field(default=3.0, ge=0,
+                           description="how long a timeout fault holds the answer (a late fault the request) back")
 
     @field_validator("operation")
     @classmethod

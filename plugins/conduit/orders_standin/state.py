@@ -87,8 +87,9 @@ class Call:
 
 @dataclass(frozen=True)
 class Answer:
-    reply: Reply
+    reply: Reply | None  # None: a late request, not done yet (see late_s)
     delay_s: float = 0.0  # hold the answer back this long (timeout fault, slow status endpoint)
+    late_s: float = 0.0  # a late fault: wait this long, then OrderServices.perform does the request
 
 
 @dataclass(frozen=True)
@@ -149,11 +150,19 @@ class OrderServices:
         fault = take_fault(getattr(self.faults, call.service), call.operation)
         if fault is not None:
             counts["faulted"] += 1
+            if fault.mode == "late":  # nothing happened yet: the caller performs it after the delay
+                return Answer(None, late_s=fault.delay_s)
             if fault.mode != "timeout":  # nothing happened and nothing is remembered: a retry must run
                 return Answer(fault_reply(call.service, fault))
         reply = self._execute(call, action, counts)
         slow = self.faults.shipping.status_delay_s if (call.service, call.operation) == ("shipping", "status") else 0
         return Answer(reply, (fault.delay_s if fault else 0.0) + slow)
+
+    @_locked
+    def perform(self, call: Call, action: Callable[[str | None], dict]) -> Answer:
+        """A late request, once its delay is over: done now, under the same contract (a key the
+        service saw meanwhile makes it a repeat that does nothing)."""
+        return Answer(self._execute(call, action, self.counts[call.service][call.operation]))
 
     def _execute(self, call: Call, action: Callable[[str | None], dict], counts: Counter[str]) -> Reply:
         key = (call.idempotency_key or "").strip() or None

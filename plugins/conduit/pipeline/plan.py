@@ -8,11 +8,13 @@ needs no approval (there is nothing to lose), and a full refresh is judged like 
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from conduit.specs.model import ApprovalSpec
     from conduit.targets.base import LoadPlan
+
 
 def approval_reason(plan: LoadPlan, approval: ApprovalSpec | None) -> str | None:
     """Why this plan needs a person, or None when it may load on its own."""
@@ -24,8 +26,24 @@ def approval_reason(plan: LoadPlan, approval: ApprovalSpec | None) -> str | None
         share = count / plan.active_before
         if share > limit:
             reasons.append(f"would {kind} {count} of {plan.active_before} active customers "
-                           f"({share:.1%}, above the spec's {limit:.0%})")
+                           f"({share_above(share, limit)}, above the spec's {percent(limit)})")
     return "; ".join(reasons) or None
+
+
+def percent(ratio: float) -> str:
+    """A spec's ratio as the exact percentage it sets: 0.015 -> ``1.5%``, 0.2 -> ``20%``. Rounded,
+    the threshold shown would not be the one applied (0.015 read as "2%")."""
+    return f"{(Decimal(repr(ratio)) * 100).normalize():f}%"
+
+
+def share_above(share: float, limit: float) -> str:
+    """``share`` (above ``limit``) as a percentage of one decimal, or as many more as it takes to
+    read above the limit: 201 of 10,000 against 2% is ``2.01%``, not a contradictory ``2.0%``."""
+    for places in range(1, 7):
+        shown = f"{share * 100:.{places}f}"
+        if Decimal(shown) > Decimal(repr(limit)) * 100:
+            return f"{shown}%"
+    return f"{share * 100:.6f}%"
 
 
 def plan_lines(plan: LoadPlan, *, rejected: int = 0) -> list[str]:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 KINDS = ("raw", "archived", "mapped", "mapped_archived", "rejected")
+VERSIONS = ".versions"  # each writer's own folder; a kind or partition is a link to the one published
 
 # Arrow's allocator, chosen when pyarrow first allocates: the system one, not mimalloc, which keeps
 # freed blocks for reuse (four extract threads writing parts: ~60 MiB of peak RSS holding
@@ -60,18 +61,36 @@ class RunStaging:
         return self.root / kind / partition if partition else self.root / kind
 
     def reset(self, kind: str, partition: str | None = None) -> Path:
-        """Empty a kind (or one partition of it) before (re)writing it, so a retried task never sees
-        a half-written earlier try; parallel partitions each own a subfolder."""
+        """Empty a kind (or one partition of it) before a task plans what to write into it, so a
+        retried task never sees an earlier try's parts."""
         path = self.dir(kind, partition)
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
+        _remove(path)
+        if partition is None:  # the kind's partitions, published or abandoned by killed tries
+            for version in self.root.joinpath(VERSIONS).glob(f"{kind}.*"):
+                version.unlink() if version.is_symlink() else shutil.rmtree(version, ignore_errors=True)
+        path.mkdir(parents=True, exist_ok=True)
         return path
 
     def parts(self, kind: str) -> list[Path]:
-        return sorted(self.dir(kind).rglob("part-*.parquet"))
+        """The kind's part files: its own and one level of partitions (published as links)."""
+        base = self.dir(kind)
+        if not base.is_dir():
+            return []
+        found = list(base.glob("part-*.parquet"))
+        for partition in base.iterdir():
+            if partition.is_dir():
+                found.extend(partition.glob("part-*.parquet"))
+        return sorted(found)
 
     def writer(self, kind: str, partition: str | None = None) -> PartWriter:
-        return PartWriter(self.reset(kind, partition))
+        """A writer for a whole kind or one partition, used as a context manager: its parts are
+        written to a folder of its own and replace what the kind (or partition) held in one step
+        when the block ends without an error. Two tries of one task that overlap (a worker presumed
+        lost and its replacement) never mix their parts: the partition is one try's whole read."""
+        final = self.dir(kind, partition)
+        own = self.root / VERSIONS / f"{kind}.{_safe(partition or '_')}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
+        own.mkdir(parents=True)
+        return PartWriter(own, publish_to=final)
 
     def read_frames(self, kind: str, columns: list[str] | None = None, *, min_rows: int = 0,
                     drop: Mapping[Path, np.ndarray] | None = None) -> Iterator[pd.DataFrame]:
@@ -97,6 +116,16 @@ class RunStaging:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    """A published kind or partition (a link: the link and the folder it names) or a plain folder."""
+    if path.is_symlink():
+        target = path.parent / path.readlink()
+        path.unlink(missing_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -131,13 +160,42 @@ def _joined(tables: list[pa.Table]) -> pd.DataFrame:
 
 class PartWriter:
     """Writes numbered part files; a part is written to a temp name and renamed, so a killed task
-    never leaves a truncated part behind."""
+    never leaves a truncated part behind. With ``publish_to`` (:meth:`RunStaging.writer`), the parts
+    go to a folder of the writer's own, linked in as ``publish_to`` when a ``with`` block ends
+    without an error and discarded when it raises."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *, publish_to: Path | None = None):
         self.directory = directory
+        self.publish_to = publish_to
         self.parts = 0
         self.rows = 0
         _use_system_allocator()
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if self.publish_to is None:
+            return
+        if error_type is None:
+            self.publish()
+        else:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def publish(self) -> None:
+        """Replace ``publish_to`` with a link to this writer's folder. ``rename`` of a link is atomic:
+        a reader sees the earlier parts or these, never a mix and never none; of two writers that
+        overlap, the last to publish wins with its whole output."""
+        final = self.publish_to
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.is_dir() and not final.is_symlink():  # emptied by reset, or written before links
+            shutil.rmtree(final, ignore_errors=True)
+        earlier = final.readlink() if final.is_symlink() else None
+        link = self.directory.with_name(self.directory.name + ".link")
+        link.symlink_to(os.path.relpath(self.directory, final.parent))
+        os.replace(link, final)
+        if earlier is not None and (final.parent / earlier).resolve() != self.directory.resolve():
+            shutil.rmtree(final.parent / earlier, ignore_errors=True)
 
     def write(self, table: pa.Table) -> Path | None:
         import pyarrow.parquet as pq

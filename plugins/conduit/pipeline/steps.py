@@ -125,8 +125,8 @@ def extract_item(source: CrmSource, staging: RunStaging, item: dict[str, Any],
     requests_before, retries_before = source.requests_sent, source.retries  # one source may serve many items
     name = f"{kind}-{item['lo']}" if kind == "range" else kind  # each item writes its own subfolder
     progress = Progress(f"extract {source.object_type} {name}", logger)
-    rows = write_pages(source.read(item), staging.writer("archived" if kind == "archived" else "raw", name),
-                       props, progress)
+    with staging.writer("archived" if kind == "archived" else "raw", name) as writer:
+        rows = write_pages(source.read(item), writer, props, progress)
     logger.info("%s", progress.line())
     return {"kind": kind, "mode": item["mode"], "watermark_ms": item["watermark_ms"], "rows": rows,
             "pages": progress.pages, "requests": source.requests_sent - requests_before,
@@ -164,13 +164,13 @@ def transform(spec: SyncSpec, staging: RunStaging) -> dict[str, int]:
     superseded = superseded_reads(staging, spec.source.cursor.property) if read_any else {}
     counts = {}
     for source_kind, mapped_kind in (("raw", "mapped"), ("archived", "mapped_archived")):
-        writer = staging.writer(mapped_kind)
-        for frame in staging.read_frames(source_kind, min_rows=BATCH_ROWS, drop=superseded):
-            # imported with the first rows: a run that read nothing never loads the transforms
-            from conduit.transforms.mapping import map_table
+        with staging.writer(mapped_kind) as writer:
+            for frame in staging.read_frames(source_kind, min_rows=BATCH_ROWS, drop=superseded):
+                # imported with the first rows: a run that read nothing never loads the transforms
+                from conduit.transforms.mapping import map_table
 
-            writer.write(map_table(frame, spec))
-            crash_point("transform.between_batches")
+                writer.write(map_table(frame, spec))
+                crash_point("transform.between_batches")
         counts[mapped_kind] = writer.rows
     counts["superseded_reads"] = sum(len(rows) for rows in superseded.values())
     return counts
@@ -246,11 +246,15 @@ def evaluate_suite(spec: SyncSpec, staging: RunStaging, suite_path, *, previous_
 
 
 def gate(target: ErpTarget, spec: SyncSpec, staging: RunStaging, suite_path, *, run_id: str,
-         full_extract: bool):
+         full_extract: bool, dry_run: bool = False):
     """Evaluate the suite on mapped/ and decide. Rows rejected under ``quarantine`` are parked in
     the ERP's quarantine table with their reasons and raw record, and listed in rejected/ so the
     load leaves them out. Defects of the rows that load go to the ERP's defects table, marked with
     this run's id; clean values this run read resolve open ones. A failed gate writes neither.
+    ``dry_run`` (a dry run or a plan_only run, which must change nothing) decides the same and
+    still writes rejected/ (the plan and the rolled-back load leave those rows out), but parks
+    nothing: a replay would otherwise load records no real run rejected. Its summary says what a
+    real run would write (defect counts from a rolled-back transaction).
     Returns (report, decision, summary)."""
     from conduit.quality.engine import decide
     from conduit.quality.summary import defect_counts
@@ -261,37 +265,42 @@ def gate(target: ErpTarget, spec: SyncSpec, staging: RunStaging, suite_path, *, 
     quality = spec.quality
     decision = decide(report, quality.policy, quality.max_rejected_ratio, quality.max_defect_ratio,
                       quality.defect_ratio_min_rows, quality.rejected_ratio_min_rows)
-    writer = staging.writer("rejected")  # emptied: a retried gate decides afresh
-    if decision.load and decision.rejected_keys:
-        _quarantine(target, spec, staging, writer, report, decision, run_id=run_id)
+    with staging.writer("rejected") as writer:  # replaced as a whole: a retried gate decides afresh
+        if decision.load and decision.rejected_keys:
+            _write_rejected(writer, decision)
+    if decision.load and decision.rejected_keys and not dry_run:
+        target.quarantine(spec, _quarantine_entries(spec, staging, report, decision), run_id=run_id)
         crash_point("quality_gate.quarantined")
-    recorded = _record_defects(target, spec, staging, decision, run_id=run_id) if decision.load else {}
+    recorded = (_record_defects(target, spec, staging, decision, run_id=run_id, dry_run=dry_run)
+                if decision.load else {})
     summary = {"checked": report.row_count, "rejected": len(decision.rejected_keys), "passed": decision.load,
                "policy": quality.policy, "reason": decision.reason,
                "failed_expectations": [r.name for r in report.results if not r.success and not r.defect],
-               "defects": defect_counts(report), **recorded}
+               "defects": defect_counts(report), **recorded, "dry_run": dry_run}
     return report, decision, summary
 
 
-def _quarantine(target: ErpTarget, spec: SyncSpec, staging: RunStaging, writer, report, decision, *,
-                run_id: str) -> None:
-    """rejected/ lists the rejected keys for the load; the quarantine table gets every finding."""
+def _write_rejected(writer, decision) -> None:
+    """rejected/ lists the rejected keys for the plan and the load."""
     import pyarrow as pa
 
     rejected = decision.rejected
     writer.write(pa.table({"key": rejected["key"].astype(str).tolist(),
                            "crm_id": rejected["crm_id"].astype(str).tolist(),
                            "reasons": rejected["reasons"].tolist()}))
-    raw = _raw_records(spec, staging, {str(c) for c in rejected["crm_id"]})
-    rows = [{"record_key": str(f.key), "crm_id": None if _missing(f.crm_id) else str(f.crm_id),
+
+
+def _quarantine_entries(spec: SyncSpec, staging: RunStaging, report, decision) -> list[dict[str, Any]]:
+    """The quarantine table's entries: every finding of a rejected row, with its raw record."""
+    raw = _raw_records(spec, staging, {str(c) for c in decision.rejected["crm_id"]})
+    return [{"record_key": str(f.key), "crm_id": None if _missing(f.crm_id) else str(f.crm_id),
              "expectation": f.expectation,
              "column_name": f.column, "reason": f.reason, "raw_record": raw.get(str(f.crm_id))}
             for f in report.row_failures() if f.key in decision.rejected_keys]
-    target.quarantine(spec, rows, run_id=run_id)
 
 
 def _record_defects(target: ErpTarget, spec: SyncSpec, staging: RunStaging, decision, *,
-                    run_id: str) -> dict[str, int]:
+                    run_id: str, dry_run: bool = False) -> dict[str, int]:
     """Open, touch and resolve defects (see ``conduit.quality.defects``); returns the counts."""
     from conduit.quality.defects import found_defects
     from conduit.targets.defects import record_defects
@@ -299,13 +308,16 @@ def _record_defects(target: ErpTarget, spec: SyncSpec, staging: RunStaging, deci
     key, kept_out = spec.target.key, {str(k) for k in decision.rejected_keys}
 
     def clean_keys(open_keys: set[str]) -> set[str]:
-        """The open defects' records that this run read and loads."""
+        """The open defects' records that this run read and loads, or read archived (the load
+        deactivates them: their defects are over)."""
         lookup = key_lookup(open_keys)
         read = {str(k) for frame in staging.read_frames("mapped", [key])
-                for k in frame[key][in_keys(frame[key], lookup)]}
-        return read - kept_out
+                for k in frame[key][in_keys(frame[key], lookup)]} - kept_out
+        return read | {str(k) for frame in staging.read_frames("mapped_archived", [key])
+                       for k in frame[key][in_keys(frame[key], lookup)]}
 
-    changes = record_defects(target.state, spec, found_defects(decision.defects), run_id=run_id, clean_keys=clean_keys)
+    changes = record_defects(target.state, spec, found_defects(decision.defects), run_id=run_id,
+                             clean_keys=clean_keys, dry_run=dry_run)
     return changes.counts()
 
 

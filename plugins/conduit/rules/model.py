@@ -85,6 +85,9 @@ class Condition(_Model):
         if len(given) != 1:
             raise ValueError(f"needs exactly one operator among {', '.join(OPERATORS)}; "
                              f"got {', '.join(given) or 'none'}")
+        if given[0] not in ("eq", "ne") and getattr(self, _attribute(given[0])) is None:
+            # ``lt: null`` counts as given (it was written) but compares with nothing
+            raise ValueError(f"{given[0]}: needs a value, got null (only eq and ne compare with null)")
         return self
 
     @model_validator(mode="after")

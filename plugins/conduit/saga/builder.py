@@ -8,7 +8,8 @@ compensations after it in reverse declaration order, and ends with ``finalize``,
 ``start`` that fails the run unless the saga committed. Teardowns are the one kind of Airflow task
 that still runs when a run is marked failed (``../shared/reference/orchestration-patterns.md``
 §0), and a teardown waits for every task between its setup and itself, so a compensation never
-runs while its own action or a later one is still in flight.
+runs while its own action or a later one is still in flight. A compensation is given its action
+too: an action killed in the middle of its call is repeated with its key before it is undone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, TaskGroup
 from airflow.sdk.definitions._internal.mixins import DependencyMixin
 
+from conduit.retries import Backoff, FullJitterRetryPolicy
 from conduit.saga.operators import (
     SagaAbortOperator,
     SagaActionOperator,
@@ -32,11 +34,17 @@ from conduit.saga.operators import (
     record_cause_on_failure,
 )
 
+# Full jitter, drawn per failure: Airflow's own exponential backoff hashes dag, task, logical date
+# and try number but not the map index, so a batch's mapped sagas failing together in an outage
+# would all come back at the same instant (conduit.retries.FullJitterRetryPolicy). retry_delay and
+# max_retry_delay stay for what reads them (the UI); the policy decides the wait.
 FORWARD_RETRIES = {"retries": 3, "retry_delay": timedelta(seconds=5), "retry_exponential_backoff": 2.0,
-                   "max_retry_delay": timedelta(minutes=10), "execution_timeout": timedelta(minutes=2)}
+                   "max_retry_delay": timedelta(minutes=10), "execution_timeout": timedelta(minutes=2),
+                   "retry_policy": FullJitterRetryPolicy(Backoff(base=5.0, cap=600.0))}
 # Compensations keep trying for longer: giving up leaves money or stock stuck.
 COMPENSATION_RETRIES = {"retries": 8, "retry_delay": timedelta(seconds=5), "retry_exponential_backoff": 2.0,
-                        "max_retry_delay": timedelta(hours=1), "execution_timeout": timedelta(minutes=2)}
+                        "max_retry_delay": timedelta(hours=1), "execution_timeout": timedelta(minutes=2),
+                        "retry_policy": FullJitterRetryPolicy(Backoff(base=5.0, cap=3600.0))}
 
 
 class SagaStep(DependencyMixin):
@@ -71,7 +79,8 @@ class Saga:
     """Builds a saga's tasks in the current DAG. ``saga_id`` is templated and must name the
     business transaction (``order-{{ params.order_id }}``): it seeds every idempotency key, so a
     retried task or a second run for the same order never acts twice. ``payload`` (templated) is
-    stored with the saga and given to every action and compensation.
+    stored with the saga and given to every action and compensation. ``supersedes`` (templated)
+    names the saga this one tries again under a new id (see :meth:`SagaLog.start`).
 
     Example::
 
@@ -84,12 +93,13 @@ class Saga:
 
     def __init__(self, *, saga_id: str, payload: Any = None, log_conn_id: str = "conduit_saga_default",
                  forward_retries: dict | None = None, compensation_retries: dict | None = None,
-                 notify: Sequence[Any] = ()) -> None:
+                 notify: Sequence[Any] = (), supersedes: str | None = None) -> None:
         self.saga_id, self.log_conn_id, self.notify = saga_id, log_conn_id, list(notify)
         self.forward = {**FORWARD_RETRIES, **(forward_retries or {})}
         self.compensation = {**COMPENSATION_RETRIES, **(compensation_retries or {})}
         self.steps: list[SagaStep] = []
-        self.start = SagaStartOperator(task_id="start", payload=payload, retries=3, **self._common()).as_setup()
+        self.start = SagaStartOperator(task_id="start", payload=payload, supersedes=supersedes, retries=3,
+                                       **self._common()).as_setup()
         self.finalize: BaseOperator | None = None
 
     def _common(self) -> dict[str, Any]:
@@ -113,7 +123,7 @@ class Saga:
                 act = SagaActionOperator(task_id="action", step=name, seq=seq, action=action, compensable=True,
                                          **forward, **self._common())
                 undo = SagaCompensationOperator(task_id="compensate", step=name, compensation=compensation,
-                                                task_display_name=f"↩ {name}", **self.compensation,
+                                                action=action, task_display_name=f"↩ {name}", **self.compensation,
                                                 **self._common())
                 begin >> act
                 undo.as_teardown(setups=begin)

@@ -9,11 +9,14 @@ and is refused once the saga stopped running. Compensations run in a separate te
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowTaskTimeout
 
 from conduit.crash import crash_point
 from conduit.saga.model import CompensationDecision, compensation_order
-from conduit.saga.operators import StepContext
+from conduit.saga.operators import StepContext, result_to_undo
 
 if TYPE_CHECKING:
     from conduit.saga.log import SagaLog
@@ -39,8 +42,9 @@ class InlineSaga:
             self.results[name] = row["result"]
             return row["result"]
         try:
-            result = action(StepContext(self.saga_id, name, key, self.payload, dict(self.results), None, self.context))
-        except Exception as exc:
+            result = action(StepContext(self.saga_id, name, key, self.payload, dict(self.results), None, self.context,
+                                        row["started_at"]))
+        except (Exception, AirflowTaskTimeout) as exc:  # a timeout is a BaseException: log it like any failure
             self.log.action_failed(self.saga_id, name, f"{type(exc).__name__}: {exc}", final=self._final(exc))
             raise
         crash_point("saga.action_done")
@@ -60,11 +64,14 @@ class InlineSaga:
 
 
 def compensate(log: SagaLog, saga_id: str, compensations: Mapping[str, Callable[[StepContext], Any]], *,
-               final: bool, context: Any = None) -> tuple[dict, dict[str, str]]:
+               final: bool, context: Any = None,
+               actions: Mapping[str, Callable[[StepContext], Any]] | None = None) -> tuple[dict, dict[str, str]]:
     """Run the compensations the saga still owes, in reverse step order, each at most once in
     effect (the log decides). Returns the saga's row and the compensations that raised (step ->
     error); the others still ran. On the ``final`` try a failure leaves the saga
-    ``compensation_failed``; before it, the next try resumes the failed ones."""
+    ``compensation_failed``; before it, the next try resumes the failed ones. A step's action in
+    ``actions`` whose call the flow's task died in is repeated with its key first
+    (:func:`~conduit.saga.operators.result_to_undo`)."""
     steps = {s["step"]: s for s in log.steps(saga_id)}
     results = {name: s["result"] for name, s in steps.items() if s["result"] is not None}
     payload = log.saga(saga_id)["payload"] or {}
@@ -75,8 +82,12 @@ def compensate(log: SagaLog, saga_id: str, compensations: Mapping[str, Callable[
             continue
         ctx = StepContext(saga_id, name, row["idempotency_key"], payload, results, row["result"], context)
         try:
+            ctx = replace(ctx, result=result_to_undo(log, (actions or {}).get(name), ctx, row))
             log.compensation_done(saga_id, name, compensations[name](ctx))
         except Exception as exc:
             failed[name] = f"{type(exc).__name__}: {exc}"
             log.compensation_failed(saga_id, name, failed[name], final=final)
+        except AirflowTaskTimeout as exc:  # the task's time is up: log this one, leave the rest to the next try
+            log.compensation_failed(saga_id, name, f"{type(exc).__name__}: {exc}", final=final)
+            raise
     return log.finish(saga_id), failed

@@ -128,12 +128,17 @@ class SagaLog:
 
     # --- the saga ------------------------------------------------------------------------------
 
-    def start(self, saga_id: str, *, dag_id: str, run_id: str, payload: dict[str, Any] | None = None) -> dict:
+    def start(self, saga_id: str, *, dag_id: str, run_id: str, payload: dict[str, Any] | None = None,
+              supersedes: str | None = None) -> dict:
         """Open the saga for this run; a retry or a rerun of the same run finds it open. Another
-        run of the same saga (the same order triggered twice) is refused."""
+        run of the same saga (the same order triggered twice) is refused. A saga that
+        ``supersedes`` another (the same order tried again, under a new id and so new idempotency
+        keys) opens only once that one is compensated: ended, holding nothing."""
         try:
             with self._locked(saga_id, missing_ok=True) as (conn, row):
                 if row is None:
+                    if supersedes:
+                        self._require_compensated(conn, supersedes, saga_id)
                     now = self.clock()
                     conn.execute(insert(sagas).values(saga_id=saga_id, dag_id=dag_id, run_id=run_id, payload=payload,
                                                       status=SagaStatus.RUNNING, created_at=now, updated_at=now))
@@ -146,6 +151,13 @@ class SagaLog:
                 raise SagaConflict(f"saga {saga_id!r} belongs to run {row['dag_id']}/{row['run_id']} "
                                    f"({row['status']}); a second run must not act on it again")
             return row
+
+    def _require_compensated(self, conn: Connection, earlier: str, saga_id: str) -> None:
+        row = self._saga(conn, earlier)
+        if row is None or row["status"] != SagaStatus.COMPENSATED:
+            state = "was never started" if row is None else f"is {row['status']} ({row['cause'] or 'no cause'})"
+            raise SagaConflict(f"saga {saga_id!r} would try again what saga {earlier!r} did, which {state}; "
+                               f"only a compensated saga may be tried again")
 
     def saga(self, saga_id: str) -> dict | None:
         with self.engine.connect() as conn:
@@ -185,8 +197,18 @@ class SagaLog:
 
     def finish(self, saga_id: str) -> dict:
         """The saga's final state once its run is over: a saga that neither committed nor has a
-        compensation left to run is compensated (also when nothing needed undoing)."""
+        compensation left to run is compensated (also when nothing needed undoing). A step that
+        began but whose action never started owes nothing, also when its compensation never ran to
+        say so: its begin task failed after registering it (killed after its commit, the run marked
+        failed), and a teardown whose setup failed is never run (``upstream_failed``)."""
         with self._locked(saga_id) as (conn, saga):
+            if saga["status"] != SagaStatus.COMMITTED:
+                never_started = conn.execute(select(steps.c.step).where(
+                    steps.c.saga_id == saga_id, steps.c.compensable, steps.c.action_status == ActionStatus.PENDING,
+                    steps.c.compensation_status == CompensationStatus.NONE)).scalars().all()
+                for step in never_started:
+                    self._set_step(conn, saga_id, step, compensation_status=CompensationStatus.NOT_NEEDED)
+                    self._event(conn, saga_id, step, "compensation_" + CompensationDecision.NEVER_STARTED.value, None)
             self._settle(conn, saga_id, saga)
             return self._saga(conn, saga_id)
 
@@ -215,7 +237,9 @@ class SagaLog:
             if not may_run_forward(SagaStatus(saga["status"])):
                 raise SagaNotRunning(f"saga {saga_id!r} is {saga['status']} ({saga['cause'] or 'no cause'}): "
                                      f"step {step!r} will not run again; start a new saga")
-            self._set_step(conn, saga_id, step, action_status=ActionStatus.RUNNING, started_at=self.clock(),
+            # started_at is the first attempt's: a step's deadline must not restart with each retry
+            self._set_step(conn, saga_id, step, action_status=ActionStatus.RUNNING,
+                           started_at=row["started_at"] or self.clock(),
                            action_attempts=row["action_attempts"] + 1, error=None)
             self._event(conn, saga_id, step, "action_started", {"attempt": row["action_attempts"] + 1})
             return self._step(conn, saga_id, step)

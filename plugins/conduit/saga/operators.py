@@ -4,12 +4,14 @@ log and call the step's action or compensation (plain functions over a :class:`S
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, AirflowTaskTimeout
+
+from conduit.saga.model import ActionStatus
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -20,8 +22,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class StepContext:
     """What an action or a compensation gets: the saga's business data, its step's idempotency
-    key, the results of the steps before it (from the saga log, not XCom) and, for a
-    compensation, its own action's result (None when the action's answer was lost)."""
+    key, the results of the steps before it (from the saga log, not XCom), for a compensation its
+    own action's result (None when the action's answer was lost) and, for an action, when its
+    first attempt started (epoch seconds: a deadline that survives the task's retries)."""
 
     saga_id: str
     step: str
@@ -30,9 +33,43 @@ class StepContext:
     results: dict[str, Any] = field(default_factory=dict)
     result: Any = None
     context: Any = None
+    started_at: float | None = None
 
     def key(self, purpose: str | None = None) -> str:
         return f"{self.idempotency_key}:{purpose}" if purpose else self.idempotency_key
+
+
+def is_last_try(ti: Any, retries: int) -> bool:
+    """Whether Airflow will not retry a failure of this try, decided as the Execution API decides
+    (``_is_eligible_to_retry``: ``max_tries != 0 and try_number <= max_tries``). Clearing a task
+    sets ``max_tries = try_number + retries``, so a cleared task has all its retries again: counting
+    against ``retries`` alone would call every try after a clear the last one."""
+    max_tries = getattr(ti, "max_tries", None)
+    if max_tries is None:  # not a runtime task instance: the operator's own count
+        max_tries = retries
+    return max_tries == 0 or ti.try_number > max_tries
+
+
+def result_to_undo(log: SagaLog, action: Callable[[StepContext], Any] | None, ctx: StepContext,
+                   row: dict[str, Any]) -> Any:
+    """What a compensation undoes: the action's logged result; or, for an action whose task died in
+    the middle of its call (``running``: no outcome logged) when ``action`` is given, the outcome of
+    repeating it with its idempotency key. That call may still land (its request waiting in the
+    service) after the compensation found nothing, and nothing would undo it; the service answers
+    the repeat with the first call's outcome or does it now, so the lost call, arriving later, is a
+    repeat that does nothing. None when the service refuses it (the lost call, the same request,
+    did nothing either). Logged as ``action_repeated``."""
+    from conduit.exceptions import BusinessRejection
+
+    if row["action_status"] != ActionStatus.RUNNING or action is None:
+        return row["result"]
+    try:
+        result = action(replace(ctx, started_at=row["started_at"]))
+    except BusinessRejection as exc:
+        log.note(ctx.saga_id, ctx.step, "action_repeated", {"refused": str(exc)})
+        return None
+    log.note(ctx.saga_id, ctx.step, "action_repeated", {"result": result})
+    return result
 
 
 class SagaTaskOperator(BaseOperator):
@@ -49,28 +86,32 @@ class SagaTaskOperator(BaseOperator):
 
         return SagaLogHook(saga_conn_id=self.log_conn_id).get_conn()
 
-    def step_context(self, step: str, key: str, context: Context, result: Any = None) -> StepContext:
+    def step_context(self, step: str, key: str, context: Context, result: Any = None,
+                     started_at: float | None = None) -> StepContext:
         saga = self.saga_log.saga(self.saga_id)
         results = {s["step"]: s["result"] for s in self.saga_log.steps(self.saga_id) if s["result"] is not None}
-        return StepContext(self.saga_id, step, key, saga["payload"] or {}, results, result, context)
+        return StepContext(self.saga_id, step, key, saga["payload"] or {}, results, result, context, started_at)
 
     def is_final_try(self, context: Context, exc: BaseException) -> bool:
-        return isinstance(exc, AirflowFailException) or context["ti"].try_number > self.retries
+        return isinstance(exc, AirflowFailException) or is_last_try(context["ti"], self.retries)
 
 
 class SagaStartOperator(SagaTaskOperator):
-    """Opens the saga for this run with its business data (a setup: ``finalize`` is its teardown)."""
+    """Opens the saga for this run with its business data (a setup: ``finalize`` is its teardown).
+    ``supersedes`` (templated; empty: none) names an earlier saga of the same business transaction
+    that this one tries again: it must have ended compensated."""
 
-    template_fields: Sequence[str] = ("saga_id", "payload")
+    template_fields: Sequence[str] = ("saga_id", "payload", "supersedes")
     ui_color = "#e7f5ff"
 
-    def __init__(self, *, payload: Any = None, **kwargs) -> None:
+    def __init__(self, *, payload: Any = None, supersedes: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.payload = payload
+        self.supersedes = supersedes
 
     def execute(self, context: Context) -> dict[str, Any]:
         saga = self.saga_log.start(self.saga_id, dag_id=self.dag_id, run_id=context["run_id"],
-                                   payload=self.payload)
+                                   payload=self.payload, supersedes=self.supersedes or None)
         return {"saga_id": self.saga_id, "status": saga["status"]}
 
 
@@ -100,8 +141,6 @@ class SagaActionOperator(SagaTaskOperator):
         self.step, self.seq, self.action, self.compensable = step, seq, action, compensable
 
     def execute(self, context: Context) -> Any:
-        from airflow.sdk.exceptions import AirflowTaskTimeout
-
         log = self.saga_log
         if not self.compensable:  # read-only steps have no begin task of their own
             log.begin_step(self.saga_id, self.step, seq=self.seq, compensable=False)
@@ -110,7 +149,8 @@ class SagaActionOperator(SagaTaskOperator):
             self.log.info("step %s already succeeded in saga %s: %s", self.step, self.saga_id, row["result"])
             return row["result"]
         try:
-            result = self.action(self.step_context(self.step, row["idempotency_key"], context))
+            result = self.action(self.step_context(self.step, row["idempotency_key"], context,
+                                                   started_at=row["started_at"]))
         except (Exception, AirflowTaskTimeout) as exc:
             log.action_failed(self.saga_id, self.step, f"{type(exc).__name__}: {exc}",
                               final=self.is_final_try(context, exc))
@@ -122,13 +162,18 @@ class SagaActionOperator(SagaTaskOperator):
 class SagaCompensationOperator(SagaTaskOperator):
     """Undoes a step's effect when the saga did not commit (a teardown of the step's begin task:
     it runs after a failure, a timeout, or a run marked failed). Skipped when there is nothing to
-    undo; each attempt is logged; after its last retry the saga is left ``compensation_failed``."""
+    undo; each attempt is logged; after its last retry the saga is left ``compensation_failed``.
+
+    Given the step's ``action``, an action whose task died in the middle of its call (killed, its
+    worker lost, the run marked failed) is repeated with its key first (:func:`result_to_undo`), so
+    an effect of the lost call that lands late is undone too."""
 
     ui_color = "#ffe3e3"
 
-    def __init__(self, *, step: str, compensation: Callable[[StepContext], Any], **kwargs) -> None:
+    def __init__(self, *, step: str, compensation: Callable[[StepContext], Any],
+                 action: Callable[[StepContext], Any] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.step, self.compensation = step, compensation
+        self.step, self.compensation, self.action = step, compensation, action
 
     def execute(self, context: Context) -> Any:
         log = self.saga_log
@@ -136,8 +181,9 @@ class SagaCompensationOperator(SagaTaskOperator):
         if decision != "compensate":
             raise AirflowSkipException(f"no compensation for {self.step}: {decision.value}")
         try:
-            result = self.compensation(self.step_context(self.step, row["idempotency_key"], context, row["result"]))
-        except Exception as exc:
+            ctx = self.step_context(self.step, row["idempotency_key"], context)
+            result = self.compensation(replace(ctx, result=result_to_undo(log, self.action, ctx, row)))
+        except (Exception, AirflowTaskTimeout) as exc:  # a timeout is a BaseException: log it like any failure
             final = self.is_final_try(context, exc)
             log.compensation_failed(self.saga_id, self.step, f"{type(exc).__name__}: {exc}", final=final)
             if final:
@@ -240,14 +286,15 @@ class InlineCompensationOperator(SagaTaskOperator):
     """The teardown of an inline saga: runs what it still owes in reverse order, then reports its
     outcome (committed, compensated). Retries what failed; after the last try the saga is left
     ``compensation_failed`` and the task fails loudly. With ``fail_on_abort`` a compensated saga
-    fails the task too (one saga per run); a batch reports it instead."""
+    fails the task too (one saga per run); a batch reports it instead. ``actions`` (step -> action)
+    are repeated first where the flow's task died in the middle of their call (:func:`result_to_undo`)."""
 
     ui_color = "#ffe3e3"
 
     def __init__(self, *, compensations: dict[str, Callable[[StepContext], Any]], fail_on_abort: bool = False,
-                 **kwargs) -> None:
+                 actions: dict[str, Callable[[StepContext], Any]] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.compensations, self.fail_on_abort = compensations, fail_on_abort
+        self.compensations, self.fail_on_abort, self.actions = compensations, fail_on_abort, actions
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowException
@@ -255,8 +302,9 @@ class InlineCompensationOperator(SagaTaskOperator):
         from conduit.exceptions import SagaAborted, SagaCompensationFailed
         from conduit.saga.inline import compensate
 
-        final = context["ti"].try_number > self.retries
-        saga, failed = compensate(self.saga_log, self.saga_id, self.compensations, final=final, context=context)
+        final = is_last_try(context["ti"], self.retries)
+        saga, failed = compensate(self.saga_log, self.saga_id, self.compensations, final=final, context=context,
+                                  actions=self.actions)
         summary = {"saga_id": self.saga_id, "status": saga["status"], "cause": saga["cause"]}
         if failed and not final:
             raise AirflowException(f"saga {self.saga_id}: compensations failed, retrying: {failed}")

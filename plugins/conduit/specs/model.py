@@ -27,6 +27,8 @@ from pydantic import (
 
 from conduit.exceptions import SpecError
 
+# For Field(pattern=...): pydantic's Rust regex reads `$` as the end of the text. Python's re.match
+# would let "name\n" through (its `$` also matches before a final newline): use re.fullmatch.
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
@@ -93,11 +95,46 @@ class CountryIso2(_Validating):
     type: Literal["country_iso2"]
 
 
+PROPERTY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def template_parts(template: str) -> list[tuple[str, str | None]]:
+    """(literal text, CRM property or None) of each piece of a ``template`` step, in order: the
+    one reading of a template, shared by the spec's checks and the mapping engine. ValueError for
+    what the engine cannot fill: braces that do not pair, and fields that are not a plain property
+    name (``{}``, ``{0}``, ``{a.b}``), or that carry a format spec or a conversion (``{id:>8}``,
+    ``{id!r}``): it joins text, it does not run ``str.format``."""
+    example = "e.g. HS-C-{hs_object_id}; write {{ or }} for a literal brace"
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{template!r} cannot be read ({exc}); a field is a CRM property in braces, "
+                         f"{example}") from None
+    parts: list[tuple[str, str | None]] = []
+    for literal, name, spec, conversion in parsed:
+        if name is not None and not PROPERTY_NAME.fullmatch(name):
+            raise ValueError(f"the field {{{name}}} in {template!r} does not name a CRM property "
+                             f"(no empty, positional, attribute or index fields), {example}")
+        if name is not None and (spec or conversion):
+            raise ValueError(f"the field {{{name}{'!' + conversion if conversion else ''}"
+                             f"{':' + spec if spec else ''}}} in {template!r} has a "
+                             f"{'conversion' if conversion else 'format spec'}; a field takes the property's "
+                             f"text as it is, {example}")
+        parts.append((literal, name))
+    return parts
+
+
 class Template(_Model):
     """Derive a value from CRM properties, e.g. ``HS-C-{hs_object_id}``."""
 
     type: Literal["template"]
     template: str
+
+    @field_validator("template")
+    @classmethod
+    def _engine_can_fill(cls, value: str) -> str:
+        template_parts(value)
+        return value
 
 
 class Concat(_Model):
@@ -127,6 +164,28 @@ Transform = Annotated[
 DType = Literal["string", "integer", "timestamp", "boolean"]
 
 
+# How the mapping engine reads a whole number or a true/false from text (``transforms.columns``
+# uses these): defined here so that checking a column's default while a DAG file is parsed needs
+# neither pandas nor pyarrow.
+WHOLE_NUMBER = r"^[+-]?[0-9]{1,18}$"  # 18 digits always fit int64
+TRUE_TEXTS = frozenset({"true", "t", "yes", "y", "1"})
+FALSE_TEXTS = frozenset({"false", "f", "no", "n", "0"})
+
+
+def _fits(default: str | int | bool, dtype: DType) -> bool:
+    """Whether the mapping engine reads ``default`` as a ``dtype`` value (rather than NULL): whole
+    numbers and true/false by the engine's rules above; a timestamp by the engine itself, which
+    imports pandas while the spec loads (only specs with a timestamp default pay that)."""
+    text = str(default).strip()
+    if dtype == "integer":
+        return re.fullmatch(WHOLE_NUMBER, text) is not None
+    if dtype == "boolean":
+        return text.lower() in TRUE_TEXTS | FALSE_TEXTS
+    from conduit.transforms.mapping import typed_default
+
+    return typed_default(default, dtype).is_valid
+
+
 class FieldMapping(_Model):
     """How one ERP column is made. ``source`` is a CRM property; derived columns omit it and
     start with a ``template`` or ``concat`` step."""
@@ -148,6 +207,11 @@ class FieldMapping(_Model):
         if len(checked) > 1:
             raise ValueError(f"transforms[{checked[1]}].on_invalid: only one step of a column may set on_invalid "
                              f"(transforms[{checked[0]}] already does)")
+        # a default the column's type cannot hold would fill every empty row with NULL instead
+        if self.default is not None and self.dtype != "string" and not _fits(self.default, self.dtype):
+            raise ValueError(f"default: {self.default!r} is not {'an' if self.dtype == 'integer' else 'a'} "
+                             f"{self.dtype}, so every row it fills would load NULL; give a value the column's "
+                             f"dtype reads, or change the dtype")
         return self
 
     @property
@@ -161,7 +225,7 @@ class FieldMapping(_Model):
         props: list[str] = [self.source] if self.source else []
         for step in self.transforms:
             if isinstance(step, Template):
-                props += [name for _, name, _, _ in string.Formatter().parse(step.template) if name]
+                props += [name for _, name in template_parts(step.template) if name]
             elif isinstance(step, Concat):
                 props += step.sources
             elif isinstance(step, PhoneE164) and step.region_from:
@@ -497,6 +561,12 @@ class QualitySpec(_Model):
         return plain_file_name(value, "expectations", (".yaml", ".yml", ".json"))
 
 
+# A run waiting for approval holds its sync (one run at a time): later runs queue behind it and its
+# plan goes stale. A week covers a weekend and a holiday; beyond that nobody is reading.
+MAX_APPROVAL_TIMEOUT = timedelta(days=7)
+_TOO_LONG = f"is longer than {MAX_APPROVAL_TIMEOUT.days} days, the longest a person may take to answer"
+
+
 class ApprovalSpec(_Model):
     """The circuit breaker: a run whose plan changes more than these shares of the ERP's active
     customers waits for a person (Airflow's HITL) before it loads. An empty ERP getting its first
@@ -504,7 +574,8 @@ class ApprovalSpec(_Model):
 
     max_update_ratio: float = Field(default=0.2, ge=0.0, le=1.0)
     max_delete_ratio: float = Field(default=0.05, ge=0.0, le=1.0)
-    timeout: timedelta = Field(default=timedelta(hours=12), description="how long a person has to answer")
+    timeout: timedelta = Field(default=timedelta(hours=12),
+                               description="how long a person has to answer: more than 0, at most 7 days")
     on_timeout: Literal["reject"] = "reject"
     sample_rows: int = Field(default=5, ge=0, le=50, description="rows per kind of change shown in the plan")
 
@@ -512,11 +583,26 @@ class ApprovalSpec(_Model):
     @classmethod
     def _short_durations(cls, value: Any) -> Any:
         """``12h``, ``30m``, ``90s``, ``2d`` besides seconds and ISO 8601 (``PT12H``)."""
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", value) if isinstance(value, str) else None
+        # a sign is read too: "-1h" then gets the "must be more than 0" message, not a parse error
+        match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([smhd])\s*", value) if isinstance(value, str) else None
         if match is None:
             return value
         unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
-        return timedelta(**{unit: float(match.group(1))})
+        try:
+            return timedelta(**{unit: float(match.group(1))})
+        except OverflowError:  # e.g. 99999999999h: beyond what a timedelta holds
+            raise ValueError(f"{value!r} {_TOO_LONG}") from None
+
+    @field_validator("timeout")
+    @classmethod
+    def _a_person_can_answer(cls, value: timedelta) -> timedelta:
+        # 0 or less: Airflow 3.3's HITL times the request out before anyone is asked (before 3.3, 0 meant forever)
+        if value <= timedelta(0):
+            raise ValueError(f"must be more than 0, not {value.total_seconds():g} seconds (Airflow would reject "
+                             "every run at once, or never stop waiting); give how long a person has, e.g. 12h")
+        if value > MAX_APPROVAL_TIMEOUT:
+            raise ValueError(f"{value} {_TOO_LONG}")
+        return value
 
 
 class ScheduleSpec(_Model):
@@ -567,7 +653,7 @@ class SyncSpec(_Model):
     @classmethod
     def _columns_are_identifiers(cls, value: dict[str, FieldMapping]) -> dict[str, FieldMapping]:
         for column in value:
-            if not re.match(IDENTIFIER, column):
+            if not re.fullmatch(IDENTIFIER, column):  # re.match's `$` would let "email\n" through
                 raise ValueError(f"column name {column!r} is not a plain SQL identifier")
         return value
 
@@ -612,6 +698,8 @@ def field_path(loc: tuple[Any, ...], union_tags: frozenset[str], union_fields: t
             continue  # pydantic puts the discriminator's value in the path: noise to a reader
         elif item == "[key]":
             continue  # a bad dict key: the key before it already names the place
+        elif isinstance(item, str) and not item.isprintable():
+            parts.append(f"[{item!r}]")  # a key such as "email\n", escaped: one problem stays one line
         else:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts) or "(top level)"
@@ -678,7 +766,31 @@ class _BoundedSafeLoader(yaml.SafeLoader):
 
     def construct_document(self, node: Any) -> Any:
         _expanded(node, {}, set(), 1)
+        self._refuse_duplicate_keys(node, set())
         return super().construct_document(node)
+
+    def _refuse_duplicate_keys(self, node: Any, seen: set[int]) -> None:
+        """A key given twice in one mapping: YAML keeps the last silently (a second ``email:`` column
+        replaces the first, a stray ``approval:`` switches the breaker off). Checked on the composed
+        nodes, before ``<<`` merges are flattened: a key that overrides a merged one is meant."""
+        if id(node) in seen:  # an alias: checked where its anchor is
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # a list or mapping as a key is refused when constructed; `<<` merges
+                key = self.construct_object(key_node)
+                if key in first:
+                    raise _RefusedYaml(_at(key_node.start_mark), f"the key {key_node.value!r} is given twice in one "
+                                       f"mapping (first at {_at(first[key].start_mark)}); YAML would silently keep "
+                                       "only the last: remove or rename one")
+                first[key] = key_node
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        for child in children:
+            self._refuse_duplicate_keys(child, seen)
 
     def construct_object(self, node: Any, deep: bool = False) -> Any:
         try:

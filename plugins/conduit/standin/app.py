@@ -299,6 +299,8 @@ def create_app(config: StandinConfig | None = None) -> FastAPI:
                         error = ApiError(429, "RATE_LIMITS", fault.message,
                                          extra={"errorType": "RATE_LIMIT", "policyName": fault.policy})
                     else:
+                        if fault.retry_after_s is not None:
+                            headers["Retry-After"] = str(fault.retry_after_s)
                         error = ApiError(fault.status, "INTERNAL_ERROR", "internal error")
                     return _json(fault.status, error.body(), headers)
                 spoil = standin.injector.spoil()

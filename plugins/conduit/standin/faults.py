@@ -37,13 +37,17 @@ class RateLimitFault(_Model):
 
 class ServerErrorFault(_Model):
     """5xx on every ``every``-th request, on the next ``burst`` requests and/or on a random ``ratio``
-    of them (drawn from ``seed``: the same requests fail on every run)."""
+    of them (drawn from ``seed``: the same requests fail on every run). ``status`` may also be one
+    of HubSpot's other try-again answers (contract §1.9): 423 Locked, 477 migration in progress
+    (with ``retry_after_s``), 524 origin timeout."""
 
     every: int = Field(default=0, ge=0)
     burst: int = Field(default=0, ge=0)
     ratio: float = Field(default=0.0, ge=0, le=1)
     seed: int = 0
-    status: Literal[500, 502, 503, 504] | None = Field(default=None, description="default: cycle 500, 502, 503")
+    status: Literal[500, 502, 503, 504, 423, 477, 524] | None = Field(
+        default=None, description="default: cycle 500, 502, 503")
+    retry_after_s: int | None = Field(default=None, ge=0, description="a Retry-After header on the answer")
 
 
 BodyFaultKind = Literal["stall", "reset", "truncate", "malformed", "no_properties", "wrong_types", "repeat_record"]
@@ -110,7 +114,8 @@ class FaultInjector:
                        or (errors.ratio and self._random.random() < errors.ratio)):
             self._server_error_burst = max(0, self._server_error_burst - 1)
             self._fired_5xx += 1
-            return Injected(errors.status or _CYCLED_5XX[(self._fired_5xx - 1) % len(_CYCLED_5XX)])
+            return Injected(errors.status or _CYCLED_5XX[(self._fired_5xx - 1) % len(_CYCLED_5XX)],
+                            retry_after_s=errors.retry_after_s)
         return None
 
     def spoil(self) -> BodyFault | None:

@@ -54,6 +54,11 @@ class LoadResult:
     refused: int = 0
     """Rows the target itself refused (a validation the gate does not know): quarantined, the rest loaded."""
 
+    @property
+    def changed(self) -> int:
+        """Rows the load changed: inserted, updated or deleted."""
+        return self.inserted + self.updated + self.deleted
+
 
 @dataclass(frozen=True)
 class LoadPlan:
@@ -80,6 +85,23 @@ class LoadPlan:
         result = LoadResult(**{f: int(data.get(f, 0)) for f in LoadResult.__dataclass_fields__})
         return cls(result, int(data["active_before"]), checksum,
                    dict(data.get("changed_columns", {})), dict(data.get("samples", {})))
+
+
+def refuse_unless_planned(where: str, result: LoadResult, expected: LoadPlan, *, applied_earlier: bool) -> None:
+    """An approved load applies exactly the plan, or nothing (``StalePlanError``). When the ERP
+    moved since the plan only because an earlier try of this run committed the plan and died
+    before reporting it (``applied_earlier``), the retry's load must find nothing left to change:
+    any change would be one nobody approved."""
+    from conduit.exceptions import StalePlanError
+
+    if applied_earlier:
+        if result.changed:
+            raise StalePlanError(f"{where}: an earlier try of this run applied the approved plan, yet the load "
+                                 f"would now make {result}: the ERP changed since; nothing changed, run the sync "
+                                 "again to plan anew")
+    elif result != expected.result:
+        raise StalePlanError(f"{where}: the load would make {result} but the approved plan said "
+                             f"{expected.result}; nothing changed, run the sync again to plan anew")
 
 
 class SyncStateStore(ABC):
@@ -112,6 +134,11 @@ class SyncStateStore(ABC):
     def mark_replayed(self, spec: SyncSpec, quarantine_ids: Iterable[int], *, run_id: str) -> int:
         """Mark entries replayed by ``run_id`` (each at most once); returns how many were marked.
         To make a replay exactly-once, pass the ids to :meth:`ErpTarget.load` instead."""
+
+    @abstractmethod
+    def replayed_by(self, spec: SyncSpec, run_id: str) -> int:
+        """How many entries the replay run ``run_id`` closed (a retried replay asks whether an
+        earlier try of its run committed)."""
 
 
 class RecordSink(ABC):
@@ -184,7 +211,10 @@ class ErpTarget(RecordSink, SyncStateStore):
         - ``dry_run`` does all of it, reports the counts and rolls back.
         - With ``expected`` (a :class:`LoadPlan` of the same rows), the load refuses
           (``StalePlanError``, nothing changed) when the ERP moved since the plan or the changes
-          would differ from it: an approved plan is applied exactly, or not at all.
+          would differ from it: an approved plan is applied exactly, or not at all. A retry of
+          ``run_id`` whose earlier try committed the plan (the state store's last load is this
+          run's) is no stale plan: it changes nothing and returns no changes
+          (:func:`refuse_unless_planned`).
         """
 
     @abstractmethod

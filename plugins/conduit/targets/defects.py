@@ -101,13 +101,14 @@ def ensure_table(target: Any, spec: SyncSpec) -> None:
 
 
 def record_defects(target: Any, spec: SyncSpec, found: Iterable[Defect], *, run_id: str,
-                   clean_keys: Callable[[set[str]], Iterable[str]]) -> DefectChanges:
+                   clean_keys: Callable[[set[str]], Iterable[str]], dry_run: bool = False) -> DefectChanges:
     """Apply a run's defects to the table in one transaction (creating it if needed): open new
     ones, mark repeated ones seen again, resolve fixed ones. ``clean_keys`` gets the record keys
-    of the open defects and returns those this run read and loads (see ``plan_defects``)."""
+    of the open defects and returns those this run read and loads (see ``plan_defects``).
+    ``dry_run`` does all of it and rolls it back: the counts of what a real run would change."""
     d, schema = target.dialect, spec.target.state_schema
     found = list(found)
-    with target._errors_as("recording defects"), target._transaction(_lock(schema)) as cur:
+    with target._errors_as("recording defects"), target._transaction(_lock(schema), commit=not dry_run) as cur:
         for statement in create_defects_table(d, schema):
             cur.execute(statement)
         cur.execute(select_open(d, schema), {"sync_name": spec.name})

@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 from conduit.crash import crash_point
 from conduit.exceptions import StalePlanError, TargetConfigError, TargetError
 from conduit.targets import sql_render as render
-from conduit.targets.base import ErpTarget, KeyChecksum, LoadPlan, LoadResult, Watermark, key_checksum_of
+from conduit.targets.base import (
+    ErpTarget,
+    KeyChecksum,
+    LoadPlan,
+    LoadResult,
+    Watermark,
+    key_checksum_of,
+    refuse_unless_planned,
+)
 from conduit.targets.sql_render import POSTGRES, SQLITE, Column, Dialect, TableLayout
 
 if TYPE_CHECKING:
@@ -176,15 +184,15 @@ class SqlErpTarget(ErpTarget):
         params = {"now": self._timestamp_value(datetime.now(UTC)), "run_id": run_id}
         lock = f"conduit:load:{layout.schema}.{layout.table}"
         with self._errors_as(f"loading {layout.table} (rolled back)"), self._transaction(lock, commit=not dry_run) as cur:
+            applied_earlier = False
             if expected is not None:  # under the load lock: nothing can move between this check and the load
-                self._check_unchanged(cur, layout, expected)
+                applied_earlier = self._check_unchanged(cur, spec, layout, expected, run_id=run_id)
             staged = self._stage_incoming(cur, layout, batches, params)
             crash_point("load.after_copy")
             result = self._merge(cur, spec, layout, staged, list(deleted_keys), full_refresh, kept_keys, params)
             crash_point("load.after_merge")
-            if expected is not None and result != expected.result:
-                raise StalePlanError(f"{layout.table}: the load would make {result} but the approved plan said "
-                                     f"{expected.result}; nothing changed, run the sync again to plan anew")
+            if expected is not None:
+                refuse_unless_planned(layout.table, result, expected, applied_earlier=applied_earlier)
             if watermark is not None:
                 cur.execute(
                     render.advance_watermark(d, layout.schema),
@@ -236,12 +244,23 @@ class SqlErpTarget(ErpTarget):
                    "delete": [before[k] for k in doomed if k in before]}
         return LoadPlan(result, int(active), checksum, changed, samples)
 
-    def _check_unchanged(self, cur, layout: TableLayout, expected: LoadPlan) -> None:
+    def _check_unchanged(self, cur, spec: SyncSpec, layout: TableLayout, expected: LoadPlan, *, run_id: str) -> bool:
+        """Refuse a plan the ERP moved away from, unless this run's own load moved it: a try
+        killed after its commit (before it could report) is retried, and must not call its own
+        change stale. Returns whether that is so (the load then has to change nothing). It relies
+        on the committed load having moved the watermark, which names its run: a load whose
+        watermark did not advance (a cleared older run, clock skew) is refused on retry, as before."""
         now = self._key_checksum(cur, layout)
-        if now != expected.erp_checksum:
-            raise StalePlanError(
-                f"{layout.table} changed since the plan (active rows {expected.erp_checksum} -> {now}): "
-                "nothing changed; run the sync again to plan anew")
+        if now == expected.erp_checksum:
+            return False
+        # read in the load's transaction: the watermark row names the run whose load committed last
+        cur.execute(render.read_last_load_run_id(self.dialect, layout.schema), {"sync_name": spec.name})
+        last = cur.fetchone()
+        if last is not None and last[0] == run_id:
+            return True
+        raise StalePlanError(
+            f"{layout.table} changed since the plan (active rows {expected.erp_checksum} -> {now}): "
+            "nothing changed; run the sync again to plan anew")
 
     def _stage_incoming(self, cur, layout: TableLayout, batches: Iterable[pd.DataFrame],
                         params: dict[str, Any]) -> _Staged:
@@ -353,6 +372,10 @@ class SqlErpTarget(ErpTarget):
         with self._errors_as("marking quarantine entries replayed"), self._transaction(None) as cur:
             cur.execute(render.mark_replayed(self.dialect, spec.target.state_schema), params)
             return cur.rowcount
+
+    def replayed_by(self, spec: SyncSpec, run_id: str) -> int:
+        sql = render.count_replayed_by(self.dialect, spec.target.state_schema)
+        return int(self._fetch_one(sql, {"sync_name": spec.name, "run_id": run_id})[0])
 
     def test_connection(self) -> tuple[bool, str]:
         try:

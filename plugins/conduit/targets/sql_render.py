@@ -479,6 +479,12 @@ def mark_replayed(d: Dialect, schema: str) -> str:
     )
 
 
+def count_replayed_by(d: Dialect, schema: str) -> str:
+    """Parameters: ``sync_name``, ``run_id``."""
+    return (f"SELECT COUNT(*) FROM {d.qualify(schema, QUARANTINE_TABLE)} "
+            f"WHERE sync_name = {d.param('sync_name')} AND replayed_by_run = {d.param('run_id')}")
+
+
 # --- reading ------------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from conduit.specs.model import FALSE_TEXTS, TRUE_TEXTS, WHOLE_NUMBER
 from conduit.transforms import fields
 
 UTC_MICROS = pa.timestamp("us", tz="UTC")
@@ -31,8 +32,6 @@ _SURELY_VALID_EMAIL = (
 _SHORT_LOCAL_PART = r"^[^@]{1,64}@"
 _SPECIAL_USE_DOMAIN = r"(?i)[.@](?:arpa|invalid|local|localhost|onion|test)$"
 _MAX_EMAIL_LENGTH = 254
-_TRUE = frozenset({"true", "t", "yes", "y", "1"})
-_FALSE = frozenset({"false", "f", "no", "n", "0"})
 
 
 def blank_to_null(values: pa.Array) -> pa.Array:
@@ -128,8 +127,9 @@ def to_integers(values: pa.Array) -> pa.Array:
     if pa.types.is_integer(values.type):
         return values.cast(pa.int64())
     text = pc.utf8_trim_whitespace(values.cast(pa.string()))
-    whole = pc.fill_null(pc.match_substring_regex(text, r"^[+-]?[0-9]{1,18}$"), False)
-    return pc.cast(pc.if_else(whole, text, None), pa.int64())
+    whole = pc.fill_null(pc.match_substring_regex(text, WHOLE_NUMBER), False)
+    unsigned = pc.replace_substring_regex(text, r"^\+", "")  # Arrow's cast refuses "+7"
+    return pc.cast(pc.if_else(whole, unsigned, None), pa.int64())
 
 
 def to_booleans(values: pa.Array) -> pa.Array:
@@ -139,6 +139,6 @@ def to_booleans(values: pa.Array) -> pa.Array:
 
     def read(text: str) -> bool | None:
         key = text.strip().lower()
-        return True if key in _TRUE else False if key in _FALSE else None
+        return True if key in TRUE_TEXTS else False if key in FALSE_TEXTS else None
 
     return map_distinct(values.cast(pa.string()), read, pa.bool_())

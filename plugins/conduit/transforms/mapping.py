@@ -35,7 +35,6 @@ reported the same way: it always stands for text lost before.
 from __future__ import annotations
 
 import hashlib
-import string
 from collections.abc import Iterator
 
 import numpy as np
@@ -60,6 +59,7 @@ from conduit.specs.model import (
     Transform,
     Trim,
     Upper,
+    template_parts,
 )
 from conduit.targets.base import TRACKING_COLUMNS
 from conduit.transforms import columns, text
@@ -107,7 +107,7 @@ def _text_sources(mapping: FieldMapping) -> Iterator[str]:
         yield mapping.source
     for step in mapping.transforms:
         if isinstance(step, Template):
-            yield from (name for _, name, _, _ in string.Formatter().parse(step.template) if name)
+            yield from (name for _, name in template_parts(step.template) if name)
         elif isinstance(step, Concat):
             yield from step.sources
 
@@ -179,9 +179,7 @@ def _text(values: pa.Array) -> pa.Array:
 
 def _template(step: Template, props: _Properties) -> pa.Array:
     parts: list[pa.Array | str] = []
-    for literal, name, spec, conversion in string.Formatter().parse(step.template):
-        if spec or conversion:
-            raise TransformError(f"template {step.template!r}: fields take no format spec or conversion")
+    for literal, name in template_parts(step.template):  # the spec refused what this cannot fill
         if literal:
             parts.append(literal)
         if name is not None:
@@ -250,6 +248,12 @@ def _typed(values: pa.Array, dtype: DType) -> pa.Array:
     return _text(values)
 
 
+def typed_default(default: str | int | bool, dtype: DType) -> pa.Scalar:
+    """A column's ``default`` as its ``dtype``, read like the CRM's text (null when it is not one:
+    the spec refuses such a default)."""
+    return _typed(pa.array([str(default)]), dtype)[0]
+
+
 class _Damage:
     """The rows of one column made from damaged CRM text (None: no row is), and that text as shown."""
 
@@ -277,8 +281,7 @@ def _map_column(mapping: FieldMapping, props: _Properties) -> tuple[pa.Array, pa
         invalid_raw = pc.if_else(damage.rows, damage.shown(), pa.scalar(None, pa.string()))
     typed = _typed(values, mapping.dtype)
     if mapping.default is not None:
-        default = _typed(pa.array([str(mapping.default)]), mapping.dtype)[0]
-        typed = pc.fill_null(typed, default)
+        typed = pc.fill_null(typed, typed_default(mapping.default, mapping.dtype))
     return typed, invalid_raw
 
 

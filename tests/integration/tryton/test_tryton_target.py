@@ -115,6 +115,21 @@ def test_a_plan_whose_parties_moved_is_not_applied(setup, tryton_hook):
     assert target.read_watermark(spec) is None
 
 
+def test_a_retry_of_an_approved_load_that_committed_changes_nothing_and_another_run_is_refused(setup, tryton_hook):
+    """A try killed after its commit is retried with the same approved plan: the watermark names
+    this run, so the moved parties are its own work, and the retry finds nothing left to change."""
+    prefix = uuid.uuid4().hex[:6]
+    spec, target = setup()
+    target.load(spec, [rows(prefix, 3)], run_id="r1", watermark=Watermark(1, 0))
+    changed = rows(prefix, 3, at=T0 + timedelta(days=1), name="Changed")
+    plan = target.plan(spec, [changed], run_id="r2")
+    assert target.load(spec, [changed], run_id="r2", expected=plan, watermark=Watermark(2, 0)).updated == 3
+    again = target.load(spec, [changed], run_id="r2", expected=plan, watermark=Watermark(2, 0))
+    assert (again.inserted, again.updated, again.deleted) == (0, 0, 0)
+    with pytest.raises(StalePlanError):  # the same plan for another run: the parties moved under it
+        target.load(spec, [changed], run_id="r3", expected=plan, watermark=Watermark(3, 0))
+
+
 def test_a_party_tryton_refuses_is_quarantined_and_the_others_load(setup, tryton_hook):
     """The gate let an address through that Tryton's own check refuses (a spec without the e-mail
     transform): that party goes to the quarantine with Tryton's message, the others load, the

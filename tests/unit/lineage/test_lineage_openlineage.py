@@ -55,10 +55,18 @@ def datasets(spec):
             "v3",
             ("http://127.0.0.1:8765", "hubspot/crm/v3/objects/contacts"),
         ),
+        # an IPv6 literal keeps its brackets: "http://::1:8765" names no host and port
+        ("http://[::1]:8765/hubspot", "v3", ("http://[::1]:8765", "hubspot/crm/v3/objects/contacts")),
+        ("https://user:secret@[FE80::1]", "v3", ("https://[fe80::1]", "crm/v3/objects/contacts")),
     ],
 )
 def test_hubspot_dataset_names_the_api_root_and_the_objects_path(base_url, version, expected):
     assert ol.hubspot_dataset(base_url, "contacts", version) == ol.DatasetRef(*expected)
+
+
+def test_a_tryton_dataset_on_an_ipv6_host_keeps_the_brackets():
+    facts = {"kind": "tryton", "host": "::1", "port": 8000, "database": "erp"}
+    assert ol.erp_dataset(facts, "tryton", "party.party") == ol.DatasetRef("tryton://[::1]:8000", "erp.party.party")
 
 
 def test_sql_and_file_datasets_follow_the_naming_conventions(spec, tmp_path, monkeypatch):

@@ -23,7 +23,8 @@ if {junk!r}:
 op = DataDocsOperator(task_id="data_docs", spec=spec, suite_path={suite!r})
 context = {{"run_id": "manual__docs"}}
 staging = op.staging(context)
-staging.writer("raw", "all").write(steps.records_to_table(records, steps.raw_properties(spec)))
+with staging.writer("raw", "all") as writer:
+    writer.write(steps.records_to_table(records, steps.raw_properties(spec)))
 staging.reset("archived")
 steps.transform(spec, staging)
 result = op.execute(context)

@@ -66,9 +66,9 @@ def record(id_: int, modified: pd.Timestamp, firstname: str) -> dict:
 
 
 def stage(staging: RunStaging, kind: str, partition: str, records: list[dict], part_rows: int = 2) -> None:
-    writer = staging.writer(kind, partition)
-    for i in range(0, len(records), part_rows):
-        writer.write(steps.records_to_table(records[i:i + part_rows], PROPS))
+    with staging.writer(kind, partition) as writer:
+        for i in range(0, len(records), part_rows):
+            writer.write(steps.records_to_table(records[i:i + part_rows], PROPS))
 
 
 def test_no_repeated_record_no_filter(tmp_path):
@@ -87,7 +87,7 @@ def test_the_transform_maps_each_record_once_in_its_newest_version(tmp_path):
     stage(staging, "raw", "changed", [record(1, T0, "A-new"), record(5, T0, "E"), record(6, T0, "F"),
                                       record(7, later, "G-restored")])
     stage(staging, "raw", "ids", [record(2, later, "B-new"), record(1, T0, "A-new")])
-    staging.writer("raw", "range-1")  # an empty item's folder
+    stage(staging, "raw", "range-1", [])  # an empty item's folder
     stage(staging, "archived", "archived", [record(6, T0, "F"), record(7, T0, "G")])
 
     counts = steps.transform(SPEC, staging)

@@ -135,9 +135,9 @@ def test_write_pages_streams_mixed_pages_into_parts_of_about_batch_rows(tmp_path
         pages.append(chunk if start % 400 else decoder.decode(body(chunk)))  # JSON lists and RecordPages
     pages.insert(3, [])  # an empty page counts as a page, adds no rows
     staging = RunStaging(tmp_path)
-    writer = staging.writer("raw", "x")
     progress = Progress("test", logging.getLogger("test"))
-    assert write_pages(pages, writer, PROPS, progress, batch_rows=1_000) == 2_500
+    with staging.writer("raw", "x") as writer:
+        assert write_pages(pages, writer, PROPS, progress, batch_rows=1_000) == 2_500
     assert progress.pages == len(pages) and progress.rows == 2_500
     parts = staging.parts("raw")
     assert [pq.ParquetFile(p).metadata.num_rows for p in parts] == [1_000, 1_000, 500]

@@ -31,8 +31,8 @@ def test_reading_a_part_uses_the_system_allocator_and_imports_neither_dataset_no
 
     from conduit.pipeline.staging import RunStaging
 
-    RunStaging(tmp_path / "run").writer("raw", "all").write(
-        pa.table({"id": ["1", "2", "3"], "email": ["a@x.io", None, "c@x.io"]}))
+    with RunStaging(tmp_path / "run").writer("raw", "all") as writer:
+        writer.write(pa.table({"id": ["1", "2", "3"], "email": ["a@x.io", None, "c@x.io"]}))
     env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT.format(root=str(tmp_path / "run"))], capture_output=True,
                           text=True, timeout=120, cwd=REPO, env=env)

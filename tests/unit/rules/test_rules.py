@@ -186,6 +186,14 @@ def data() -> dict:
     (lambda d: d.pop("default"), "default", "required"),
     (lambda d: d["rules"][3].update(name="high_fraud_score"), "rules[3].name", "used by an earlier rule"),
     (lambda d: d["rules"][0].pop("then"), "rules[0].then", "required"),
+    (lambda d: d["rules"][0]["when"][0].update(lt=None), "rules[0].when[0].lt", "needs a value, got null"),
+    (lambda d: d["rules"][2]["when"][0].update(between=None), "rules[2].when[0].between", "needs a value, got null"),
+    (lambda d: d["rules"][0]["when"][0].update({"lt": None, "in": None}), "rules[0].when[0]",
+     "exactly one operator"),
+    (lambda d: d["rules"][0]["when"][0].update({"in": None}) or d["rules"][0]["when"][0].pop("lt"),
+     "rules[0].when[0].in", "needs a value, got null"),
+    (lambda d: d["rules"][0]["when"][0].update({"not_in": None}) or d["rules"][0]["when"][0].pop("lt"),
+     "rules[0].when[0].not_in", "needs a value, got null"),
 ])
 def test_a_broken_rules_file_names_the_file_and_the_field(tmp_path, data, mutate, field, words):
     mutate(data)

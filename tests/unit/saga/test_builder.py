@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pendulum
 from airflow.sdk import DAG
 
@@ -54,3 +56,22 @@ def test_forward_and_compensation_retries_and_notifiers():
     assert tasks["a.compensate"].retries == 11 and tasks["a.compensate"].execution_timeout is not None
     assert tasks["finalize"].on_failure_callback == [told.append]
     assert not build().task_dict["finalize"].on_failure_callback
+
+
+def test_saga_tasks_that_call_services_retry_with_full_jitter_also_when_mapped():
+    """Airflow's exponential backoff hashes dag, task, logical date and try number, not the map
+    index: the nightly's mapped sagas failing together would come back at one instant. Their
+    actions and compensations carry FullJitterRetryPolicy, which draws each wait anew."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from conduit.retries import FullJitterRetryPolicy
+
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[3] / "dags"))
+    nightly, single = bag.dags["order_fulfilment_nightly"], bag.dags["order_fulfilment"]
+    jittered = [nightly.task_dict["order.process"], nightly.task_dict["order.compensate"],
+                single.task_dict["payment.action"], single.task_dict["payment.compensate"]]
+    assert all(isinstance(task.retry_policy, FullJitterRetryPolicy) for task in jittered)
+    process = nightly.task_dict["order.process"]
+    waits = {process.retry_policy.evaluate(RuntimeError("503"), try_number=1, max_tries=3).retry_delay
+             for _ in range(200)}
+    assert len(waits) > 150  # 200 mapped orders failing at once: spread over the window, not one instant

@@ -142,9 +142,9 @@ def test_action_started_counts_attempts(started, clock):
     row = step_row(started, "payment")
     assert (row["action_status"], row["error"], row["finished_at"]) == ("failed", "ConnectionError: reset", 1_002.0)
     clock.tick()
-    row = started.action_started(SAGA, "payment")  # the retry
+    row = started.action_started(SAGA, "payment")  # the retry: started_at stays the first attempt's (deadlines)
     assert (row["action_status"], row["action_attempts"], row["started_at"], row["error"]) == \
-        ("running", 2, 1_003.0, None)
+        ("running", 2, 1_001.0, None)
     assert [(e["event"], e["detail"]) for e in started.events(SAGA) if e["step"] == "payment"][1:] == [
         ("action_started", {"attempt": 1}),
         ("action_failed", {"error": "ConnectionError: reset", "final": False}),
@@ -436,6 +436,27 @@ def test_finish_while_a_compensation_is_still_owed_stays_compensating(started):
     assert not any(e["event"] == "compensated" and e["step"] is None for e in started.events(SAGA))
 
 
+@pytest.mark.parametrize("earlier_step", [True, False])
+def test_finish_settles_a_step_that_began_but_whose_action_never_started(started, earlier_step):
+    """A begin task can fail after it registered its step (killed after its commit, its retries
+    unable to reach the log; the run marked failed): the action never runs, and the compensation,
+    a teardown of that failed setup, never runs either (Airflow marks it upstream_failed), so
+    nobody claims it. Nothing is owed for that step: the saga is compensated, not left compensating."""
+    if earlier_step:
+        succeeded_step(started, "inventory", 1)
+    started.begin_step(SAGA, "payment", seq=2, compensable=True)
+    if earlier_step:  # its compensation runs: its setup succeeded
+        started.claim_compensation(SAGA, "inventory")
+        started.compensation_done(SAGA, "inventory", {"released": "res-1"})
+        assert started.saga(SAGA)["status"] == "compensating"
+    assert started.finish(SAGA)["status"] == "compensated"
+    assert step_row(started, "payment")["compensation_status"] == "not_needed"
+    assert timeline(started)[-2:] == [("payment", "compensation_never_started", None), (None, "compensated", None)]
+    assert started.finish(SAGA)["status"] == "compensated"  # a retried finalize
+    with pytest.raises(SagaNotRunning):
+        started.action_started(SAGA, "payment")  # a cleared action of the ended saga refuses
+
+
 def test_finish_of_a_running_saga_with_an_owed_compensation_does_not_declare_it_compensated(started):
     succeeded_step(started, "payment", 1)
     assert started.finish(SAGA)["status"] not in ("compensated", "committed")
@@ -574,3 +595,32 @@ def test_overlapping_claims_on_sqlite_are_serialised(started, engine):
         results = [f.result() for f in [pool.submit(claim) for _ in range(2)]]
     assert sorted(row["compensation_attempts"] for _, row in results) == [1, 2]
     assert step_row(started, "payment")["compensation_attempts"] == 2
+
+
+# --- trying a business transaction again under a new saga ----------------------------------------
+
+
+def test_a_saga_that_supersedes_a_compensated_one_starts_with_keys_of_its_own(started):
+    failed_step(started)
+    started.claim_compensation(SAGA, "payment")
+    started.compensation_done(SAGA, "payment", {"voided": True})
+    assert started.finish(SAGA)["status"] == "compensated"
+    again = started.start(f"{SAGA}-attempt-2", dag_id="order_fulfilment", run_id="manual__2", supersedes=SAGA)
+    assert again["status"] == "running"
+    key = started.begin_step(f"{SAGA}-attempt-2", "payment", seq=1, compensable=True)
+    assert key != step_row(started, "payment")["idempotency_key"]
+
+
+@pytest.mark.parametrize("state", ["committed", "running", "compensation_failed", "never started"])
+def test_a_saga_may_not_supersede_one_that_is_not_compensated(started, state):
+    earlier = "order-41" if state == "never started" else SAGA
+    if state == "committed":
+        started.commit(SAGA)
+    elif state == "compensation_failed":
+        succeeded_step(started, "payment", 1, {"auth": "A-1"})
+        started.set_cause(SAGA, "shipping refused")
+        started.claim_compensation(SAGA, "payment")
+        started.compensation_failed(SAGA, "payment", "503", final=True)
+    with pytest.raises(SagaConflict, match=f"saga {earlier!r} did, which (is {state}|was never started)"):
+        started.start(f"{SAGA}-attempt-2", dag_id="order_fulfilment", run_id="manual__2", supersedes=earlier)
+    assert started.saga(f"{SAGA}-attempt-2") is None

@@ -3,7 +3,16 @@ tests/integration/test_hubspot_hook.py."""
 
 from __future__ import annotations
 
-from conduit.sources.hubspot.cursor import CursorState, advance, id_range_body, search_body
+import json
+
+from conduit.sources.hubspot.cursor import (
+    SEARCH_BODY_MAX_CHARS,
+    CursorState,
+    advance,
+    id_range_body,
+    search_body,
+    search_fits,
+)
 
 
 def rec(id_: int, ts: int) -> dict:
@@ -55,3 +64,22 @@ def test_id_range_body_is_a_fresh_id_cursor_query():
     filters = body["filterGroups"][0]["filters"]
     assert {(f["operator"], f["value"]) for f in filters} == {("GT", "41"), ("LT", "900")}
     assert body["sorts"] == [{"propertyName": "hs_object_id", "direction": "ASCENDING"}]
+
+
+def test_search_fits_is_true_exactly_while_the_longest_body_is_within_hubspots_limit():
+    def longest(properties: list[str]) -> int:
+        fields = [*properties, "lastmodifieddate", "hs_object_id"]
+        big = 10**19 - 1
+        return max(len(json.dumps(b, separators=(",", ":"))) for b in (
+            search_body(CursorState(big, big, "ties"), cursor_property="lastmodifieddate", upper_ms=big,
+                        properties=fields, limit=200),
+            search_body(CursorState(big, big, "range"), cursor_property="lastmodifieddate", upper_ms=big,
+                        properties=fields, limit=200),
+            id_range_body(big, big, properties=fields, limit=200)))
+
+    narrow = ["email", "firstname", "lastname", "phone", "country", "company", "lifecyclestage", "createdate"]
+    assert search_fits(narrow, cursor_property="lastmodifieddate", limit=200)
+    wide = [f"p{i:04d}" for i in range(400)]
+    n = next(n for n in range(400) if longest(wide[:n]) > SEARCH_BODY_MAX_CHARS)
+    assert search_fits(wide[:n - 1], cursor_property="lastmodifieddate", limit=200)
+    assert not search_fits(wide[:n], cursor_property="lastmodifieddate", limit=200)

@@ -74,6 +74,11 @@ def test_timestamps_parse_like_the_scalar_function(values):
     assert parsed[0].as_py() == datetime(2024, 1, 15, 10, 30, 0, 123000, tzinfo=UTC)
 
 
+def test_a_whole_number_with_a_plus_sign_is_read_not_a_crash():
+    # the pattern admits "+7" and Arrow's cast refused it: the whole transform failed on one CRM value
+    assert columns.to_integers(pa.array(["+7", " +0 ", "+-7", "-7"])).to_pylist() == [7, 0, None, -7]
+
+
 def test_integers_and_booleans():
     assert columns.to_integers(pa.array([" 42", "-7", "4.5", "x", None])).to_pylist() == [
         42,

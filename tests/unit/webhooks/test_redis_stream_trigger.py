@@ -12,6 +12,7 @@ from conduit.triggers.redis_events import (
     coalesce,
     crm_change_watcher,
     crm_changes_asset,
+    split_burst,
 )
 
 
@@ -40,6 +41,17 @@ def test_object_ids_are_capped_but_every_event_is_counted():
     payload = coalesce("s", entries)
     assert payload["events"] == MAX_OBJECT_IDS + 5
     assert payload["object_ids"] == [str(i) for i in range(MAX_OBJECT_IDS)]
+
+
+def test_a_burst_past_the_cap_is_split_so_no_object_id_is_cut_off():
+    entries = [(f"1-{i}", {"objectId": str(i % (MAX_OBJECT_IDS + 2))}) for i in range(MAX_OBJECT_IDS + 4)]
+    entries.insert(3, ("0-9", {}))  # trimmed away: belongs to whichever part it falls in
+    parts = split_burst(entries)
+    assert [entry for part in parts for entry in part] == entries  # in stream order, none lost
+    payloads = [coalesce("s", part) for part in parts]
+    assert [len(p["object_ids"]) for p in payloads] == [MAX_OBJECT_IDS, 4]  # 0 and 1 changed again later
+    assert {oid for p in payloads for oid in p["object_ids"]} == {str(i) for i in range(MAX_OBJECT_IDS + 2)}
+    assert split_burst(entries[:5]) == [entries[:5]] and split_burst([]) == []
 
 
 def test_an_empty_burst_is_a_bug_not_an_event():

@@ -23,6 +23,7 @@ the same form.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,6 +35,8 @@ Page = Any  # a list of JSON records (dicts) or a RecordPage
 
 ID_PROPERTY = "hs_object_id"
 CREATED_PROPERTY = "createdate"
+SEARCH_BODY_MAX_CHARS = 3000
+"""HubSpot answers a search whose body is longer than this with a 400 (contract §1.5)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,19 @@ def search_body(state: CursorState, *, cursor_property: str, upper_ms: int, prop
         "properties": properties,
         "limit": limit,
     }
+
+
+def search_fits(properties: Sequence[str], *, cursor_property: str, limit: int) -> bool:
+    """Whether every search body of a window or an id range that asks for ``properties`` stays
+    within :data:`SEARCH_BODY_MAX_CHARS` (measured with the longest timestamps and ids). A spec
+    too wide for it searches ids only and reads its properties by id."""
+    fields = list(dict.fromkeys([*properties, cursor_property, ID_PROPERTY]))
+    big = 10**19 - 1
+    bodies = [search_body(CursorState(big, big, mode), cursor_property=cursor_property, upper_ms=big,
+                          properties=fields, limit=limit) for mode in ("ties", "range")]
+    bodies.append(id_range_body(big, big, properties=fields, limit=limit))
+    return all(len(json.dumps(body, ensure_ascii=False, separators=(",", ":"))) <= SEARCH_BODY_MAX_CHARS
+               for body in bodies)
 
 
 def _last_id(page: Page) -> int:

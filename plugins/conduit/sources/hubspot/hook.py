@@ -44,6 +44,11 @@ from conduit.sources.hubspot.budget import EXTRA_FIELDS as _BUDGET_EXTRAS
 from conduit.sources.hubspot.budget import Budget
 from conduit.sources.hubspot.pages import page_decoder
 
+# HubSpot's other "try again" answers (contract §1.9): 423 Locked (wait at least 2 s), 477 migration
+# in progress (with Retry-After), 524 origin timeout; without them one such answer failed the task.
+HUBSPOT_RETRYABLE_STATUS = RETRYABLE_STATUS | {423, 477, 524}
+LOCKED_MIN_WAIT_S = 2.0
+
 # Connection extras that configure this hook; HttpHook would otherwise send them as HTTP headers.
 _HOOK_EXTRAS = ("api_version", "max_retries", "backoff_max", *_BUDGET_EXTRAS)
 _JSON_BODY = {"Content-Type": "application/json"}
@@ -228,9 +233,11 @@ class HubSpotHook(HttpHook):
         message, category = error_message(response, secrets=(self.connection.password,))
         if response.status_code == 429 and _policy_name(response) == "DAILY":  # waiting hours is no retry
             raise self._daily_limit_reached(response)
-        if response.status_code in RETRYABLE_STATUS:
-            raise RetryableResponse(response.status_code, message,
-                                    retry_after_seconds(response.headers.get("Retry-After")))
+        if response.status_code in HUBSPOT_RETRYABLE_STATUS:
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            if response.status_code == 423:
+                wait = max(wait or 0.0, LOCKED_MIN_WAIT_S)
+            raise RetryableResponse(response.status_code, message, wait)
         error = CrmAuthError if response.status_code in (401, 403) else CrmRequestError
         raise error(response.status_code, method, url, message, category)
 

@@ -15,6 +15,10 @@ round trips do not leave the budget unused (a run of one task: one ``all`` item 
 once, the same way). The boundary splits the records in proportion to the
 two endpoints' record rates (:func:`conduit.sources.hubspot.budget.full_read_rates`), so that both
 finish together. A full read the day's remaining budget cannot cover stops before it starts.
+
+A search body names every property it asks for, and HubSpot refuses one over 3,000 characters: a
+spec too wide for that searches the ids only (the cursor's timestamp and id) and reads the
+properties of each page by id (:func:`conduit.sources.hubspot.cursor.search_fits`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from conduit.sources.hubspot.cursor import (
     edge_id_body,
     iter_changed,
     iter_id_range,
+    search_fits,
     take_id_range,
 )
 
@@ -154,9 +159,11 @@ class HubSpotSource(CrmSource):
         config, hook, props = self.config, self.hook, self.raw_properties()
         kind = item["kind"]
         if kind == "changed":
-            return iter_changed(lambda body: hook.search_page(config.object, body), Window(*item["window"]),
-                                cursor_property=config.cursor.property, properties=props,
-                                limit=config.search_page_size)
+            searched, wide = self._search_properties(props)
+            pages = iter_changed(lambda body: hook.search_page(config.object, body), Window(*item["window"]),
+                                 cursor_property=config.cursor.property, properties=searched,
+                                 limit=config.search_page_size)
+            return self._read_by_id(pages, props) if wide else pages
         if kind == "range" and item.get("via") == "list":
             return take_id_range(hook.iter_list_record_pages(config.object, props, limit=config.page_size),
                                  item["lo"], item["hi"])
@@ -174,9 +181,14 @@ class HubSpotSource(CrmSource):
         ``streams`` concurrent searches (plus the list stream) when the item asks for more than one."""
         config, hook, props = self.config, self.hook, self.raw_properties()
 
+        search_props, wide = self._search_properties(props)
+
         def searched(lo: int, hi: int) -> Callable[[], Iterator[RecordPage]]:
-            return lambda: iter_id_range(lambda body: hook.search_page(config.object, body), lo, hi,
-                                         properties=props, limit=config.search_page_size)
+            def pages() -> Iterator[RecordPage]:
+                found = iter_id_range(lambda body: hook.search_page(config.object, body), lo, hi,
+                                      properties=search_props, limit=config.search_page_size)
+                return self._read_by_id(found, props) if wide else found
+            return pages
 
         def listed(lo: int, hi: int) -> Callable[[], Iterator[RecordPage]]:
             return lambda: take_id_range(hook.iter_list_record_pages(config.object, props, limit=config.page_size),
@@ -193,6 +205,24 @@ class HubSpotSource(CrmSource):
         hook.budget  # noqa: B018  (built once here, not raced for by the streams)
         return read_concurrently(streams)
 
+    def _search_properties(self, props: list[str]) -> tuple[list[str], bool]:
+        """What a window's or an id range's searches ask for, and whether the records must then be
+        read by id: a spec whose properties make the body too long for HubSpot's 3,000 characters
+        searches the id only (the cursor adds its timestamp), else every search is a 400."""
+        if search_fits(props, cursor_property=self.config.cursor.property, limit=self.config.search_page_size):
+            return props, False
+        return [ID_PROPERTY], True
+
+    def _read_by_id(self, pages: Iterable[RecordPage], props: list[str]) -> Iterator[RecordPage]:
+        """The records of ``pages`` (searched for their ids) with ``props``, by batch reads. The cursor
+        paged on what the search returned; a record changed since is read in its newer version
+        (the newest read wins), one archived since is left out (the archived listing has it)."""
+        for page in pages:
+            for batch in chunks(list(page.ids)):
+                found = self.hook.batch_read_page(self.object_type, batch, props)
+                if len(found):
+                    yield found
+
     # --- by id, and the reconciliation's questions -----------------------------------------------
 
     def read_records(self, ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -206,10 +236,16 @@ class HubSpotSource(CrmSource):
     def modified_since_created_before(self, upper_ms: int) -> list[dict[str, Any]]:
         window = Window(lower_ms=upper_ms, upper_ms=int(time.time() * 1000) + 1)
         props = list(dict.fromkeys([*self.raw_properties(), CREATED_PROPERTY]))
+        searched, wide = self._search_properties(props)
         records = (r for page in iter_changed(lambda b: self.hook.search(self.object_type, b), window,
-                                              cursor_property=self.config.cursor.property, properties=props)
+                                              cursor_property=self.config.cursor.property,
+                                              properties=[*searched, CREATED_PROPERTY] if wide else props)
                    for r in page)
-        return [r for r in records if _created_ms(r) is not None and _created_ms(r) < upper_ms]
+        late = [r for r in records if _created_ms(r) is not None and _created_ms(r) < upper_ms]
+        if not wide:
+            return late
+        return [record for batch in chunks([r["id"] for r in late])
+                for record in self.hook.batch_read(self.object_type, batch, props)]
 
     # --- lineage and counters --------------------------------------------------------------------
 

@@ -99,7 +99,12 @@
 
     function poll(runId) {
       fetch(runs + "/" + encodeURIComponent(runId), { credentials: "same-origin" })
-        .then(function (r) { return r.ok ? r.json() : Promise.reject(new Error("HTTP " + r.status)); })
+        .then(function (r) {
+          if (r.ok) { return r.json(); }
+          var err = new Error("HTTP " + r.status);
+          err.final = r.status >= 400 && r.status < 500;  // no access or no such run: asking again will not help
+          return Promise.reject(err);
+        })
         .then(function (run) {
           status.dataset.state = run.state;
           status.textContent = "replay " + runId + ": " + run.state;
@@ -113,7 +118,13 @@
             window.setTimeout(function () { poll(runId); }, 2000);
           }
         })
-        .catch(function (err) { status.textContent = "could not follow the replay: " + err.message; });
+        .catch(function (err) {  // a busy or restarting API server: the run goes on, so keep following it
+          status.textContent = "could not follow the replay " + runId + ": " + err.message;
+          if (!err.final) {
+            status.textContent += "; asking again";
+            window.setTimeout(function () { poll(runId); }, 5000);
+          }
+        });
     }
 
     button.addEventListener("click", function () {
@@ -139,6 +150,7 @@
         button.disabled = false;
       });
     });
+    button.disabled = button.dataset.canReplay !== "true";
   }
 
   draw();
