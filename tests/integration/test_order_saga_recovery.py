@@ -34,6 +34,7 @@ pytestmark = pytest.mark.postgres
 
 DAG_ID = "order_fulfilment"
 NIGHTLY_DAG_ID = "order_fulfilment_nightly"
+HELD_S = 600.0  # a late request waits this long unless the test releases it first (it always does)
 CHILD = r"""
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
@@ -62,7 +63,7 @@ def worker_died(run_id: str, task_id: str) -> None:
     """What the scheduler makes of a task whose process vanished (no heartbeat): a failed try,
     retried after its retry delay, since the task has retries left."""
     from airflow.models.taskinstance import TaskInstance
-    from airflow.utils import timezone
+    from airflow.sdk import timezone
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
@@ -156,12 +157,11 @@ def mark_run_failed(run_id: str, dag_id: str = DAG_ID) -> None:
     set_dag_run_state_to_failed(dag=dag, run_id=run_id, commit=True)
 
 
-def killed_while_authorising(services, run_conf: dict, late_s: float, dag_id: str = DAG_ID) -> tuple[str, float]:
-    """Run ``dag_id`` in a child process; the payment service holds the authorisation request for
-    ``late_s`` seconds before it does it (a queue); once it is there, the child is killed with
-    SIGKILL (the worker lost in the middle of the call) and the run marked failed. Returns the run
-    and when the request had arrived (epoch seconds)."""
-    services.admin.faults(payment={"fail_next": 1, "mode": "late", "delay_s": late_s, "operation": "authorize"})
+def killed_while_authorising(services, run_conf: dict, dag_id: str = DAG_ID) -> str:
+    """Run ``dag_id`` in a child process; the payment service holds the authorisation request (a
+    queue) until the test releases it; once it is there, the child is killed with SIGKILL (the worker
+    lost in the middle of the call) and the run marked failed. Returns the run."""
+    services.admin.faults(payment={"fail_next": 1, "mode": "late", "delay_s": HELD_S, "operation": "authorize"})
     patient = json.loads(os.environ["AIRFLOW_CONN_PAYMENT_DEFAULT"])
     child_env = {**os.environ, "AIRFLOW_CONN_PAYMENT_DEFAULT": json.dumps({**patient, "extra": {"timeout": 120}})}
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(DAGS), json.dumps(run_conf), dag_id], env=child_env,
@@ -169,23 +169,26 @@ def killed_while_authorising(services, run_conf: dict, late_s: float, dag_id: st
     try:
         wait_for(lambda: services.admin.requests().get("payment", {}).get("authorize", {}).get("received"),
                  "the authorisation request to reach the service", timeout=120)
-        arrived = time.time()
         os.killpg(child.pid, signal.SIGKILL)
     finally:
         child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
     (run,) = [r for r in dag_runs(dag_id) if r["state"] == DagRunState.RUNNING]
     mark_run_failed(run["run_id"], dag_id)
-    return run["run_id"], arrived
+    return run["run_id"]
 
 
-def wait_for_the_late_authorisation(services, order_id: str, late_s: float) -> None:
-    """Until the held request is done: as a repeat of a call the service saw since, or as the first."""
-    def done():
-        calls = services.admin.requests()["payment"]["authorize"]
-        return calls["replayed"] or (calls["received"] == 1 and effects(services, order_id).get("authorize"))
-
-    wait_for(done, "the late authorisation request to be done", timeout=late_s + 30)
+def the_held_authorisation_lands_late(services, order_id: str) -> None:
+    """The compensation has run while the request was still held (nothing replayed it yet); now the
+    service does it, and it must find the repeat's key: a replay that authorises nothing more."""
+    calls = services.admin.requests()["payment"]["authorize"]
+    assert (calls["received"], calls["faulted"], calls.get("replayed", 0)) == (2, 1, 0), calls
+    assert effects(services, order_id) == {"reserve": 1, "release": 1, "authorize": 1, "void": 1}
+    assert services.admin.release_late() == 1
+    wait_for(lambda: services.admin.requests()["payment"]["authorize"].get("replayed"),
+             "the late authorisation request to be done", timeout=30)
+    assert effects(services, order_id) == {"reserve": 1, "release": 1, "authorize": 1, "void": 1}
+    assert services.admin.requests()["payment"]["authorize"] == {"received": 2, "faulted": 1, "replayed": 1}
 
 
 def test_an_action_killed_while_its_request_waits_in_the_service_is_undone_when_it_lands_late(order_env):
@@ -193,45 +196,38 @@ def test_an_action_killed_while_its_request_waits_in_the_service_is_undone_when_
     middle of the call and the run is marked failed. The compensation must not take "no
     authorisation yet" for "none ever": the request is done after it, and the money would stay held
     with the saga saying compensated."""
-    order, late_s = new_order(), 30.0
-    run_id, arrived = killed_while_authorising(order_env, {"order": order, "ship_within_s": 30, "ship_poll_s": 0.1},
-                                               late_s)
+    order = new_order()
+    run_id = killed_while_authorising(order_env, {"order": order, "ship_within_s": 30, "ship_poll_s": 0.1})
     assert effects(order_env, order["order_id"]) == {"reserve": 1}  # the authorisation is still waiting
 
     state, states = run_existing_dagrun(order_dag(), run_id)
     assert state == DagRunState.FAILED and states["payment.action"] == "failed", states
     assert states["payment.compensate"] == "success", states
 
-    wait_for_the_late_authorisation(order_env, order["order_id"], late_s)
-    assert effects(order_env, order["order_id"]) == {"reserve": 1, "release": 1, "authorize": 1, "void": 1}
-    assert order_env.admin.requests()["payment"]["authorize"] == {"received": 2, "faulted": 1, "replayed": 1}
+    the_held_authorisation_lands_late(order_env, order["order_id"])
     saga, steps = saga_row(order["order_id"])
     assert saga["status"] == "compensated"
     payment = next(s for s in steps if s["step"] == "payment")
     assert (payment["action_status"], payment["compensation_status"]) == ("running", "done")
     assert payment["compensation_result"]["status"] == "voided"
-    assert payment["compensated_at"] < arrived + late_s  # while the request was still held: the race
 
 
 def test_an_inline_saga_killed_while_its_request_waits_in_the_service_is_undone_when_it_lands_late(
         order_env, tmp_path):
     """The same for the nightly batch: the order's flow task is killed in the middle of the
     authorisation, the run marked failed; the order's compensation task undoes the late one too."""
-    order, late_s = new_order(), 30.0
+    order = new_order()
     feed = tmp_path / "pending.jsonl"
     feed.write_text(json.dumps(order) + "\n")
-    run_id, arrived = killed_while_authorising(order_env, {"feed": str(feed), "ship_within_s": 5, "ship_poll_s": 0.1},
-                                      late_s, dag_id=NIGHTLY_DAG_ID)
+    run_id = killed_while_authorising(order_env, {"feed": str(feed), "ship_within_s": 5, "ship_poll_s": 0.1},
+                                      dag_id=NIGHTLY_DAG_ID)
 
     state, states = run_existing_dagrun(nightly_dag(), run_id)
     assert (states["order.process"], states["order.compensate"]) == ("failed", "success"), states
 
-    wait_for_the_late_authorisation(order_env, order["order_id"], late_s)
-    assert effects(order_env, order["order_id"]) == {"reserve": 1, "release": 1, "authorize": 1, "void": 1}
-    assert order_env.admin.requests()["payment"]["authorize"] == {"received": 2, "faulted": 1, "replayed": 1}
+    the_held_authorisation_lands_late(order_env, order["order_id"])
     saga, steps = saga_row(order["order_id"])
     assert saga["status"] == "compensated"
-    assert next(s for s in steps if s["step"] == "payment")["compensated_at"] < arrived + late_s
 
 
 def unreachable_saga_log() -> str:

@@ -107,6 +107,7 @@ def create_app(config: OrderServicesConfig | None = None) -> FastAPI:
     app = FastAPI(title="Conduit order services stand-in", docs_url="/_admin/docs",
                   openapi_url="/_admin/openapi.json")
     app.state.services = services
+    late = _LateRequests()
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -122,7 +123,7 @@ def create_app(config: OrderServicesConfig | None = None) -> FastAPI:
                         key_required=key_required and method == "POST", success_status=success_status)
             answer = services.call(call, lambda key: action(request, raw, key))
             if answer.late_s:  # the request waits in the service, then is done (even if its caller is gone)
-                await asyncio.sleep(answer.late_s)
+                await late.hold(answer.late_s)
                 answer = services.perform(call, lambda key: action(request, raw, key))
             if answer.delay_s:
                 await asyncio.sleep(answer.delay_s)
@@ -170,11 +171,39 @@ def create_app(config: OrderServicesConfig | None = None) -> FastAPI:
     route("POST", "/shipping/shipments/{object_id}/cancel", "shipping", "cancel",
           lambda request, raw, key: services.cancel_shipment(object_id(request), key))
 
-    _admin_routes(app, services)
+    _admin_routes(app, services, late)
     return app
 
 
-def _admin_routes(app: FastAPI, services: OrderServices) -> None:
+class _LateRequests:
+    """Late requests wait here for their delay, or until ``POST /_admin/late/release`` lets them go:
+    a test can then order "the compensation ran" before "the late request was done" without racing
+    the clock."""
+
+    def __init__(self) -> None:
+        self.released: asyncio.Event | None = None
+        self.waiting = 0
+
+    async def hold(self, seconds: float) -> None:
+        if self.released is None:
+            self.released = asyncio.Event()
+        released = self.released
+        self.waiting += 1
+        try:
+            await asyncio.wait_for(released.wait(), seconds)
+        except TimeoutError:
+            pass
+        finally:
+            self.waiting -= 1
+
+    def release(self) -> int:
+        waiting, released, self.released = self.waiting, self.released, None
+        if released is not None:
+            released.set()
+        return waiting
+
+
+def _admin_routes(app: FastAPI, services: OrderServices, late: _LateRequests) -> None:
     """No auth and no faults here: the server binds to loopback unless told otherwise."""
 
     @app.get("/_admin/faults")
@@ -201,6 +230,10 @@ def _admin_routes(app: FastAPI, services: OrderServices) -> None:
     @app.get("/_admin/requests")
     async def request_counts():
         return services.request_counts()
+
+    @app.post("/_admin/late/release")
+    async def release_late():
+        return {"released": late.release()}
 
     @app.post("/_admin/reset")
     async def reset():

@@ -34,8 +34,9 @@ class TransientFaults(BaseModel):
     operation: str | None = Field(default=None, description="only calls of this operation fail")
     mode: Mode = Field(default="5xx", description="5xx: 503 unavailable; 429: rate_limited; "
                                                   "timeout: done and remembered, answered after delay_s; "
-                                                  "late: held delay_s before it is done (a request queued in "
-                                                  "the service), then done and answered")
+                                                  "late: held delay_s (or until POST /_admin/late/release) "
+                                                  "before it is done (a request queued in the service), "
+                                                  "then done and answered")
     retry_after_s: int = Field(default=1, ge=0, description="the 429's Retry-After header")
     delay_s: float = Field(default=3.0, ge=0,
                            description="how long a timeout fault holds the answer (a late fault the request) back")

@@ -44,6 +44,10 @@ class OrderServicesAdmin(AdminSession):
     def requests(self) -> dict[str, dict[str, dict[str, int]]]:
         return self._call("GET", "/requests")
 
+    def release_late(self) -> int:
+        """Lets every late request held so far be done now; returns how many were waiting."""
+        return self._call("POST", "/late/release")["released"]
+
     def reset(self) -> dict:
         return self._call("POST", "/reset")
 

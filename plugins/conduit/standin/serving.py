@@ -49,7 +49,9 @@ def serve(app, host: str, port: int, announce: Callable[[str], str]) -> None:
     bound_host, bound_port = sock.getsockname()[:2]
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(announce(f"http://{url_host}:{bound_port}"), flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, loop="auto", http="auto")
+    # a fault can hold an answer back for a minute: a stand-in told to stop does not wait for it
+    config = uvicorn.Config(app, log_level="warning", access_log=False, loop="auto", http="auto",
+                            timeout_graceful_shutdown=1)
     uvicorn.Server(config).run(sockets=[sock])
 
 
