@@ -241,7 +241,7 @@ def test_the_triggerer_stops_a_watcher_blocked_in_a_long_read_at_once(store, key
         await asyncio.sleep(0.5)  # inside XREADGROUP BLOCK 5000 now
         began = time.monotonic()
         await stop(runner, task)
-        assert time.monotonic() - began < 1.0
+        assert time.monotonic() - began < 1.8  # not after the 5 s read nor the 2 s grace
 
     asyncio.run(scenario())
 

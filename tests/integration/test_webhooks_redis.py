@@ -200,7 +200,7 @@ def test_a_cancellation_redis_py_drops_as_its_send_finishes_still_stops_the_watc
     assert not isinstance(result, BaseException), result
     stopped, stopped_s, still_running = result
     assert stopped, "the watcher did not stop within 10 s of its cancellation"
-    assert stopped_s < 1.0, stopped_s  # at once, not after the 5 s read or the grace period
+    assert stopped_s < 1.8, stopped_s  # at once, not after the 5 s read or the 2 s grace (slack for load)
     assert still_running == []
     assert reads_after_cancel == []
 
