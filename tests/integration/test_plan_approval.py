@@ -207,6 +207,42 @@ def test_an_erp_changed_between_plan_and_approval_is_refused(approval_env):
     assert env.target().count(env.spec()) == 600
 
 
+def test_a_dry_run_whose_plan_would_need_approval_asks_nobody_and_changes_nothing(approval_env):
+    """A dry run commits nothing, so a person has nothing to approve: it must not wait for one
+    (with the plan's 1 h timeout, it would have hung, then failed as rejected)."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    env = approval_env
+    checksum, watermark = env.target().key_checksum(env.spec()), env.target().read_watermark(env.spec())
+    finished, asked = threading.Event(), []
+
+    def watch():
+        while not finished.wait(0.5):
+            with create_session() as session:
+                waiting = session.query(TaskInstance).filter_by(dag_id=DAG_ID, task_id="approve_plan",
+                                                                state="awaiting_input").count()
+            if waiting:
+                asked.append(waiting)
+                fail_waiting_runs()  # or dag.test() would wait for the answer
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    dag_run = env.dag().test(run_conf={"full_refresh": False, "dry_run": True})
+    finished.set()
+    watcher.join(10)
+
+    assert not asked, "a dry run waited for a person's approval"
+    assert dag_run.state == DagRunState.SUCCESS, states(dag_run)
+    assert (states(dag_run)["approve_plan"], states(dag_run)["load"]) == ("skipped", "success")
+    plan, load = xcom_of_latest(env, "plan"), xcom(dag_run, "load")
+    assert (plan["needs_approval"], plan["deleted"]) == (True, ARCHIVED)
+    assert (load["dry_run"], load["deleted"]) == (True, ARCHIVED)  # what a real load would do, rolled back
+    assert env.target().key_checksum(env.spec()) == checksum
+    assert env.target().read_watermark(env.spec()) == watermark
+
+
 def test_plan_only_reports_exactly_what_a_real_run_then_does_and_changes_nothing(sync_env):
     env = sync_env
     run_ok(env)

@@ -140,7 +140,8 @@ class ErpPlanOperator(SyncStepOperator, BranchMixIn):
     """Computes what the load would change (:func:`conduit.pipeline.steps.plan`: the load, run and
     rolled back) and shows it: the log as a table, XCom ``plan`` (counts, samples, the ERP
     checksum), and ``plan.json`` beside the staged files. Then branches: nowhere with
-    ``plan_only``; to ``approve_plan`` when the spec's thresholds are exceeded; else to ``load``."""
+    ``plan_only``; to ``approve_plan`` when the spec's thresholds are exceeded (not in a dry run,
+    which commits nothing); else to ``load``."""
 
     template_fields: Sequence[str] = (*SyncStepOperator.template_fields, "extract_plan", "plan_only")
     inherits_from_skipmixin = True
@@ -175,6 +176,10 @@ class ErpPlanOperator(SyncStepOperator, BranchMixIn):
         if as_bool(self.plan_only):
             self.log.info("plan_only: nothing is loaded")
             return self.do_branch(context, None)
+        if reason and as_bool(self.dry_run):
+            # a dry run commits nothing, so there is nothing to approve: asking would only block it
+            self.log.warning("the plan would need a person's approval (%s); a dry run asks nobody", reason)
+            return self.do_branch(context, "load")
         if reason:
             self.log.warning("the plan needs a person's approval: %s", reason)
         return self.do_branch(context, "approve_plan" if reason else "load")
