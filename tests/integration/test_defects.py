@@ -109,6 +109,22 @@ def test_junk_contact_details_load_as_null_with_every_defect_listed_and_a_fix_re
     untouched = [d for k, ds in by_key.items() if k not in (fixed[0], replaced[0], touched[0], archived[0]) for d in ds]
     assert untouched and all(d["last_run_id"] == first.run_id and d["resolved_at"] is None for d in untouched)
 
+    # a record with an open defect is purged from the CRM (not archived: no run reads it again);
+    # a full refresh deletes what it did not read, and with it the defect is over
+    purged = untouched[0]
+    crm.admin.delete(purged["crm_id"])
+
+    third = run_ok(sync_env, conf={"full_refresh": True})
+
+    assert xcom(third, "load")["deleted"] == 1 and not target.fetch_rows(spec, keys=[purged["record_key"]]).iloc[0]["active"]
+    gate = xcom(third, "quality_gate")
+    after = {d["id"]: d for d in read_defects(target, spec)}
+    purged_defects = [d for d in after.values() if d["record_key"] == purged["record_key"]]
+    assert purged_defects and all(d["resolved_by_run"] == third.run_id for d in purged_defects)
+    still_open = [d for d in after.values() if d["resolved_at"] is None]
+    assert still_open and all(d["last_run_id"] == third.run_id for d in still_open)  # read again, seen again
+    assert gate["defects_resolved"] == len(purged_defects)
+
 
 def test_a_broken_field_fails_the_run_loudly_before_anything_loads(sync_env, capsys):
     # a source that lost its phone numbers' country codes: far more than a few percent are junk

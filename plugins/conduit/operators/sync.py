@@ -279,6 +279,7 @@ class QualityGateOperator(SyncStepOperator):
             self.erp_hook.get_target(), self.spec, self.staging(context), self.suite_path,
             run_id=context["run_id"], full_extract=self.extract_plan[0]["mode"] == "full",
             dry_run=as_bool(self.dry_run) or as_bool(self.plan_only),  # either changes nothing, quarantine included
+            deletes_missing=self.deletes_missing(),
         )
         self.log.info("quality gate %s\n%s", self.spec.quality.suite, "\n".join(summary_lines(report)))
         # per expectation (a dozen small entries): lineage's assertions and the sync health page read them

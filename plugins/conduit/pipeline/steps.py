@@ -246,7 +246,7 @@ def evaluate_suite(spec: SyncSpec, staging: RunStaging, suite_path, *, previous_
 
 
 def gate(target: ErpTarget, spec: SyncSpec, staging: RunStaging, suite_path, *, run_id: str,
-         full_extract: bool, dry_run: bool = False):
+         full_extract: bool, dry_run: bool = False, deletes_missing: bool = False):
     """Evaluate the suite on mapped/ and decide. Rows rejected under ``quarantine`` are parked in
     the ERP's quarantine table with their reasons and raw record, and listed in rejected/ so the
     load leaves them out. Defects of the rows that load go to the ERP's defects table, marked with
@@ -255,6 +255,8 @@ def gate(target: ErpTarget, spec: SyncSpec, staging: RunStaging, suite_path, *, 
     still writes rejected/ (the plan and the rolled-back load leave those rows out), but parks
     nothing: a replay would otherwise load records no real run rejected. Its summary says what a
     real run would write (defect counts from a rolled-back transaction).
+    ``deletes_missing`` (a full refresh, or a periodic full read): the load deletes the records this
+    run did not read, so their open defects are over too.
     Returns (report, decision, summary)."""
     from conduit.quality.engine import decide
     from conduit.quality.summary import defect_counts
@@ -271,7 +273,8 @@ def gate(target: ErpTarget, spec: SyncSpec, staging: RunStaging, suite_path, *, 
     if decision.load and decision.rejected_keys and not dry_run:
         target.quarantine(spec, _quarantine_entries(spec, staging, report, decision), run_id=run_id)
         crash_point("quality_gate.quarantined")
-    recorded = (_record_defects(target, spec, staging, decision, run_id=run_id, dry_run=dry_run)
+    recorded = (_record_defects(target, spec, staging, decision, run_id=run_id, dry_run=dry_run,
+                                deletes_missing=deletes_missing)
                 if decision.load else {})
     summary = {"checked": report.row_count, "rejected": len(decision.rejected_keys), "passed": decision.load,
                "policy": quality.policy, "reason": decision.reason,
@@ -300,7 +303,7 @@ def _quarantine_entries(spec: SyncSpec, staging: RunStaging, report, decision) -
 
 
 def _record_defects(target: ErpTarget, spec: SyncSpec, staging: RunStaging, decision, *,
-                    run_id: str, dry_run: bool = False) -> dict[str, int]:
+                    run_id: str, dry_run: bool = False, deletes_missing: bool = False) -> dict[str, int]:
     """Open, touch and resolve defects (see ``conduit.quality.defects``); returns the counts."""
     from conduit.quality.defects import found_defects
     from conduit.targets.defects import record_defects
@@ -308,13 +311,17 @@ def _record_defects(target: ErpTarget, spec: SyncSpec, staging: RunStaging, deci
     key, kept_out = spec.target.key, {str(k) for k in decision.rejected_keys}
 
     def clean_keys(open_keys: set[str]) -> set[str]:
-        """The open defects' records that this run read and loads, or read archived (the load
-        deactivates them: their defects are over)."""
+        """The open defects' records that this run read and loads, or read archived, or (when the
+        load deletes what it did not read) did not read at all: the load deactivates or deletes
+        those, so their defects are over."""
         lookup = key_lookup(open_keys)
         read = {str(k) for frame in staging.read_frames("mapped", [key])
-                for k in frame[key][in_keys(frame[key], lookup)]} - kept_out
-        return read | {str(k) for frame in staging.read_frames("mapped_archived", [key])
-                       for k in frame[key][in_keys(frame[key], lookup)]}
+                for k in frame[key][in_keys(frame[key], lookup)]}
+        archived = {str(k) for frame in staging.read_frames("mapped_archived", [key])
+                    for k in frame[key][in_keys(frame[key], lookup)]}
+        # a read of nothing deletes nothing (the load refuses it): its defects stay open
+        unread = open_keys - read - archived if deletes_missing and staging.count("mapped") else set()
+        return (read - kept_out) | archived | unread
 
     changes = record_defects(target.state, spec, found_defects(decision.defects), run_id=run_id,
                              clean_keys=clean_keys, dry_run=dry_run)
