@@ -54,7 +54,7 @@ class DatasetRef:
 def hubspot_dataset(base_url: str, object_type: str, api_version: str = "2026-09") -> DatasetRef:
     """The CRM object collection the hook reads: namespace = API root (scheme://host[:port]),
     name = the objects path for the connection's API version."""
-    from conduit.hooks.hubspot import objects_path
+    from conduit.sources.hubspot.address import objects_path
 
     url = urlsplit(base_url if "://" in base_url else f"https://{base_url}")
     authority = _host(url.hostname) + (f":{url.port}" if url.port else "")

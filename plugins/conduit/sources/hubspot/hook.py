@@ -40,6 +40,7 @@ from conduit.retries import (
     call_with_retries,
     retry_after_seconds,
 )
+from conduit.sources.hubspot.address import api_version_of, objects_path  # noqa: F401 - objects_path: the hook's API
 from conduit.sources.hubspot.budget import EXTRA_FIELDS as _BUDGET_EXTRAS
 from conduit.sources.hubspot.budget import Budget
 from conduit.sources.hubspot.pages import page_decoder
@@ -55,14 +56,6 @@ _JSON_BODY = {"Content-Type": "application/json"}
 # What a request retries: 429/5xx answers and network failures (refused, reset, timed out).
 # ChunkedEncodingError: a body cut off mid-transfer, as the session raises it.
 _RETRY_ON = (RetryableResponse, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
-
-
-def objects_path(api_version: str, object_type: str) -> str:
-    """``v3`` -> the legacy ``crm/v3/objects/...``; a date version -> ``crm/objects/2026-09/...``."""
-    version = api_version.strip("/")
-    if version.startswith("v"):
-        return f"crm/{version}/objects/{object_type}"
-    return f"crm/objects/{version}/{object_type}"
 
 
 def error_message(response: requests.Response, secrets: Iterable[str | None] = ()) -> tuple[str, str | None]:
@@ -147,7 +140,7 @@ class HubSpotHook(HttpHook):
     def settings(self) -> dict[str, Any]:
         extra = self.connection.extra_dejson
         return {
-            "api_version": self._api_version or extra.get("api_version") or "2026-09",
+            "api_version": api_version_of(extra, self._api_version),
             "max_retries": int(self._max_retries if self._max_retries is not None else extra.get("max_retries", 6)),
             "backoff_max": float(self._backoff_max or extra.get("backoff_max", 30)),
             "timeout": float(self._timeout or extra.get("timeout", 30)),

@@ -252,9 +252,18 @@ class HubSpotSource(CrmSource):
     def dataset(self) -> DatasetRef:
         from conduit.lineage.openlineage import hubspot_dataset
 
-        hook = self.hook
-        hook._set_base_url(hook.connection)
-        return hubspot_dataset(hook.base_url, self.object_type, hook.settings["api_version"])
+        if "hook" in self.__dict__:  # the task built it for its work: its connection is at hand
+            hook = self.hook
+            hook._set_base_url(hook.connection)
+            return hubspot_dataset(hook.base_url, self.object_type, hook.settings["api_version"])
+        # lineage before the work (the extract's START event) or without it (the load's): the
+        # connection alone, not the HTTP stack, in a process forked for one event
+        from airflow.sdk import BaseHook
+
+        from conduit.sources.hubspot.address import api_version_of, base_url_of
+
+        connection = BaseHook.get_connection(self.config.conn_id)
+        return hubspot_dataset(base_url_of(connection), self.object_type, api_version_of(connection.extra_dejson))
 
     @property
     def requests_sent(self) -> int:
