@@ -18,7 +18,9 @@ task instances and XComs. The overview lists only such DAGs; a sync the user may
 403 with no data. The replay button is shown to users who may trigger the replay DAG, and the
 page triggers it through Airflow's own REST API with the user's cookie, so Airflow checks that
 permission again and records the action. Responses never carry connection details: the state
-store's errors name only the connection id and the exception type.
+store's errors name only the connection id and the exception type. Data Docs are served for a
+sync's runs only, and no page of them but a site's index may run inline scripts: GX writes the
+failing CRM values into its validation pages unescaped.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ PAGE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-
 DATA_DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
                  "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; frame-ancestors 'self'; "
                  "base-uri 'self'; object-src 'none'")
+# GX writes the failing CRM values into its validation pages as they are, unescaped: a value
+# "<script>..." or "<img onerror=...>" would run on Airflow's origin as the person viewing it. Only
+# the site's index (runs and suites, no CRM value; bootstrap-table fills it from an inline script)
+# keeps inline scripts; the other pages run the vendored files only (they lose GX's show/hide
+# buttons and its walkthrough, not content).
+DATA_DOCS_VALUES_CSP = DATA_DOCS_CSP.replace("script-src 'self' 'unsafe-inline'", "script-src 'self'")
 
 templates = Jinja2Templates(directory=HERE / "templates")
 
@@ -337,9 +345,8 @@ def sync_page(dag_id: str, request: Request, user: GetUserDep,
 @ui_app.get("/data-docs/{dag_id}/{run_id}/{path:path}")
 def data_docs(dag_id: str, run_id: str, path: str, request: Request, user: GetUserDep) -> Response:
     require_read(user, dag_id)
-    site = data.data_docs_dir(dag_id, run_id).resolve()
-    wanted = (site / (path or "index.html")).resolve()
-    if not wanted.is_relative_to(site) or not wanted.is_file():
+    wanted = _data_docs_file(dag_id, run_id, path)
+    if wanted is None:
         raise HTTPException(404, "no such Data Docs file")
     if wanted.suffix.lower() not in (".html", ".htm"):
         media_type = mimetypes.guess_type(wanted.name)[0] or "application/octet-stream"
@@ -348,7 +355,24 @@ def data_docs(dag_id: str, run_id: str, path: str, request: Request, user: GetUs
     site_url = f"{urls['ui']}/data-docs/{dag_id}/{request.path_params['run_id']}/"
     html = rewrite_cdn_urls(wanted.read_text(errors="replace"), f"{urls['static']}/vendor/",
                             f"{site_url}static/images/")
-    return HTMLResponse(html, headers={"Content-Security-Policy": DATA_DOCS_CSP, "Cache-Control": "no-store"})
+    csp = DATA_DOCS_CSP if _is_site_index(dag_id, run_id, wanted) else DATA_DOCS_VALUES_CSP
+    return HTMLResponse(html, headers={"Content-Security-Policy": csp, "Cache-Control": "no-store"})
+
+
+def _is_site_index(dag_id: str, run_id: str, page: Path) -> bool:
+    return page == data.data_docs_dir(dag_id, run_id).resolve() / "index.html"
+
+
+def _data_docs_file(dag_id: str, run_id: str, path: str) -> Path | None:
+    """The file of a sync run's Data Docs site the request names, or None. Only a sync's: the
+    site's folder is named by the DAG id as given, so another id (``..``, decoded from ``%2E%2E``)
+    would reach the staged CRM records beside the sites. A NUL byte is no path either (``resolve``
+    raises ``ValueError`` on it)."""
+    if dag_id not in data.load_sync_specs() or "\x00" in run_id + path:
+        return None
+    site = data.data_docs_dir(dag_id, run_id).resolve()
+    wanted = (site / (path or "index.html")).resolve()
+    return wanted if wanted.is_relative_to(site) and wanted.is_file() else None
 
 
 # --- errors: JSON for the API, a short page for a browser -----------------------------------------------

@@ -33,6 +33,7 @@ REPLAY_DAG_ID = "conduit_quarantine_replay"
 SYNC_TASKS = ("plan_extract", "extract", "transform", "quality_gate", "data_docs", "plan", "load", "reconcile")
 XCOM_KEYS = ("return_value", "plan")
 TASK_STATES = ("failed", "upstream_failed", "up_for_retry", "awaiting_input")
+RUNNING = "running"
 RUNS_PER_SYNC_OVERVIEW = 3
 MAX_RUNS = 200
 STATE_WORKERS = 8
@@ -114,9 +115,13 @@ def _run_columns():
 def latest_runs(session: Session, dag_ids: Sequence[str], per_dag: int = RUNS_PER_SYNC_OVERVIEW
                 ) -> dict[str, list[RunRecord]]:
     """The newest ``per_dag`` runs of each DAG (newest first), with their summaries: one query for
-    the runs (ranked per DAG), one for their XComs, one for the task states that matter."""
+    the runs (ranked per DAG), one for their XComs, one for the task states that matter.
+
+    A running run is always among them, however many newer runs queue behind it: a sync runs one
+    run at a time (``max_active_runs=1``), so runs triggered by hand or by webhooks while a plan
+    waits for approval queue up, and the verdict must still see the run that waits."""
     from airflow.models.dagrun import DagRun
-    from sqlalchemy import func, select
+    from sqlalchemy import func, or_, select
 
     if not dag_ids:
         return {}
@@ -124,19 +129,15 @@ def latest_runs(session: Session, dag_ids: Sequence[str], per_dag: int = RUNS_PE
                                   order_by=(DagRun.run_after.desc(), DagRun.id.desc())).label("rank")
     ranked = select(DagRun.id.label("pk"), rank).where(DagRun.dag_id.in_(list(dag_ids))).subquery()
     stmt = (select(*_run_columns()).join(ranked, ranked.c.pk == DagRun.id)
-            .where(ranked.c.rank <= per_dag).order_by(DagRun.dag_id, ranked.c.rank))
+            .where(or_(ranked.c.rank <= per_dag, DagRun.state == RUNNING))
+            .order_by(DagRun.dag_id, ranked.c.rank))
     return _records(session, [dict(zip(_RUN_COLUMNS, row, strict=True)) for row in session.execute(stmt)])
 
 
 def recent_runs(session: Session, dag_id: str, limit: int) -> list[RunRecord]:
-    """The DAG's newest ``limit`` runs, newest first, with their summaries."""
-    from airflow.models.dagrun import DagRun
-    from sqlalchemy import select
-
-    stmt = (select(*_run_columns()).where(DagRun.dag_id == dag_id)
-            .order_by(DagRun.run_after.desc(), DagRun.id.desc()).limit(max(1, min(limit, MAX_RUNS))))
-    rows = [dict(zip(_RUN_COLUMNS, row, strict=True)) for row in session.execute(stmt)]
-    return _records(session, rows).get(dag_id, [])
+    """The DAG's newest ``limit`` runs, newest first, with their summaries (and its running run,
+    see :func:`latest_runs`)."""
+    return latest_runs(session, [dag_id], per_dag=max(1, min(limit, MAX_RUNS))).get(dag_id, [])
 
 
 def _records(session: Session, rows: list[dict[str, Any]]) -> dict[str, list[RunRecord]]:

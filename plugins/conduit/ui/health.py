@@ -7,7 +7,8 @@ a pure function of them (``now`` is an argument), so the rules are unit-tested w
 The verdict, most urgent first:
 
 ==========================  ===========================================================
-waiting for approval        the latest run's plan waits for a person (``approve_plan``)
+waiting for approval        a run's plan waits for a person (``approve_plan``),
+                            also with newer runs queued behind it
 failing                     the latest finished run failed (which tasks; a rejected plan)
 stale                       nothing loaded yet, or the watermark is older than the last
                             scheduled run should have made it (cron time minus the
@@ -188,6 +189,12 @@ def failed_tasks(run: RunRecord) -> list[str]:
     return sorted(t for t, s in run.task_states.items() if s in FAILED_TASK_STATES)
 
 
+def waiting_for_approval(runs: Sequence[RunRecord]) -> RunRecord | None:
+    """The unfinished run whose plan waits for a person, if any: not necessarily the newest run,
+    as runs triggered meanwhile (by hand, by webhooks) queue behind it."""
+    return next((r for r in runs if not r.finished and r.task_states.get(APPROVAL_TASK) == AWAITING_INPUT), None)
+
+
 def verdict(runs: Sequence[RunRecord], fresh: Freshness, *, paused: bool = False, cron: str = "",
             state_error: str | None = None) -> Verdict:
     """The sync's health from its runs (newest first) and its data's freshness; see the module
@@ -195,8 +202,8 @@ def verdict(runs: Sequence[RunRecord], fresh: Freshness, *, paused: bool = False
     ``state_error`` (the state store could not be read) freshness is unknown: failing, unless the
     runs already say worse."""
     latest = runs[0] if runs else None
-    if latest and latest.task_states.get(APPROVAL_TASK) == AWAITING_INPUT:
-        return Verdict(WAITING, f"run {latest.run_id}: the plan waits for a person's approval "
+    if waiting := waiting_for_approval(runs):
+        return Verdict(WAITING, f"run {waiting.run_id}: the plan waits for a person's approval "
                                 f"(Required Actions); nothing loads until then")
     last = latest_finished(runs)
     if last and last.state == "failed":
@@ -286,14 +293,23 @@ def run_rows(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
             for r in runs]
 
 
+def loaded_counts(counts: Mapping[str, Any]) -> dict[str, Any]:
+    """The load's counts as rows the ERP really changed: a dry run's say what a real load would
+    change, and it rolled them back, so none of them happened."""
+    if not counts.get("dry_run"):
+        return dict(counts)
+    return {**counts, **{name: None for name in ("inserted", "updated", "unchanged", "deleted", "stale_skipped")}}
+
+
 def chart_series(runs: Sequence[RunRecord]) -> dict[str, list]:
     """Oldest first, one point per finished run: x (run start, unix seconds), the load's counts
-    (None when nothing was loaded) and the run's duration in seconds."""
+    (None when nothing was loaded: no load, or a dry run's, which was rolled back) and the run's
+    duration in seconds."""
     finished = sorted((r for r in runs if r.finished), key=lambda r: (r.start_date or r.run_after))
     series: dict[str, list] = {"x": [], "run_id": [], "state": [], "inserted": [], "updated": [], "deleted": [],
                                "unchanged": [], "duration_s": []}
     for run in finished:
-        counts = run_counts(run.summaries)
+        counts = loaded_counts(run_counts(run.summaries))
         series["x"].append(int((run.start_date or run.run_after).timestamp()))
         series["run_id"].append(run.run_id)
         series["state"].append(run.state)
