@@ -27,6 +27,18 @@ ERP_PASSWORD = "erp-pw-sentinel-4711"  # the server trusts local connections: a 
 JWT_SECRET = "jwt-secret-sentinel-0815-" + "x" * 48  # 64 bytes: what HS512 wants
 
 
+def use_simple_auth(setenv, tmp_path: Path) -> None:
+    """Airflow's SimpleAuthManager as the tests log in: an admin, a viewer, a user with no role
+    (``PASSWORDS``), and the JWT secret their tokens are signed with."""
+    passwords = tmp_path / "passwords.json"
+    passwords.write_text(json.dumps(PASSWORDS))
+    setenv("AIRFLOW__CORE__AUTH_MANAGER", "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager")
+    setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,viewer:viewer,nobody:")
+    setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
+    setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
+    setenv("AIRFLOW__API_AUTH__JWT_SECRET", JWT_SECRET)
+
+
 @pytest.fixture
 def airflow_api(airflow_db, tmp_path, monkeypatch):
     """Airflow's API server app in process, with three users: an admin, a viewer and one without
@@ -34,14 +46,7 @@ def airflow_api(airflow_db, tmp_path, monkeypatch):
     from airflow.api_fastapi.app import create_app, purge_cached_app
     from fastapi.testclient import TestClient
 
-    passwords = tmp_path / "passwords.json"
-    passwords.write_text(json.dumps(PASSWORDS))
-    monkeypatch.setenv("AIRFLOW__CORE__AUTH_MANAGER",
-                       "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager")
-    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,viewer:viewer,nobody:")
-    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
-    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
-    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", JWT_SECRET)
+    use_simple_auth(monkeypatch.setenv, tmp_path)
     purge_cached_app()
     with TestClient(create_app("core")) as client:
         yield Api(client)

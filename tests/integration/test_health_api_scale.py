@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from airflow_runs import register_dags
-from test_health_api import JWT_SECRET, PASSWORDS, Api
+from test_health_api import Api, use_simple_auth
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATED = 298  # + the two flagship specs: 300 syncs
@@ -50,8 +50,6 @@ def scale(airflow_db, tmp_path_factory):
     shutil.copytree(REPO / "include", include)
     names = generate_specs(include / "syncs")
     state_db = tmp / "state.db"
-    passwords = tmp / "passwords.json"
-    passwords.write_text(json.dumps(PASSWORDS))
     sqlite = json.dumps({"conn_type": "sqlite", "host": str(state_db)})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CONDUIT_INCLUDE_DIR", str(include))
@@ -60,12 +58,7 @@ def scale(airflow_db, tmp_path_factory):
         mp.setenv("AIRFLOW_CONN_ERP_DEFAULT", sqlite)
         mp.setenv("AIRFLOW_CONN_CONDUIT_STATE_DEFAULT", sqlite)
         mp.delenv("AIRFLOW_CONN_TRYTON_DEFAULT", raising=False)
-        mp.setenv("AIRFLOW__CORE__AUTH_MANAGER",
-                  "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager")
-        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,viewer:viewer,nobody:")
-        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
-        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
-        mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", JWT_SECRET)
+        use_simple_auth(mp.setenv, tmp)
         try:
             register_dags()  # 300 sync DAGs serialized, as the dag-processor writes them
             specs = data.load_sync_specs()

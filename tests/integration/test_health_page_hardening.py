@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from airflow_runs import forget_dag_runs, register_dags
-from test_health_api import JWT_SECRET, PASSWORDS, Api
+from test_health_api import Api, use_simple_auth
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "crm_to_erp_customer_sync"
@@ -31,20 +31,13 @@ def env(airflow_db, tmp_path, monkeypatch):
 
     include = tmp_path / "include"
     shutil.copytree(REPO / "include", include)
-    passwords = tmp_path / "passwords.json"
-    passwords.write_text(json.dumps(PASSWORDS))
     sqlite = json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "state.db")})
     monkeypatch.setenv("CONDUIT_INCLUDE_DIR", str(include))
     monkeypatch.setenv("CONDUIT_STAGING_DIR", str(tmp_path / "airflow" / "conduit" / "staging"))
     monkeypatch.delenv("CONDUIT_DATA_DOCS_DIR", raising=False)
     monkeypatch.setenv("AIRFLOW_CONN_ERP_DEFAULT", sqlite)
     monkeypatch.setenv("AIRFLOW_CONN_CONDUIT_STATE_DEFAULT", sqlite)
-    monkeypatch.setenv("AIRFLOW__CORE__AUTH_MANAGER",
-                       "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager")
-    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin,viewer:viewer,nobody:")
-    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
-    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
-    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", JWT_SECRET)
+    use_simple_auth(monkeypatch.setenv, tmp_path)
     register_dags()
     forget_dag_runs(DAG_ID)
     data.clear_state_cache()
