@@ -542,7 +542,9 @@ class SqliteErpTarget(SqlErpTarget):
         sql = render.insert_rows_newest_wins(SQLITE, layout)
         constants = [repeat(params["now"]), repeat(params["now"]), repeat(params["run_id"])]
         for frame in batches:
-            for chunk in _sqlite_chunks(_arrow_table(frame, layout)):
+            table = _arrow_table(frame, layout)
+            _refuse_missing_keys(table, layout)
+            for chunk in _sqlite_chunks(table):
                 # strict=False: the constants repeat for every row
                 cur.executemany(sql, zip(*_sqlite_columns(chunk), *constants, strict=False))
         return cur.execute(render.count_rows(SQLITE, layout, active_only=False)).fetchone()[0]
@@ -666,6 +668,15 @@ def _refuse_nul(table: pa.Table, key: str) -> None:
                     f"column {name!r} of {key} {keys[at].as_py()!r} holds a NUL character, which PostgreSQL "
                     "text cannot store (the sync's mapping removes them and records a defect; "
                     "rows that bypass it must too); nothing was loaded")
+
+
+def _refuse_missing_keys(table: pa.Table, layout: TableLayout) -> None:
+    """SQLite's insert into an empty table, without the staging table, must refuse a row without
+    its key as the staging table's ``NOT NULL`` does on every other path. The table's own
+    ``NOT NULL`` does not: SQLite makes an ``INTEGER PRIMARY KEY`` the rowid, and gives a NULL the
+    next number, a key the CRM never had."""
+    if table.column(layout.key).null_count:
+        raise sqlite3.IntegrityError(f"NOT NULL constraint failed: {layout.table}.{layout.key}")
 
 
 def _sqlite_chunks(table: pa.Table, rows: int = 2_000) -> list[pa.RecordBatch]:

@@ -212,7 +212,8 @@ class Changes:
     ledger_behind: list[dict[str, Any]] = field(default_factory=list)
     """Unchanged rows the ledger does not know as written (a killed load wrote them to Tryton)."""
     stale: int = 0
-    modified_at: dict[str, datetime] = field(default_factory=dict)
+    modified_at: dict[str, datetime | None] = field(default_factory=dict)
+    """The version the ledger records per key: the incoming row's, or a deleted record's stored one."""
     refused: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     """Rows Tryton refused while the load applied them: (row, Tryton's message)."""
     refused_creates: int = 0
@@ -235,6 +236,30 @@ def refused_findings(refused: Iterable[tuple[dict[str, Any], str]], spec: SyncSp
              "reason": f"Tryton refused the party: {message}"[:1000],
              "raw_record": None}
             for row, message in refused]
+
+
+def archived_versions(deleted_keys: Iterable[str | tuple[str, datetime | None]]) -> dict[str, datetime | None]:
+    """Per key to delete, the archived version that decides (None: delete unconditionally). A key
+    given more than once is decided as the SQL target decides it, by whichever of its versions
+    allows the delete most (no version, else the newest), not by the order it came in."""
+    versions: dict[str, datetime | None] = {}
+    for item in deleted_keys:
+        code, archived_at = (item, None) if isinstance(item, str) else item
+        code = str(code)
+        if code not in versions or archived_at is None or (versions[code] is not None
+                                                             and archived_at > versions[code]):
+            versions[code] = archived_at
+    return versions
+
+
+def _stale(entry: ledger.LedgerEntry | None, party: dict[str, Any], modified_at: datetime) -> bool:
+    """Whether Tryton holds a newer version of the record than ``modified_at`` or, for a
+    deactivated party, one as new: as in the SQL target, a deleted record comes back only with
+    strictly newer data (the version it was deleted in does not re-activate it)."""
+    stored = entry.source_modified_at if entry else None
+    if stored is None:
+        return False
+    return stored > modified_at or (stored == modified_at and not party.get("active", True))
 
 
 def _refusal(exc: TrytonRequestError) -> str | None:
@@ -364,10 +389,7 @@ class TrytonTarget(ErpTarget):
                 code = str(row[key])
                 if code not in incoming or row[SOURCE_MODIFIED_AT] >= incoming[code][SOURCE_MODIFIED_AT]:
                     incoming[code] = row
-        deleted = {}
-        for item in deleted_keys:
-            code, archived_at = (item, None) if isinstance(item, str) else item
-            deleted[str(code)] = archived_at
+        deleted = archived_versions(deleted_keys)
         # a full refresh deletes what the sync wrote and this load did not bring: the whole ledger
         entries = ledger.read(self._state, spec.target.state_schema, spec.name,
                               None if full_refresh else set(incoming) | set(deleted))
@@ -385,8 +407,8 @@ class TrytonTarget(ErpTarget):
             changes.modified_at[code] = row[SOURCE_MODIFIED_AT]
             if party is None:
                 changes.creates.append(row)
-            elif entry and entry.source_modified_at and entry.source_modified_at > row[SOURCE_MODIFIED_AT]:
-                changes.stale += 1  # Tryton holds a newer version of this record
+            elif _stale(entry, party, row[SOURCE_MODIFIED_AT]):
+                changes.stale += 1
             elif values := party_changes(party, row, spec, country_ids):
                 changes.updates.append((party, row, values))
             else:
@@ -400,6 +422,9 @@ class TrytonTarget(ErpTarget):
             if archived_at and entry and entry.source_modified_at and entry.source_modified_at > archived_at:
                 continue  # recreated in the source after it was archived: the newer version stays
             changes.deletes.append(party)
+            # the ledger keeps the version it held (as the SQL target's row does), or older data
+            # could later re-activate the deactivated party
+            changes.modified_at[code] = entry.source_modified_at if entry else None
         return changes, country_ids
 
     def plan(self, spec: SyncSpec, batches: Iterable[pd.DataFrame], *, run_id: str,
@@ -469,7 +494,7 @@ class TrytonTarget(ErpTarget):
 
         def write(item: tuple[dict[str, Any], dict[str, Any], dict[str, Any]]) -> str | None:
             try:
-                self.hook.write(PARTY, item[0]["id"], item[2], context=ALL_RECORDS)
+                self._write_party(item[0], item[2])
             except TrytonRequestError as exc:
                 if (message := _refusal(exc)) is None:
                     raise
@@ -525,7 +550,7 @@ class TrytonTarget(ErpTarget):
                     party = self._parties(spec, [code])[code]
                     values = party_changes(party, row, spec, country_ids)
                     if values:
-                        self.hook.write(PARTY, party["id"], values, context=ALL_RECORDS)
+                        self._write_party(party, values)
                 elif (message := _refusal(exc)) is not None:
                     refused.append((row, message))
                 else:
@@ -533,6 +558,23 @@ class TrytonTarget(ErpTarget):
         if len(rows) > 1 and len(refused) == len(rows):
             raise batch_error
         return refused
+
+    def _write_party(self, party: dict[str, Any], values: dict[str, Any]) -> None:
+        """Write ``values`` (:func:`party_changes`) to ``party``. Tryton keeps a deactivated party's
+        fields read-only and refuses a write that re-activates it and changes them at once, so such
+        a party is re-activated first; when Tryton then refuses the values, it is deactivated again
+        (a refused party stays as it was)."""
+        if party.get("active", True) or values.keys() == {"active"}:
+            self.hook.write(PARTY, party["id"], values, context=ALL_RECORDS)
+            return
+        self.hook.write(PARTY, party["id"], {"active": True}, context=ALL_RECORDS)
+        try:
+            self.hook.write(PARTY, party["id"], {k: v for k, v in values.items() if k != "active"},
+                            context=ALL_RECORDS)
+        except TrytonRequestError as exc:
+            if _refusal(exc) is not None:
+                self.hook.write(PARTY, party["id"], {"active": False}, context=ALL_RECORDS)
+            raise
 
     def _quarantine_refused(self, spec: SyncSpec, changes: Changes, *, run_id: str) -> None:
         """The refused parties into the quarantine, or the load fails when there are too many to be
