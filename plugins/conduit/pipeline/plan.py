@@ -18,7 +18,15 @@ if TYPE_CHECKING:
 
 def approval_reason(plan: LoadPlan, approval: ApprovalSpec | None) -> str | None:
     """Why this plan needs a person, or None when it may load on its own."""
-    if approval is None or plan.active_before == 0:
+    if approval is None:
+        return None
+    if plan.active_before == 0:
+        # an empty ERP getting its first customers has nothing to lose; a table whose customers are
+        # all deactivated does: re-activating and rewriting them is what the breaker is for (with
+        # one customer still active, the same plan would read "N of 1" and wait)
+        if plan.result.updated:
+            return (f"would update (re-activate) {plan.result.updated} customers of a table with no active "
+                    f"customer: above the spec's {percent(approval.max_update_ratio)} of any active count")
         return None
     reasons = []
     for kind, count, limit in (("update", plan.result.updated, approval.max_update_ratio),

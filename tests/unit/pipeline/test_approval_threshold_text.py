@@ -30,6 +30,19 @@ def test_at_the_threshold_nothing_waits():
     assert reason(15, 1000, 0.015) is None
 
 
+def test_a_table_of_deactivated_customers_is_not_empty():
+    """A first load into an empty ERP waits for nobody; rewriting a table whose customers were all
+    deactivated does, as it would with one of them still active."""
+    first_load = LoadPlan(LoadResult(inserted=600), 0, KeyChecksum(), {}, {})
+    comeback = LoadPlan(LoadResult(inserted=5, updated=600), 0, KeyChecksum(), {}, {})
+    one_left = LoadPlan(LoadResult(updated=600), 1, KeyChecksum(), {}, {})
+    spec = ApprovalSpec(max_update_ratio=0.2)
+    assert approval_reason(first_load, spec) is None
+    assert approval_reason(comeback, spec) == ("would update (re-activate) 600 customers of a table with no active "
+                                               "customer: above the spec's 20% of any active count")
+    assert approval_reason(one_left, spec) is not None
+
+
 @pytest.mark.parametrize(("ratio", "text"), [
     (0.2, "20%"), (0.05, "5%"), (0.015, "1.5%"), (0.002, "0.2%"), (0.00125, "0.125%"), (0.07, "7%"),
     (0.0, "0%"), (1.0, "100%"),
