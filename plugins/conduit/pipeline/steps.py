@@ -490,18 +490,6 @@ def reconcile(source: CrmSource, target: ErpTarget, spec: SyncSpec, staging: Run
     Raises ``ReconciliationError`` when the ERP lacks rows it should have (a row deleted behind
     the sync's back, a lost update) or, after a full read, holds active rows the CRM no longer
     has; after an incremental read such extra rows are reported for the full read to repair."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1, thread_name_prefix="crm-count") as crm_side:
-        # the CRM's count (the source's first use in this task: its client's imports, a round trip
-        # under the rate budget) needs nothing from the ERP checks, so it runs beside them
-        crm_count = crm_side.submit(source.count_created_before, upper_ms)
-        return _reconcile(source, target, spec, staging, upper_ms=upper_ms, full_read=full_read,
-                          crm_count=crm_count.result)
-
-
-def _reconcile(source: CrmSource, target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, upper_ms: int,
-               full_read: bool, crm_count: Callable[[], int]) -> dict[str, Any]:
     from conduit.exceptions import ReconciliationError
 
     checksums: dict[str, Any] = {}
@@ -519,7 +507,7 @@ def _reconcile(source: CrmSource, target: ErpTarget, spec: SyncSpec, staging: Ru
             f"after a full read the ERP holds {erp_sum.count} active customers outside quarantine but the run "
             f"staged {staged_sum.count}: {erp_sum.count - staged_sum.count} written behind the sync's back or "
             f"not deleted; trigger the DAG with full_refresh to repair. {checksums}")
-    crm = crm_count()
+    crm = source.count_created_before(upper_ms)
     erp = target.count(spec)
     quarantined = _unloaded_quarantine(target, spec)
     late = _late_missing(source, target, spec, upper_ms) if erp + quarantined < crm else 0
