@@ -170,7 +170,7 @@ def validate(
         run_id=run_id,
         batch_identifier=result.batch_id,
     )
-    context.validation_results_store.set(identifier, result)
+    context.validation_results_store.set(identifier, _values_escaped(result))
     site = context.build_data_docs(site_names=[SITE], resource_identifiers=[identifier])
     page = next(Path(out_dir).glob("validations/**/*.html"))
     return GxValidation(result, sampled, len(rows), Path(site[SITE].removeprefix("file://")), page)
@@ -219,3 +219,26 @@ def _note_defects(result, report: GateReport) -> None:
         result.meta["conduit_defects"] = (
             "defect rules (failing rows load; the values are recorded in conduit_defects): "
             + ", ".join(f"{name} {count} rows" for name, count in defects.items()))
+
+
+def _values_escaped(result):
+    """A copy of ``result`` for the Data Docs with every text value its expectations report
+    HTML-escaped: GX writes failing values into its pages as markup, and they are CRM data (a
+    contact's lifecycle stage ``<img src=x onerror=...>`` would otherwise be an element there). The
+    result the gate and its summaries use keeps the values as they are."""
+    import copy
+    import html
+
+    def escaped(value):
+        if isinstance(value, str):
+            return html.escape(value)
+        if isinstance(value, list | tuple):
+            return type(value)(escaped(v) for v in value)
+        if isinstance(value, dict):
+            return {k: escaped(v) for k, v in value.items()}
+        return value
+
+    shown = copy.deepcopy(result)
+    for evr in shown.results:
+        evr.result = escaped(evr.result)
+    return shown
