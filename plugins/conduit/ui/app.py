@@ -136,23 +136,27 @@ def _now() -> datetime:
 
 
 def overview(user: Any, *, limit: int = OVERVIEW_LIMIT, offset: int = 0) -> dict[str, Any]:
+    """Every sync the user may read, judged, most urgent first; ``syncs`` holds one page of them.
+    All are judged, not only the page's: the summary counts and the order are over all of them,
+    or a sync failing on page 2 would read "0 failing" on page 1. The queries are the same few
+    for any number of syncs (each batched over all of them); state stores are read in parallel
+    and remembered until the sync's runs change."""
     from airflow.utils.session import create_session
 
     specs = data.load_sync_specs()
     now = _now()
     with create_session() as session:
         names = readable(user, specs, session)
-        page = names[offset: offset + limit]
-        facts = data.dag_facts(session, page)
-        runs = data.latest_runs(session, page)
+        facts = data.dag_facts(session, names)
+        runs = data.latest_runs(session, names)
         replays = data.replay_runs(session, limit=5)
     replay_version = tuple((r["run_id"], r["state"]) for r in replays)
-    versions = {n: (tuple((r.run_id, r.state) for r in runs.get(n, [])), replay_version) for n in page}
-    states = data.read_states([specs[n] for n in page], versions)
-    rows = [_overview_row(specs[n], runs.get(n, []), states[n], facts.get(n), now) for n in page]
-    rows.sort(key=lambda r: (health.verdict_order(r["verdict"]), r["name"]))
+    versions = {n: (tuple((r.run_id, r.state) for r in runs.get(n, [])), replay_version) for n in names}
+    states = data.read_states([specs[n] for n in names], versions)
+    rows = health.most_urgent_first(
+        _overview_row(specs[n], runs.get(n, []), states[n], facts.get(n), now) for n in names)
     return {"generated_at": health._iso(now), "total": len(names), "limit": limit, "offset": offset,
-            "verdicts": {v: sum(r["verdict"] == v for r in rows) for v in health.VERDICTS}, "syncs": rows}
+            "verdicts": health.verdict_counts(rows), "syncs": rows[offset: offset + limit]}
 
 
 def _overview_row(spec, runs, state: data.StateFacts, facts: data.DagFacts | None, now: datetime) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 HEALTHY, STALE, FAILING, WAITING = "healthy", "stale", "failing", "waiting for approval"
 VERDICTS = (HEALTHY, STALE, FAILING, WAITING)
 FINISHED = frozenset({"success", "failed"})
+RUNNING = "running"
 FAILED_TASK_STATES = frozenset({"failed", "upstream_failed"})
 AWAITING_INPUT = "awaiting_input"
 APPROVAL_TASK = "approve_plan"
@@ -195,13 +196,29 @@ def waiting_for_approval(runs: Sequence[RunRecord]) -> RunRecord | None:
     return next((r for r in runs if not r.finished and r.task_states.get(APPROVAL_TASK) == AWAITING_INPUT), None)
 
 
+def running_run(runs: Sequence[RunRecord]) -> RunRecord | None:
+    """The run that executes now. Not necessarily the newest unfinished one: a sync runs one run
+    at a time, so runs triggered meanwhile (by hand, by webhooks) queue behind it, newer and not
+    started."""
+    return next((r for r in runs if r.state == RUNNING), None)
+
+
+def in_progress_note(runs: Sequence[RunRecord]) -> str:
+    """The verdict's note on an unfinished run (``runs`` newest first): since when the running run
+    runs (its start, not a queued run's time), else that a run waits to start."""
+    if running := running_run(runs):
+        return f"; a run is in progress since {_when(running.start_date or running.run_after)}"
+    if queued := next((r for r in runs if not r.finished), None):
+        return f"; a run is queued (due {_when(queued.run_after)})"
+    return ""
+
+
 def verdict(runs: Sequence[RunRecord], fresh: Freshness, *, paused: bool = False, cron: str = "",
             state_error: str | None = None) -> Verdict:
     """The sync's health from its runs (newest first) and its data's freshness; see the module
     docstring for the rules. The reason says why, in one sentence a person can act on. With
     ``state_error`` (the state store could not be read) freshness is unknown: failing, unless the
     runs already say worse."""
-    latest = runs[0] if runs else None
     if waiting := waiting_for_approval(runs):
         return Verdict(WAITING, f"run {waiting.run_id}: the plan waits for a person's approval "
                                 f"(Required Actions); nothing loads until then")
@@ -215,8 +232,7 @@ def verdict(runs: Sequence[RunRecord], fresh: Freshness, *, paused: bool = False
         else:
             why = f"failed task{'s' if len(tasks) != 1 else ''}: {', '.join(tasks)}" if tasks else "the run failed"
         return Verdict(FAILING, f"last run {last.run_id} failed at {_when(last.end_date)}: {why}")
-    running = f"; a run is in progress since {_when(latest.start_date or latest.run_after)}" \
-        if latest and not latest.finished else ""
+    running = in_progress_note(runs)
     paused_note = " (the DAG is paused)" if paused else ""
     if state_error:
         return Verdict(FAILING, f"the state store could not be read ({state_error}): how fresh the data is "
@@ -280,6 +296,18 @@ def _iso(moment: datetime | None) -> str | None:
 def verdict_order(status: str) -> int:
     """Most urgent first: failing, waiting, stale, healthy."""
     return {FAILING: 0, WAITING: 1, STALE: 2, HEALTHY: 3}.get(status, 4)
+
+
+def most_urgent_first(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Overview rows in the order an operator acts on them: by verdict, then by name (a stable
+    order, so that paging through them neither skips nor repeats a sync)."""
+    return sorted(rows, key=lambda row: (verdict_order(row["verdict"]), row["name"]))
+
+
+def verdict_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many syncs have each verdict; of all the rows given (every sync, not a page of them)."""
+    statuses = [row["verdict"] for row in rows]
+    return {status: statuses.count(status) for status in VERDICTS}
 
 
 # --- one sync: runs, charts, the gate, the quarantine, lineage -----------------------------------
