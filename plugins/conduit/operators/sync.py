@@ -168,7 +168,7 @@ class ErpPlanOperator(SyncStepOperator, BranchMixIn):
         summary = plan_summary(plan, reason)
         if reason:
             summary["approval_markdown"] = approval_markdown(plan, reason, self.spec.target.key)
-        self.log.info("%s", "\n".join(plan_lines(plan, rejected=len(steps.rejected_keys(staging)))))
+        self.log.info("%s", "\n".join(plan_lines(plan, rejected=steps.read_rejected(staging).records)))
         (staging.root / "plan.json").write_text(json.dumps(summary, indent=2, default=str))
         context["ti"].xcom_push(key="plan", value=summary)
         self.summary = summary

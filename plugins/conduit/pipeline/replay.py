@@ -97,6 +97,17 @@ def revalidate(frame: pd.DataFrame, suite: Suite, key: str) -> dict[int, list[st
     return failures
 
 
+def without_key(spec: SyncSpec, mapped: pd.DataFrame) -> dict[int, str]:
+    """{row position: reason} of the rows mapped without their key, whatever the suite says: the
+    ERP refuses such a row, and one in the load would fail the whole replay, every record with it."""
+    key = spec.target.key
+    source = spec.mapping[key].source
+    fill = f"fill CRM property {source!r}" if source else f"fix the mapping of {key!r}"
+    missing = mapped[key].isna().to_numpy().nonzero()[0]
+    return {int(position): f"target key {key} is null after mapping: the ERP cannot hold a record without "
+                           f"its key ({fill})" for position in missing}
+
+
 def plan(spec: SyncSpec, records: list[dict], suite: Suite | None) -> tuple[pd.DataFrame, list[str], dict[str, list[str]]]:
     """Map the re-read records with the spec and re-validate them: (rows that pass, their CRM
     ids, {CRM id: reasons} of those that still fail)."""
@@ -105,6 +116,8 @@ def plan(spec: SyncSpec, records: list[dict], suite: Suite | None) -> tuple[pd.D
     raw = records_to_table(records, raw_properties(spec)).to_pandas()
     mapped = map_frame(raw, spec)
     failures = revalidate(mapped, suite, spec.target.key) if suite is not None else {}
+    for position, reason in without_key(spec, mapped).items():
+        failures.setdefault(position, []).append(reason)
     crm_ids = raw["id"].astype(str).tolist()
     passing = [i for i in range(len(mapped)) if i not in failures]
     still_failing = {crm_ids[i]: reasons for i, reasons in sorted(failures.items())}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from conduit.crash import crash_point
@@ -180,12 +181,12 @@ def load_inputs(spec: SyncSpec, staging: RunStaging, *, full_refresh: bool) -> d
     """What the load (and its plan) take from the staged files: mapped rows minus rejected ones,
     the archived keys to delete, the rejected keys a full refresh must keep."""
     key = spec.target.key
-    rejected = rejected_keys(staging)
-    lookup = key_lookup(rejected)
+    rejected = read_rejected(staging)
+    left_out = rejected.lookups()
 
     def batches():
         for frame in staging.read_frames("mapped"):
-            yield frame[~in_keys(frame[key], lookup)] if rejected else frame
+            yield frame[~rejected_rows(frame, key, *left_out)] if rejected.lists_rows else frame
 
     deleted = [(k, ts.to_pydatetime()) for frame in staging.read_frames("mapped_archived", [key, "source_modified_at"])
                for k, ts in zip(frame[key].tolist(), frame["source_modified_at"], strict=True)]
@@ -194,7 +195,7 @@ def load_inputs(spec: SyncSpec, staging: RunStaging, *, full_refresh: bool) -> d
 
         raise EmptySourceError("full refresh read no CRM records; refusing to delete every ERP customer")
     # quarantined records still exist: a full refresh keeps them
-    return {"batches": batches(), "deleted_keys": deleted, "full_refresh": full_refresh, "kept_keys": rejected}
+    return {"batches": batches(), "deleted_keys": deleted, "full_refresh": full_refresh, "kept_keys": rejected.keys}
 
 
 def load(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str, watermark_ms: int | None,
@@ -238,9 +239,11 @@ def evaluate_suite(spec: SyncSpec, staging: RunStaging, suite_path, *, previous_
 
     suite = load_suite(suite_path).with_field_checks(field_checks(spec))
     # reread: repeated hashes of a unique column are confirmed on a second read of the staged rows
-    evaluator = SuiteEvaluator(suite, key=spec.target.key, previous_row_count=previous_row_count,
-                               reread=lambda: staging.read_frames("mapped"))
-    for frame in staging.read_frames("mapped"):
+    def mapped():
+        return (_integer_keys(spec, frame) for frame in staging.read_frames("mapped"))
+
+    evaluator = SuiteEvaluator(suite, key=spec.target.key, previous_row_count=previous_row_count, reread=mapped)
+    for frame in mapped():
         evaluator.add(frame)
     return evaluator.report()
 
@@ -267,39 +270,115 @@ def gate(target: ErpTarget, spec: SyncSpec, staging: RunStaging, suite_path, *, 
     quality = spec.quality
     decision = decide(report, quality.policy, quality.max_rejected_ratio, quality.max_defect_ratio,
                       quality.defect_ratio_min_rows, quality.rejected_ratio_min_rows)
+    if decision.load and rejected_count(decision):
+        decision = _refuse_unparkable(spec, report, decision)
+    # rows, not keys: a row without its key (an empty CRM property mapped to the key) is rejected too
+    rejecting = decision.load and rejected_count(decision) > 0
     with staging.writer("rejected") as writer:  # replaced as a whole: a retried gate decides afresh
-        if decision.load and decision.rejected_keys:
+        if rejecting:
             _write_rejected(writer, decision)
-    if decision.load and decision.rejected_keys and not dry_run:
+    if rejecting and not dry_run:
         target.quarantine(spec, _quarantine_entries(spec, staging, report, decision), run_id=run_id)
         crash_point("quality_gate.quarantined")
     recorded = (_record_defects(target, spec, staging, decision, run_id=run_id, dry_run=dry_run,
                                 deletes_missing=deletes_missing)
                 if decision.load else {})
-    summary = {"checked": report.row_count, "rejected": len(decision.rejected_keys), "passed": decision.load,
+    summary = {"checked": report.row_count, "rejected": rejected_count(decision), "passed": decision.load,
                "policy": quality.policy, "reason": decision.reason,
                "failed_expectations": [r.name for r in report.results if not r.success and not r.defect],
                "defects": defect_counts(report), **recorded, "dry_run": dry_run}
     return report, decision, summary
 
 
+def rejected_count(decision) -> int:
+    """Records the gate rejects: one per rejected key, plus each rejected row without a key (it
+    is no key's, and a CRM record is mapped once per run, so each is a record of its own)."""
+    keyless = 0 if decision.rejected is None else int(decision.rejected["key"].isna().sum())
+    return len(decision.rejected_keys) + keyless
+
+
 def _write_rejected(writer, decision) -> None:
-    """rejected/ lists the rejected keys for the plan and the load."""
+    """rejected/ lists the rejected rows for the plan, the load and reconcile: by key, and a row
+    without its key (key null, not the text "nan") by its CRM id."""
     import pyarrow as pa
 
     rejected = decision.rejected
-    writer.write(pa.table({"key": rejected["key"].astype(str).tolist(),
-                           "crm_id": rejected["crm_id"].astype(str).tolist(),
-                           "reasons": rejected["reasons"].tolist()}))
+    schema = pa.schema([("key", pa.string()), ("crm_id", pa.string()), ("reasons", pa.string())])
+    writer.write(pa.table({"key": _texts(rejected["key"]), "crm_id": _texts(rejected["crm_id"]),
+                           "reasons": rejected["reasons"].tolist()}, schema=schema))
+
+
+def _texts(values: pd.Series) -> list[str | None]:
+    """The values as :func:`key_text` makes them (``astype(str)`` makes a null "nan" or "None")."""
+    return [key_text(value) for value in values]
+
+
+def key_text(value: Any) -> str | None:
+    """A key (or CRM id) as text, the way :func:`in_keys` reads a frame's: a whole number read
+    back as a float (Parquet into pandas, an integer column of a part holding a null) is the
+    integer, "1002" and not "1002.0"; a null is None."""
+    if _missing(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _quarantine_entries(spec: SyncSpec, staging: RunStaging, report, decision) -> list[dict[str, Any]]:
-    """The quarantine table's entries: every finding of a rejected row, with its raw record."""
-    raw = _raw_records(spec, staging, {str(c) for c in decision.rejected["crm_id"]})
-    return [{"record_key": str(f.key), "crm_id": None if _missing(f.crm_id) else str(f.crm_id),
-             "expectation": f.expectation,
-             "column_name": f.column, "reason": f.reason, "raw_record": raw.get(str(f.crm_id))}
-            for f in report.row_failures() if f.key in decision.rejected_keys]
+    """The quarantine table's entries: every finding of a rejected row, with its raw record. A row
+    without its key is entered by its CRM id (``record_key`` null)."""
+    crm_ids = {key_text(c) for c in decision.rejected["crm_id"] if not _missing(c)}
+    raw = _raw_records(spec, staging, crm_ids)
+    keyless = _keyless_rejections(decision)
+    return [{"record_key": key_text(f.key), "crm_id": key_text(f.crm_id), "expectation": f.expectation,
+             "column_name": f.column, "reason": f.reason, "raw_record": raw.get(key_text(f.crm_id))}
+            for f in report.row_failures() if _of_rejected_row(f, decision.rejected_keys, keyless)]
+
+
+def _refuse_unparkable(spec: SyncSpec, report, decision):
+    """``decision``, or a failed one when rejected rows without a key could not all be parked.
+    The quarantine keeps one entry per run, record key and finding (its unique index, which
+    ignores the CRM id): two keyless records breaking the same expectation would share one entry,
+    and the second would be lost, neither loaded nor quarantined. Better no load, no retry (the
+    same records fail the same way) and their CRM ids named, than a record gone unnoticed."""
+    from conduit.quality.engine import GateDecision
+
+    clashes = _keyless_clashes(report, _keyless_rejections(decision))
+    if not clashes:
+        return decision
+    key = spec.target.key
+    described = "; ".join(f"{finding} ({len(ids)} records: CRM ids {', '.join(sorted(ids)[:10])})"
+                          for finding, ids in clashes.items())
+    return GateDecision(False, f"policy quarantine: records without their key ({key} null) cannot all be "
+                               f"quarantined, one entry per run, key and finding: {described}; nothing loaded, "
+                               f"fill {key} in the CRM for these records and run again",
+                        decision.rejected, decision.rejected_keys)
+
+
+def _keyless_clashes(report, keyless: tuple[frozenset[str], bool]) -> dict[str, list[str]]:
+    """{finding: CRM ids} of the findings that more than one rejected row without a key breaks
+    (a row with neither key nor CRM id is listed as "(none)")."""
+    by_finding: dict[str, list[str]] = {}
+    for f in report.row_failures():
+        if _missing(f.key) and _of_rejected_row(f, frozenset(), keyless):
+            crm_id = key_text(f.crm_id) or "(none)"
+            by_finding.setdefault(f"{f.expectation}({f.column})", []).append(crm_id)
+    return {finding: ids for finding, ids in by_finding.items() if len(ids) > 1}
+
+
+def _keyless_rejections(decision) -> tuple[frozenset[str], bool]:
+    """(CRM ids of the rejected rows without a key, whether one of them has no CRM id either)."""
+    keyless = decision.rejected[decision.rejected["key"].isna()]
+    crm_ids = keyless["crm_id"]
+    return frozenset(key_text(c) for c in crm_ids if not _missing(c)), bool(crm_ids.isna().any())
+
+
+def _of_rejected_row(finding, rejected_keys: frozenset, keyless: tuple[frozenset[str], bool]) -> bool:
+    """Whether a finding belongs to a rejected row: by its key, or, without one, by its CRM id."""
+    if not _missing(finding.key):
+        return finding.key in rejected_keys
+    crm_ids, unidentified = keyless
+    return unidentified if _missing(finding.crm_id) else key_text(finding.crm_id) in crm_ids
 
 
 def _record_defects(target: ErpTarget, spec: SyncSpec, staging: RunStaging, decision, *,
@@ -308,16 +387,16 @@ def _record_defects(target: ErpTarget, spec: SyncSpec, staging: RunStaging, deci
     from conduit.quality.defects import found_defects
     from conduit.targets.defects import record_defects
 
-    key, kept_out = spec.target.key, {str(k) for k in decision.rejected_keys}
+    key, kept_out = spec.target.key, {key_text(k) for k in decision.rejected_keys}
 
     def clean_keys(open_keys: set[str]) -> set[str]:
         """The open defects' records that this run read and loads, or read archived, or (when the
         load deletes what it did not read) did not read at all: the load deactivates or deletes
         those, so their defects are over."""
         lookup = key_lookup(open_keys)
-        read = {str(k) for frame in staging.read_frames("mapped", [key])
+        read = {key_text(k) for frame in staging.read_frames("mapped", [key])
                 for k in frame[key][in_keys(frame[key], lookup)]}
-        archived = {str(k) for frame in staging.read_frames("mapped_archived", [key])
+        archived = {key_text(k) for frame in staging.read_frames("mapped_archived", [key])
                     for k in frame[key][in_keys(frame[key], lookup)]}
         # a read of nothing deletes nothing (the load refuses it): its defects stay open
         unread = open_keys - read - archived if deletes_missing and staging.count("mapped") else set()
@@ -338,7 +417,7 @@ def key_lookup(keys: Iterable[Any]) -> pa.Array:
     """Keys (as text) to look frames' key columns up in with :func:`in_keys`, built once."""
     import pyarrow as pa
 
-    return pa.array([str(k) for k in keys], pa.string())
+    return pa.array([key_text(k) for k in keys], pa.string())
 
 
 def in_keys(values: pd.Series, lookup: pa.Array) -> np.ndarray:
@@ -355,10 +434,58 @@ def in_keys(values: pd.Series, lookup: pa.Array) -> np.ndarray:
     return pc.is_in(array, value_set=lookup).to_numpy(zero_copy_only=False)
 
 
-def rejected_keys(staging: RunStaging) -> frozenset[str]:
+@dataclass(frozen=True)
+class Rejected:
+    """What rejected/ lists: the rejected keys, and the rejected rows without a key, which only
+    their CRM id tells apart (``unidentified``: one of those has no CRM id either)."""
+
+    keys: frozenset[str] = frozenset()
+    keyless_crm_ids: frozenset[str] = frozenset()
+    unidentified: bool = False
+
+    @property
+    def lists_rows(self) -> bool:
+        return bool(self.keys or self.keyless_crm_ids or self.unidentified)
+
+    @property
+    def records(self) -> int:
+        """How many records: one per key, one per CRM id without a key (and one for rows with neither)."""
+        return len(self.keys) + len(self.keyless_crm_ids) + int(self.unidentified)
+
+    def lookups(self) -> tuple[pa.Array, pa.Array, bool]:
+        """The arguments :func:`rejected_rows` takes after the frame and the key, built once."""
+        return key_lookup(self.keys), key_lookup(self.keyless_crm_ids), self.unidentified
+
+
+def read_rejected(staging: RunStaging) -> Rejected:
     if not staging.dir("rejected").is_dir():
-        return frozenset()
-    return frozenset(k for frame in staging.read_frames("rejected", ["key"]) for k in frame["key"].tolist())
+        return Rejected()
+    keys, crm_ids, unidentified = set(), set(), False
+    for frame in staging.read_frames("rejected", ["key", "crm_id"]):
+        keyless = frame["key"].isna()
+        keys.update(frame["key"][~keyless].tolist())
+        crm_ids.update(frame["crm_id"][keyless].dropna().tolist())
+        unidentified |= bool(frame["crm_id"][keyless].isna().any())
+    return Rejected(frozenset(keys), frozenset(crm_ids), unidentified)
+
+
+def rejected_keys(staging: RunStaging) -> frozenset[str]:
+    return read_rejected(staging).keys
+
+
+def rejected_rows(frame: pd.DataFrame, key: str, keys: pa.Array, keyless_crm_ids: pa.Array,
+                  unidentified: bool) -> np.ndarray:
+    """The rows of ``frame`` that rejected/ lists (see :meth:`Rejected.lookups`): by key, and a
+    row without its key by its CRM id. Leaving rows out by key alone let a keyless row through
+    to the load, which the target refuses (a row without its key cannot load), failing the run."""
+    import pandas as pd
+
+    rows = in_keys(frame[key], keys)
+    if len(keyless_crm_ids) or unidentified:
+        crm_ids = frame["crm_id"] if "crm_id" in frame else pd.Series(None, index=frame.index, dtype=object)
+        by_crm_id = in_keys(crm_ids, keyless_crm_ids) | (unidentified & crm_ids.isna().to_numpy())
+        rows |= frame[key].isna().to_numpy() & by_crm_id
+    return rows
 
 
 def data_docs(spec: SyncSpec, staging: RunStaging, suite_path, out_dir, *, run_name: str):
@@ -388,12 +515,15 @@ def has_findings(report) -> bool:
 
 
 def _unloaded_quarantine(target: ErpTarget, spec: SyncSpec) -> int:
-    """Open quarantine entries whose record never reached the ERP (they explain a count gap)."""
-    keys = {str(e["record_key"]) for e in target.open_quarantine(spec) if e.get("record_key") is not None}
+    """Open quarantine entries whose record never reached the ERP (they explain a count gap). A
+    record parked without its key cannot be in the ERP under it: each counts once, by CRM id."""
+    entries = target.open_quarantine(spec)
+    keys = {str(e["record_key"]) for e in entries if e.get("record_key") is not None}
+    keyless = {e.get("crm_id") or f"entry {e['id']}" for e in entries if e.get("record_key") is None}
     if not keys:
-        return 0
+        return len(keyless)
     stored = target.fetch_rows(spec, keys=sorted(keys))
-    return len(keys) - int(stored["active"].astype(bool).sum())
+    return len(keys) - int(stored["active"].astype(bool).sum()) + len(keyless)
 
 
 def _late_missing(source: CrmSource, target: ErpTarget, spec: SyncSpec, upper_ms: int) -> int:
@@ -405,9 +535,11 @@ def _late_missing(source: CrmSource, target: ErpTarget, spec: SyncSpec, upper_ms
     if not created:
         return 0
     raw = records_to_table(created, source.raw_properties()).to_pandas()
-    keys = map_frame(raw, spec)[spec.target.key].astype(str)
-    stored = target.fetch_rows(spec, keys=keys.tolist())
-    return len(keys) - int(stored["active"].astype(bool).sum()) if len(stored) else len(keys)
+    mapped = map_frame(raw, spec)[spec.target.key]
+    # a record without its key cannot be in the ERP: missing, and not something to look up
+    keys = [key_text(k) for k in mapped.dropna()]
+    stored = target.fetch_rows(spec, keys=keys) if keys else None
+    return len(mapped) - (int(stored["active"].astype(bool).sum()) if stored is not None and len(stored) else 0)
 
 
 def _staged_mismatches(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -> tuple[int, list[str]]:
@@ -418,7 +550,7 @@ def _staged_mismatches(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -
     skip = key_lookup(_skipped_keys(spec, staging))
     checked, bad = 0, []
     for frame in staging.read_frames("mapped", [key, "row_hash", "source_modified_at"]):
-        frame = frame[~in_keys(frame[key], skip)].sort_values("source_modified_at").drop_duplicates(key, keep="last")
+        frame = frame[loaded_rows(frame, key, skip)].sort_values("source_modified_at").drop_duplicates(key, keep="last")
         if frame.empty:
             continue
         stored = target.fetch_rows(spec, keys=frame[key].tolist())[[key, "row_hash", "source_modified_at", "active"]]
@@ -459,8 +591,27 @@ def staged_key_checksum(spec: SyncSpec, staging: RunStaging, skip: frozenset[str
     key, total, lookup = spec.target.key, KeyChecksum(), key_lookup(skip)
     columns = [key, "row_hash", "source_modified_at"]
     for frame in newest_per_key(lambda: staging.read_frames("mapped", columns), key, "source_modified_at"):
-        total += frame_key_checksum(frame[~in_keys(frame[key], lookup)], key)
+        total += frame_key_checksum(_integer_keys(spec, frame[loaded_rows(frame, key, lookup)]), key)
     return total
+
+
+def _integer_keys(spec: SyncSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with an integer key as integers again (nullable). Parquet read into pandas makes
+    an integer column holding a null floats: a part with a row without its key gives 1001.0, which
+    reads as "1001.0", not as the ERP's key 1001 (in rejected keys, quarantine entries, defects
+    and the staged key checksum)."""
+    key = spec.target.key
+    field = spec.mapping.get(key)
+    if field is None or field.dtype != "integer" or frame[key].dtype.kind != "f":
+        return frame
+    return frame.assign(**{key: frame[key].astype("Int64")})
+
+
+def loaded_rows(frame: pd.DataFrame, key: str, skip: pa.Array) -> np.ndarray:
+    """The staged rows a load that committed applied: not skipped, and with a key. A row without
+    its key never loads (the target refuses it, so a committed load did not carry one: the gate
+    rejected it), so reconcile has nothing of it to check in the ERP."""
+    return ~in_keys(frame[key], skip) & frame[key].notna().to_numpy()
 
 
 def _skipped_keys(spec: SyncSpec, staging: RunStaging) -> frozenset[str]:
