@@ -8,8 +8,11 @@ and its state store; the routes refuse anonymous callers (401) and users without
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -25,6 +28,26 @@ REPO = Path(__file__).resolve().parents[2]
 PASSWORDS = {"admin": "admin-pw", "viewer": "viewer-pw", "nobody": "nobody-pw"}
 ERP_PASSWORD = "erp-pw-sentinel-4711"  # the server trusts local connections: a password it ignores
 JWT_SECRET = "jwt-secret-sentinel-0815-" + "x" * 48  # 64 bytes: what HS512 wants
+
+
+@contextlib.contextmanager
+def generated_syncs(tmp: Path, generate: Callable[[Path], list[str]]) -> Iterator[list[str]]:
+    """The health page's world for many syncs: an include folder holding the repo's specs and those
+    ``generate(its syncs folder)`` writes (their names are yielded), a SQLite file as every sync's
+    ERP and state store, and SimpleAuthManager's users; undone on exit."""
+    include = tmp / "include"
+    shutil.copytree(REPO / "include", include)
+    names = generate(include / "syncs")
+    sqlite = json.dumps({"conn_type": "sqlite", "host": str(tmp / "state.db")})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONDUIT_INCLUDE_DIR", str(include))
+        mp.setenv("CONDUIT_STAGING_DIR", str(tmp / "staging"))
+        mp.setenv("CONDUIT_DATA_DOCS_DIR", str(tmp / "data_docs"))
+        mp.setenv("AIRFLOW_CONN_ERP_DEFAULT", sqlite)
+        mp.setenv("AIRFLOW_CONN_CONDUIT_STATE_DEFAULT", sqlite)
+        mp.delenv("AIRFLOW_CONN_TRYTON_DEFAULT", raising=False)
+        use_simple_auth(mp.setenv, tmp)
+        yield names
 
 
 def use_simple_auth(setenv, tmp_path: Path) -> None:

@@ -10,14 +10,13 @@ for 300, and for a sync with 16 runs as for one with 216 (counted, not timed).""
 from __future__ import annotations
 
 import json
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 from airflow_runs import register_dags
-from test_health_api import Api, use_simple_auth
+from test_health_api import Api, generated_syncs
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATED = 298  # + the two flagship specs: 300 syncs
@@ -46,19 +45,7 @@ def scale(airflow_db, tmp_path_factory):
     from conduit.ui import data
 
     tmp = tmp_path_factory.mktemp("scale")
-    include = tmp / "include"
-    shutil.copytree(REPO / "include", include)
-    names = generate_specs(include / "syncs")
-    state_db = tmp / "state.db"
-    sqlite = json.dumps({"conn_type": "sqlite", "host": str(state_db)})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CONDUIT_INCLUDE_DIR", str(include))
-        mp.setenv("CONDUIT_STAGING_DIR", str(tmp / "staging"))
-        mp.setenv("CONDUIT_DATA_DOCS_DIR", str(tmp / "data_docs"))
-        mp.setenv("AIRFLOW_CONN_ERP_DEFAULT", sqlite)
-        mp.setenv("AIRFLOW_CONN_CONDUIT_STATE_DEFAULT", sqlite)
-        mp.delenv("AIRFLOW_CONN_TRYTON_DEFAULT", raising=False)
-        use_simple_auth(mp.setenv, tmp)
+    with generated_syncs(tmp, generate_specs) as names:
         try:
             register_dags()  # 300 sync DAGs serialized, as the dag-processor writes them
             specs = data.load_sync_specs()

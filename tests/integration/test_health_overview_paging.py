@@ -10,14 +10,13 @@ run runs, not when the newest queued one was due."""
 from __future__ import annotations
 
 import json
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 from airflow_runs import forget_dag_runs, register_dags
-from test_health_api import Api, use_simple_auth
+from test_health_api import Api, generated_syncs
 from test_health_api_scale import forget_dags
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,18 +42,7 @@ def paging(airflow_db, tmp_path_factory):
     from conduit.ui import data
 
     tmp = tmp_path_factory.mktemp("paging")
-    include = tmp / "include"
-    shutil.copytree(REPO / "include", include)
-    names = generate_specs(include / "syncs")
-    sqlite = json.dumps({"conn_type": "sqlite", "host": str(tmp / "state.db")})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CONDUIT_INCLUDE_DIR", str(include))
-        mp.setenv("CONDUIT_STAGING_DIR", str(tmp / "staging"))
-        mp.setenv("CONDUIT_DATA_DOCS_DIR", str(tmp / "data_docs"))
-        mp.setenv("AIRFLOW_CONN_ERP_DEFAULT", sqlite)
-        mp.setenv("AIRFLOW_CONN_CONDUIT_STATE_DEFAULT", sqlite)
-        mp.delenv("AIRFLOW_CONN_TRYTON_DEFAULT", raising=False)
-        use_simple_auth(mp.setenv, tmp)
+    with generated_syncs(tmp, generate_specs) as names:
         try:
             register_dags()
             for flagship in FLAGSHIPS:

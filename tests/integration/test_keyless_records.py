@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from erp_number_sync import erp_number_target
 
 from conduit.pipeline import steps
 from conduit.pipeline.replay import replay
 from conduit.pipeline.staging import RunStaging
 from conduit.sources.hubspot.hook import HubSpotHook
 from conduit.sources.hubspot.source import HubSpotSource
-from conduit.specs.model import parse_spec
 from conduit.standin.testing import run_standin
-from conduit.targets import PostgresErpTarget, SqliteErpTarget
 
 CONN_ID = "hubspot_keyless"
 SUITE = """name: erp_numbers
@@ -31,19 +30,6 @@ expectations:
   - type: expect_column_values_to_not_be_null
     kwargs: {column: email}
 """
-
-
-def erp_number_spec(schema: str):
-    """Customers keyed by an ERP number the CRM holds in a property of its own (an integer)."""
-    return parse_spec({
-        "name": "erp_number_sync",
-        "source": {"type": "hubspot", "conn_id": CONN_ID, "properties": ["email", "erp_number", "lastmodifieddate"]},
-        "target": {"type": "sql", "table": "erp_customers", "schema": schema, "key": "erp_number"},
-        "mapping": {"erp_number": {"source": "erp_number", "dtype": "integer"},
-                    "crm_id": {"source": "hs_object_id", "dtype": "integer"},
-                    "email": {"source": "email"}},
-        "quality": {"suite": "erp_numbers.yaml", "policy": "quarantine", "max_rejected_ratio": 0.5},
-    }, "erp_number_sync.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +48,7 @@ def source(crm, monkeypatch):
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def erp(request, tmp_path):
-    """(spec, target) of each database kind, ready."""
-    if request.param == "sqlite":
-        spec, target = erp_number_spec("main"), SqliteErpTarget(tmp_path / "erp.db")
-    else:
-        spec = erp_number_spec(request.getfixturevalue("pg_schema"))
-        target = PostgresErpTarget(request.getfixturevalue("pg_server_dsn"))
-    target.ensure_ready(spec)
-    return spec, target
+    return erp_number_target(request, tmp_path, CONN_ID)
 
 
 @pytest.fixture

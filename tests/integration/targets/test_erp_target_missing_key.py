@@ -8,37 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from erp_number_sync import erp_number_target
 
 from conduit.exceptions import TargetError
 from conduit.pipeline import steps
 from conduit.pipeline.staging import RunStaging
-from conduit.specs.model import parse_spec
-from conduit.targets import PostgresErpTarget, SqliteErpTarget
-
-
-def integer_key_spec(schema: str):
-    """Customers keyed by an ERP number the CRM holds in a property of its own (an integer)."""
-    return parse_spec({
-        "name": "erp_number_sync",
-        "source": {"type": "hubspot", "properties": ["email", "erp_number", "lastmodifieddate"]},
-        "target": {"type": "sql", "table": "erp_customers", "schema": schema, "key": "erp_number"},
-        "mapping": {"erp_number": {"source": "erp_number", "dtype": "integer"},
-                    "crm_id": {"source": "hs_object_id", "dtype": "integer"},
-                    "email": {"source": "email"}},
-        "quality": {"suite": "erp_numbers.yaml", "policy": "quarantine", "max_rejected_ratio": 0.5},
-    }, "test.yaml")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def integer_keyed(request, tmp_path):
-    """(spec, target) of each database kind, ready."""
-    if request.param == "sqlite":
-        spec, target = integer_key_spec("main"), SqliteErpTarget(tmp_path / "erp.db")
-    else:
-        spec = integer_key_spec(request.getfixturevalue("pg_schema"))
-        target = PostgresErpTarget(request.getfixturevalue("pg_server_dsn"))
-    target.ensure_ready(spec)
-    return spec, target
+    return erp_number_target(request, tmp_path)
 
 
 def staged_contacts(spec, root: Path, erp_numbers: list[str | None]) -> RunStaging:
