@@ -142,6 +142,12 @@ class ServiceRetryableError(AirflowException):
     """A service kept answering 429/5xx or timing out after the hook's retries; the task retries."""
 
 
+class ServiceOutcomeUnknown(ServiceRetryableError):
+    """As :class:`ServiceRetryableError`, and at least one try was sent and never answered (read
+    timeout, a reply cut off): the service may still do that request. A saga's compensation repeats
+    such an action with its idempotency key before undoing it (``conduit.saga.model.outcome_unknown``)."""
+
+
 class OrderFeedError(AirflowFailException):
     """The new-orders feed cannot be read as it is; the message names the file and the bad lines."""
 

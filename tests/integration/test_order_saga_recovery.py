@@ -230,6 +230,38 @@ def test_an_inline_saga_killed_while_its_request_waits_in_the_service_is_undone_
     assert saga["status"] == "compensated"
 
 
+def test_an_action_whose_every_try_timed_out_is_repeated_and_undone_before_its_requests_land(
+        order_env, monkeypatch):
+    """The payment service queues the authorisation requests longer than the hook waits: every try
+    times out, the action fails (``ServiceOutcomeUnknown``) and the saga compensates. Finding no
+    authorisation yet is not "none will ever be": the compensation repeats the action with its key
+    (the service does it now) and voids it, and the held requests, done later, are replays."""
+    from conduit.saga import builder
+
+    monkeypatch.setitem(builder.FORWARD_RETRIES, "retries", 0)  # one task try: its two HTTP tries time out
+    payment = json.loads(os.environ["AIRFLOW_CONN_PAYMENT_DEFAULT"])
+    monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_DEFAULT", json.dumps(
+        {**payment, "extra": {"timeout": 0.5, "max_retries": 1, "backoff_max": 0.05}}))
+    order_env.admin.faults(payment={"fail_next": 2, "mode": "late", "delay_s": HELD_S, "operation": "authorize"})
+    order = new_order()
+
+    dag_run, states = run_order(order)
+
+    assert dag_run.state == DagRunState.FAILED, states
+    assert (states["payment.action"], states["payment.compensate"]) == ("failed", "success"), states
+    saga, steps = saga_row(order["order_id"])
+    step = next(s for s in steps if s["step"] == "payment")
+    assert step["error"].startswith("ServiceOutcomeUnknown"), step["error"]
+    calls = order_env.admin.requests()["payment"]["authorize"]
+    assert (calls["received"], calls["faulted"], calls.get("replayed", 0)) == (3, 2, 0), calls  # the repeat did it
+    assert effects(order_env, order["order_id"]) == {"reserve": 1, "release": 1, "authorize": 1, "void": 1}
+    assert order_env.admin.release_late() == 2
+    wait_for(lambda: order_env.admin.requests()["payment"]["authorize"].get("replayed") == 2,
+             "the two held authorisations to be done", timeout=30)
+    assert effects(order_env, order["order_id"]) == {"reserve": 1, "release": 1, "authorize": 1, "void": 1}
+    assert saga["status"] == "compensated"
+
+
 def unreachable_saga_log() -> str:
     """The saga log's connection with a port nothing listens on: the database is unreachable."""
     with socket.socket() as probe:

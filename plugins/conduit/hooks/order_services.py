@@ -19,7 +19,13 @@ from typing import Any
 import requests
 from airflow.providers.http.hooks.http import HttpHook
 
-from conduit.exceptions import BusinessRejection, ServiceRequestError, ServiceRetryableError, mask_secrets
+from conduit.exceptions import (
+    BusinessRejection,
+    ServiceOutcomeUnknown,
+    ServiceRequestError,
+    ServiceRetryableError,
+    mask_secrets,
+)
 from conduit.retries import (
     RETRYABLE_STATUS,
     Backoff,
@@ -96,8 +102,12 @@ class OrderServiceHook(HttpHook):
                 raise BusinessRejection(f"{where} refused ({response.status_code}): {message}")
             raise ServiceRequestError(f"{where} answered {response.status_code}: {message}")
 
+        unanswered = []  # tries sent and never answered: the service may still do them
+
         def on_retry(attempt: int, exc: BaseException, wait: float) -> None:
             self.retries += 1
+            if _sent_unanswered(exc):
+                unanswered.append(exc)
             self.log.warning("%s %s %s failed (%s); retry %d in %.1fs", self.service, method, path, exc, attempt, wait)
 
         backoff = Backoff(max_retries=int(self.settings["max_retries"]), cap=self.settings["backoff_max"])
@@ -105,8 +115,9 @@ class OrderServiceHook(HttpHook):
             return call_with_retries(send, backoff=backoff, on_retry=on_retry,
                                      retry_on=(RetryableResponse, requests.ConnectionError, requests.Timeout))
         except (RetryableResponse, requests.ConnectionError, requests.Timeout) as exc:
-            raise ServiceRetryableError(f"{self.service} {method} {path} still failing after "
-                                        f"{backoff.max_retries} retries: {exc}") from exc
+            failed = ServiceOutcomeUnknown if unanswered or _sent_unanswered(exc) else ServiceRetryableError
+            raise failed(f"{self.service} {method} {path} still failing after "
+                         f"{backoff.max_retries} retries: {exc}") from exc
 
     def find(self, collection: str, idempotency_key: str) -> dict | None:
         """The object a create call with this key made, or None: resolves an ambiguous call."""
@@ -206,3 +217,9 @@ class ShippingHook(OrderServiceHook):
 
     def cancel_shipment(self, shipment_id: str, key: str) -> dict:
         return self.call("POST", f"/shipping/shipments/{shipment_id}/cancel", idempotency_key=key)
+
+
+def _sent_unanswered(exc: BaseException) -> bool:
+    """A try the service received and did not answer (a read timeout, a reply cut off): unlike a
+    refused connection or a 429/5xx, it may still be done."""
+    return isinstance(exc, requests.ReadTimeout | requests.exceptions.ChunkedEncodingError)

@@ -28,6 +28,20 @@ class ActionStatus(StrEnum):
     FAILED = "failed"  # the action raised; an effect may still have happened (a lost response)
 
 
+# failures after which the action's request may still be done: a try sent and never answered
+# (conduit.exceptions.ServiceOutcomeUnknown), or the task's timeout in the middle of the call
+_OUTCOME_UNKNOWN_ERRORS = ("ServiceOutcomeUnknown", "AirflowTaskTimeout")
+
+
+def outcome_unknown(status: str, error: str | None) -> bool:
+    """Whether a step's action may have had an effect nobody saw: it was running when its task
+    died, or it failed in a way that leaves its last request possibly still to be done (the saga
+    log's ``error`` begins with the exception's class name)."""
+    if status == ActionStatus.RUNNING:
+        return True
+    return status == ActionStatus.FAILED and (error or "").split(":", 1)[0] in _OUTCOME_UNKNOWN_ERRORS
+
+
 class CompensationStatus(StrEnum):
     NONE = "none"
     RUNNING = "running"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, AirflowTaskTimeout
 
-from conduit.saga.model import ActionStatus
+from conduit.saga.model import outcome_unknown
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -61,7 +61,7 @@ def result_to_undo(log: SagaLog, action: Callable[[StepContext], Any] | None, ct
     did nothing either). Logged as ``action_repeated``."""
     from conduit.exceptions import BusinessRejection
 
-    if row["action_status"] != ActionStatus.RUNNING or action is None:
+    if action is None or not outcome_unknown(row["action_status"], row.get("error")):
         return row["result"]
     try:
         result = action(replace(ctx, started_at=row["started_at"]))
