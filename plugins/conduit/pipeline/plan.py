@@ -25,8 +25,8 @@ def approval_reason(plan: LoadPlan, approval: ApprovalSpec | None) -> str | None
         # all deactivated does: re-activating and rewriting them is what the breaker is for (with
         # one customer still active, the same plan would read "N of 1" and wait)
         if plan.result.updated:
-            return (f"would update (re-activate) {plan.result.updated} customers of a table with no active "
-                    f"customer: above the spec's {percent(approval.max_update_ratio)} of any active count")
+            return (f"would update (re-activate) {plan.result.updated} customers while none is active (all "
+                    f"deactivated): the spec allows {percent(approval.max_update_ratio)} of the active ones")
         return None
     reasons = []
     for kind, count, limit in (("update", plan.result.updated, approval.max_update_ratio),

@@ -38,8 +38,8 @@ def test_a_table_of_deactivated_customers_is_not_empty():
     one_left = LoadPlan(LoadResult(updated=600), 1, KeyChecksum(), {}, {})
     spec = ApprovalSpec(max_update_ratio=0.2)
     assert approval_reason(first_load, spec) is None
-    assert approval_reason(comeback, spec) == ("would update (re-activate) 600 customers of a table with no active "
-                                               "customer: above the spec's 20% of any active count")
+    assert approval_reason(comeback, spec) == ("would update (re-activate) 600 customers while none is active (all "
+                                               "deactivated): the spec allows 20% of the active ones")
     assert approval_reason(one_left, spec) is not None
 
 
