@@ -45,6 +45,7 @@ replay.before_load                 ``pipeline.replay.replay``, records re-checke
 replay.after_load                  ``pipeline.replay.replay``, load committed       loaded rows, entries closed; no summary
 tryton.batch_written               ``TrytonTarget._apply``, a batch in Tryton       parties the ledger does not know yet
 tryton.before_watermark            ``TrytonTarget.load``, every change applied      all parties and ledger; old watermark
+tryton.reactivated                 ``TrytonTarget._write_party``, 1st of 2 writes   a party active, old values; ledger: deactivated
 saga.action_done                   ``InlineSaga.step``, the action returned         an effect whose result is not logged
 =================================  ===============================================  ==========================================
 
@@ -85,6 +86,7 @@ replay.before_load                 retry (no retry)
 replay.after_load                  entries closed in the load's transaction (closed after it, on their own)
 tryton.batch_written               the load reads back Tryton's parties by code before it creates (not read)
 tryton.before_watermark            the load reads back Tryton's parties by code before it creates (not read)
+tryton.reactivated                 the ledger's "deactivated" overrides Tryton's active flag (Tryton's flag read)
 saga.action_done                   the step's idempotency key on every try (a key per try)
 =================================  ==========================================================================
 """

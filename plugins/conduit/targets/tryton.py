@@ -12,7 +12,9 @@ Tryton has no transaction spanning requests, so exactly-once comes from three ru
   Tryton, and the watermark and replay marks only once every change is.
 
 A load killed half way therefore leaves the watermark where it was; the retried load compares with
-Tryton again and finishes the same changes, without duplicating a party. Reconciliation reads the
+Tryton again and finishes the same changes, without duplicating a party. Where Tryton alone cannot
+tell what a killed load left half done (a party re-activated by the first of its two writes, not
+yet given its values), the ledger decides (:func:`as_the_ledger_left_it`). Reconciliation reads the
 parties back and hashes them exactly as the transform hashed the mapped rows.
 
 Tryton validates what it stores (e-mail syntax and, with DNS, the domain; phone numbers), and can
@@ -252,6 +254,43 @@ def archived_versions(deleted_keys: Iterable[str | tuple[str, datetime | None]])
     return versions
 
 
+def newest_rows(batches: Iterable[pd.DataFrame], spec: SyncSpec) -> dict[str, dict[str, Any]]:
+    """One row per key (as text): of several rows of one key, the one with the greatest
+    (``source_modified_at``, ``row_hash``), whatever order and batches they come in. This is the SQL
+    target's rule (``sql_render``: the staged rows newest first, a tie to the greater hash), so
+    both targets keep the same version of a key staged twice with the same modification time. A
+    frame without its ``row_hash`` is hashed as the transform hashes (:func:`rows_frame`)."""
+    key, columns = spec.target.key, [*spec.mapping, SOURCE_MODIFIED_AT]
+    kept: dict[str, dict[str, Any]] = {}
+    for frame in batches:
+        rows = [{name: _plain(value) for name, value in row.items()} for row in frame[columns].to_dict("records")]
+        hashes = (frame[ROW_HASH].tolist() if ROW_HASH in frame.columns
+                  else rows_frame(rows, spec)[ROW_HASH].tolist())
+        for row, row_hash in zip(rows, hashes, strict=True):
+            row[ROW_HASH] = row_hash
+            code = str(row[key])
+            if code not in kept or _version(row) > _version(kept[code]):
+                kept[code] = row
+    return kept
+
+
+def _version(row: dict[str, Any]) -> tuple[datetime, str]:
+    return row[SOURCE_MODIFIED_AT], row[ROW_HASH]
+
+
+def as_the_ledger_left_it(party: dict[str, Any] | None, entry: ledger.LedgerEntry | None
+                          ) -> dict[str, Any] | None:
+    """``party`` as the sync last left it. A party the ledger records as deactivated but Tryton
+    holds active is one whose re-activation did not finish: the first of its two writes
+    (``active``, see :meth:`TrytonTarget._write_party`) went through, the process was killed
+    before the values (crash point ``tryton.reactivated``). It counts as deactivated, so the load
+    decides and writes it exactly as it would have before the kill: the same stale rule, the same
+    two writes, and when Tryton refuses the values, deactivated again (as a clean load leaves it)."""
+    if party is not None and entry is not None and not entry.active and party.get("active", True):
+        return {**party, "active": False}
+    return party
+
+
 def _stale(entry: ledger.LedgerEntry | None, party: dict[str, Any], modified_at: datetime) -> bool:
     """Whether Tryton holds a newer version of the record than ``modified_at`` or, for a
     deactivated party, one as new: as in the SQL target, a deleted record comes back only with
@@ -381,21 +420,17 @@ class TrytonTarget(ErpTarget):
 
     def _changes(self, spec: SyncSpec, batches: Iterable[pd.DataFrame], deleted_keys, full_refresh: bool,
                  kept_keys: Iterable[str]) -> tuple[Changes, dict[str, int]]:
-        key = spec.target.key
-        incoming: dict[str, dict[str, Any]] = {}
-        for frame in batches:  # of several rows of one key, the newest wins
-            for row in frame[[*spec.mapping, SOURCE_MODIFIED_AT]].to_dict("records"):
-                row = {name: _plain(value) for name, value in row.items()}
-                code = str(row[key])
-                if code not in incoming or row[SOURCE_MODIFIED_AT] >= incoming[code][SOURCE_MODIFIED_AT]:
-                    incoming[code] = row
+        incoming = newest_rows(batches, spec)  # of several rows of one key, the SQL target's choice
         deleted = archived_versions(deleted_keys)
         # a full refresh deletes what the sync wrote and this load did not bring: the whole ledger
         entries = ledger.read(self._state, spec.target.state_schema, spec.name,
                               None if full_refresh else set(incoming) | set(deleted))
-        if full_refresh:  # every record of the sync this load did not bring
+        if full_refresh:
+            # every record of the sync this load did not bring, deactivated ones too (as the SQL
+            # target's full refresh chooses every row not staged): a hard delete removes a party an
+            # earlier soft delete deactivated; a soft one passes over a party Tryton holds inactive
             kept = {str(k) for k in kept_keys} | set(incoming)
-            deleted.update({code: None for code, e in entries.items() if e.active and code not in kept})
+            deleted.update({code: None for code in entries if code not in kept})
         parties = self._parties(spec, set(incoming) | set(deleted))
         country = spec.target.fields.country
         country_ids = self._countries(spec, {r[country] for r in incoming.values() if country and r[country]},
@@ -403,7 +438,8 @@ class TrytonTarget(ErpTarget):
             if country else {}
         changes = Changes()
         for code, row in incoming.items():
-            party, entry = parties.get(code), entries.get(code)
+            entry = entries.get(code)
+            party = as_the_ledger_left_it(parties.get(code), entry)
             changes.modified_at[code] = row[SOURCE_MODIFIED_AT]
             if party is None:
                 changes.creates.append(row)
@@ -563,11 +599,15 @@ class TrytonTarget(ErpTarget):
         """Write ``values`` (:func:`party_changes`) to ``party``. Tryton keeps a deactivated party's
         fields read-only and refuses a write that re-activates it and changes them at once, so such
         a party is re-activated first; when Tryton then refuses the values, it is deactivated again
-        (a refused party stays as it was)."""
+        (a refused party stays as it was). The two writes are two Tryton transactions: a process
+        killed between them (crash point ``tryton.reactivated``) leaves the party active with its
+        old values and the ledger saying deactivated; the retried load takes such a party as
+        deactivated (:func:`as_the_ledger_left_it`) and writes both again."""
         if party.get("active", True) or values.keys() == {"active"}:
             self.hook.write(PARTY, party["id"], values, context=ALL_RECORDS)
             return
         self.hook.write(PARTY, party["id"], {"active": True}, context=ALL_RECORDS)
+        crash_point("tryton.reactivated")
         try:
             self.hook.write(PARTY, party["id"], {k: v for k, v in values.items() if k != "active"},
                             context=ALL_RECORDS)
