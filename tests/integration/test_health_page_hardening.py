@@ -1,30 +1,66 @@
 """Review of the sync health API (``/conduit-ui``) inside Airflow's own app (``create_app("core")``,
 SimpleAuthManager, JWTs from ``/auth/token``), on runs written into the real metadata DB as the
 scale test writes them and a real SQLite state store: what a user sees when a plan waits for
-approval behind queued runs and after a dry run, and what the Data Docs route serves for hostile
-paths and hostile CRM values (real Great Expectations Data Docs)."""
+approval behind queued runs and after a dry run, what the Data Docs route serves for hostile
+paths and hostile CRM values (real Great Expectations Data Docs), what a user who may read a sync
+but not the replay DAG sees of the replays, and what a broken spec's error tells the browser."""
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import logging
 import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
 from airflow_runs import forget_dag_runs, register_dags
 from test_health_api import Api, use_simple_auth
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "crm_to_erp_customer_sync"
+REPLAY_DAG_ID = "conduit_quarantine_replay"
+
+
+class ViewerMayNotReadReplays(SimpleAuthManager):
+    """SimpleAuthManager with one per-DAG rule, as FAB's or Keycloak's DAG permissions allow: the
+    viewer may not read (nor trigger) the replay DAG; everything else as its role says."""
+
+    def is_authorized_dag(self, *, method, user, access_entity=None, details=None):
+        if user.username == "viewer" and details is not None and details.id == REPLAY_DAG_ID:
+            return False
+        return super().is_authorized_dag(method=method, user=user, access_entity=access_entity,
+                                         details=details)
 
 
 @pytest.fixture
 def env(airflow_db, tmp_path, monkeypatch):
     """Airflow's API app with an admin, a viewer and a user without a role; the flagship sync's
     runs forgotten; its state in a SQLite file; staging and Data Docs under ``tmp_path``."""
+    with health_app(tmp_path, monkeypatch) as served:
+        yield served
+
+
+@pytest.fixture
+def replay_hidden(airflow_db, tmp_path, monkeypatch):
+    """As ``env``, but the viewer may not read the replay DAG (:class:`ViewerMayNotReadReplays`);
+    the replay DAG's runs forgotten too."""
+    hidden = f"{__name__}.{ViewerMayNotReadReplays.__name__}"
+    with health_app(tmp_path, monkeypatch, auth_manager=hidden) as served:
+        forget_dag_runs(REPLAY_DAG_ID)
+        try:
+            yield served
+        finally:
+            forget_dag_runs(REPLAY_DAG_ID)
+
+
+@contextlib.contextmanager
+def health_app(tmp_path, monkeypatch, auth_manager: str | None = None):
+    """The app of ``env`` (``auth_manager``: another auth manager class, by its import path)."""
     from airflow.api_fastapi.app import create_app, purge_cached_app
     from fastapi.testclient import TestClient
 
@@ -39,20 +75,26 @@ def env(airflow_db, tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_ERP_DEFAULT", sqlite)
     monkeypatch.setenv("AIRFLOW_CONN_CONDUIT_STATE_DEFAULT", sqlite)
     use_simple_auth(monkeypatch.setenv, tmp_path)
+    if auth_manager:
+        monkeypatch.setenv("AIRFLOW__CORE__AUTH_MANAGER", auth_manager)
     register_dags()
     forget_dag_runs(DAG_ID)
     data.clear_state_cache()
     purge_cached_app()
-    with TestClient(create_app("core"), raise_server_exceptions=False) as client:
-        yield Api(client), tmp_path
-    purge_cached_app()
-    data.clear_state_cache()
-    forget_dag_runs(DAG_ID)
+    try:
+        with TestClient(create_app("core"), raise_server_exceptions=False) as client:
+            yield Api(client), tmp_path
+    finally:
+        purge_cached_app()  # also drops this test's auth manager
+        data.clear_state_cache()
+        forget_dag_runs(DAG_ID)
 
 
-def insert_run(run_id, after, state, task_states, summaries=None, run_type="scheduled"):
-    """One run of the flagship sync, its task instances (``task_states``, and a successful one per
-    task in ``summaries``) and the tasks' returned summaries, written as Airflow writes them."""
+def insert_run(run_id, after, state, task_states, summaries=None, run_type="scheduled", dag_id=DAG_ID,
+               conf=None):
+    """One run of the flagship sync (or ``dag_id``), its task instances (``task_states``, and a
+    successful one per task in ``summaries``) and the tasks' returned summaries, written as Airflow
+    writes them."""
     from airflow.models.dag_version import DagVersion
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance, uuid7
@@ -62,19 +104,19 @@ def insert_run(run_id, after, state, task_states, summaries=None, run_type="sche
     from sqlalchemy import select
 
     with create_session() as session:
-        version = session.scalars(select(DagVersion.id).where(DagVersion.dag_id == DAG_ID)
+        version = session.scalars(select(DagVersion.id).where(DagVersion.dag_id == dag_id)
                                   .order_by(DagVersion.version_number.desc())).first()
         finished = state in ("success", "failed")
         session.execute(DagRun.__table__.insert(), [{
-            "dag_id": DAG_ID, "run_id": run_id, "run_type": run_type, "state": state, "logical_date": after,
+            "dag_id": dag_id, "run_id": run_id, "run_type": run_type, "state": state, "logical_date": after,
             "run_after": after, "queued_at": after, "data_interval_start": after, "data_interval_end": after,
             "start_date": after + timedelta(seconds=5) if state != "queued" else None,
             "end_date": after + timedelta(seconds=65) if finished else None,
             "triggered_by": DagRunTriggeredByType.TIMETABLE, "created_dag_version_id": version,
-            "clear_number": 0, "conf": {}}])
-        pk = session.scalar(select(DagRun.id).where(DagRun.dag_id == DAG_ID, DagRun.run_id == run_id))
+            "clear_number": 0, "conf": conf or {}}])
+        pk = session.scalar(select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
         tis = [{
-            "id": uuid7(), "dag_id": DAG_ID, "run_id": run_id, "task_id": task_id, "map_index": -1,
+            "id": uuid7(), "dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": -1,
             "state": ti_state, "try_number": 1, "max_tries": 0, "pool": "default_pool", "pool_slots": 1,
             "queue": "default", "priority_weight": 1, "operator": "PythonOperator", "dag_version_id": version}
             for task_id, ti_state in {**{t: "success" for t in summaries or {}}, **task_states}.items()]
@@ -82,7 +124,7 @@ def insert_run(run_id, after, state, task_states, summaries=None, run_type="sche
             session.execute(TaskInstance.__table__.insert(), tis)
         for task_id, value in (summaries or {}).items():
             session.execute(XComModel.__table__.insert(), [{
-                "dag_run_id": pk, "dag_id": DAG_ID, "run_id": run_id, "task_id": task_id, "map_index": -1,
+                "dag_run_id": pk, "dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": -1,
                 "key": "return_value", "value": XComModel.serialize_value(value), "timestamp": after}])
 
 
@@ -210,3 +252,80 @@ def test_a_crm_value_in_the_data_docs_cannot_run_as_a_script(env):
     assert html.escape(hostile) in page.text
     assert script_sources(page.headers["content-security-policy"]) == ["'self'"], \
         page.headers["content-security-policy"]
+
+
+def test_the_replays_are_shown_only_to_who_may_read_the_replay_dag(replay_hidden):
+    """The sync page shows the replay DAG's latest run for the sync (run id, state) and whether the
+    replay DAG is paused: facts of the replay DAG, not of the sync. A user who may read the sync but
+    not the replay DAG must get neither, in the JSON or the page. The button stays, disabled: whether
+    it may be used is the trigger permission's (checked apart, and again by Airflow)."""
+    api, _ = replay_hidden
+    now = datetime.now(UTC).replace(microsecond=0)
+    seed_state(now - timedelta(minutes=5))
+    insert_run("scheduled__ok", now - timedelta(hours=2), "success", {}, {"load": LOAD})
+    replay_run = "manual__replay_of_the_sync_4711"
+    insert_run(replay_run, now - timedelta(hours=1), "failed", {}, run_type="manual", dag_id=REPLAY_DAG_ID,
+               conf={"sync": DAG_ID, "dry_run": False})
+    api.get(f"/api/v2/dags/{REPLAY_DAG_ID}/dagRuns", user="viewer", expect=403)  # Airflow's own answer
+    api.get(f"/api/v2/dags/{DAG_ID}/dagRuns", user="viewer")
+
+    admin = api.get(f"/conduit-ui/api/syncs/{DAG_ID}").json()["replay"]
+    latest = admin["latest"]
+    assert (latest["run_id"], latest["state"], admin["paused"]) == (replay_run, "failed", True)
+    assert replay_run in api.get(f"/conduit-ui/syncs/{DAG_ID}").text
+
+    viewer = api.get(f"/conduit-ui/api/syncs/{DAG_ID}", user="viewer")
+    replay = viewer.json()["replay"]
+    assert replay_run not in viewer.text, replay
+    assert (replay["latest"], replay["paused"], replay["can_trigger"]) == (None, None, False)
+    page = api.get(f"/conduit-ui/syncs/{DAG_ID}", user="viewer").text
+    assert replay_run not in page and "is paused" not in page
+    assert 'data-testid="replay"' in page and f"you may not trigger {REPLAY_DAG_ID}" in page
+
+
+def write_broken_specs(syncs: Path) -> list[str]:
+    """Two specs beside the flagships that do not load (a cursor lag that is no number); their file names."""
+    text = (syncs / f"{DAG_ID}.yaml").read_text()
+    names = []
+    for name in ("broken_a_sync", "broken_b_sync"):
+        broken = text.replace(f"name: {DAG_ID}", f"name: {name}")
+        broken = broken.replace("lag_seconds: 60", "lag_seconds: soon")
+        (syncs / f"{name}.yaml").write_text(broken)
+        names.append(f"{name}.yaml")
+    return names
+
+
+SPEC_ROUTES = ("/conduit-ui/api/syncs", f"/conduit-ui/api/syncs/{DAG_ID}", "/conduit-ui/",
+               f"/conduit-ui/syncs/{DAG_ID}")
+
+
+def test_a_broken_spec_is_named_by_its_file_not_by_the_servers_paths(env, caplog):
+    """A spec that does not load makes every route a 500 saying why: the browser is told the spec's
+    file (relative to the specs folder) and the field, enough to fix it, but no path of the server;
+    the server's log has the whole message."""
+    api, tmp = env
+    syncs = tmp / "include" / "syncs"
+    files = write_broken_specs(syncs)
+    caplog.set_level(logging.ERROR, logger="conduit.ui.app")
+    for path in SPEC_ROUTES:
+        for accept in ("application/json", "text/html"):
+            body = api.get(path, expect=500, accept=accept).text
+            assert str(tmp) not in body and str(REPO) not in body, f"{path} ({accept}): {body[:600]}"
+            assert all(name in body for name in files) and "source.cursor.lag_seconds" in body, body[:600]
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "conduit.ui.app")
+    assert str(syncs / files[0]) in logged and str(syncs / files[1]) in logged, logged[:600]
+
+
+def test_a_broken_spec_is_not_described_to_who_may_not_see_import_errors(env):
+    """A broken spec fails its DAG file: Airflow shows why as an import error to those who may see
+    import errors. The health view's 500 must not tell more to a user without that permission (and
+    without any DAG: the overview needs no DAG permission to answer): which files, which fields."""
+    api, tmp = env
+    files = write_broken_specs(tmp / "include" / "syncs")
+    for user, told in (("nobody", False), ("viewer", True)):
+        for accept in ("application/json", "text/html"):
+            body = api.get("/conduit-ui/api/syncs" if accept == "application/json" else "/conduit-ui/",
+                           user=user, expect=500, accept=accept).text
+            assert all((name in body) is told for name in files) and ("lag_seconds" in body) is told, \
+                f"{user} ({accept}): {body[:600]}"
+            assert "do not load" in body, body[:600]

@@ -17,7 +17,12 @@ root app's state, which a mounted app does not have) whether the user may read t
 task instances and XComs. The overview lists only such DAGs; a sync the user may not read is a
 403 with no data. The replay button is shown to users who may trigger the replay DAG, and the
 page triggers it through Airflow's own REST API with the user's cookie, so Airflow checks that
-permission again and records the action. Responses never carry connection details: the state
+permission again and records the action; the replay DAG's own facts (its latest run for the
+sync, whether it is paused) are shown only to users who may read its runs. A spec that does not
+load is a 500 naming the spec's file (relative to the specs folder) and the field to users who may
+see Airflow's import errors (a broken spec fails its DAG file), and only that the specs do not
+load to others; never a path of the server (the whole message goes to the server's log).
+Responses never carry connection details: the state
 store's errors name only the connection id and the exception type. Data Docs are served for a
 sync's runs only, and no page of them but a site's index may run inline scripts: GX writes the
 failing CRM values into its validation pages unescaped.
@@ -25,7 +30,9 @@ failing CRM values into its validation pages unescaped.
 
 from __future__ import annotations
 
+import logging
 import mimetypes
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +47,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conduit.ui import data, health
 from conduit.ui.assets import STATIC, rewrite_cdn_urls
+
+log = logging.getLogger(__name__)
 
 MOUNT = "/conduit-ui"
 HERE = Path(__file__).parent
@@ -75,12 +84,13 @@ def _auth_manager():
     return get_auth_manager()
 
 
-def _read_requests(dag_id: str, team_name: str | None) -> list[dict[str, Any]]:
+def _read_requests(dag_id: str, team_name: str | None, entities: tuple[str, ...] | None = None
+                   ) -> list[dict[str, Any]]:
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
 
     details = DagDetails(id=dag_id, team_name=team_name)
-    return [{"method": "GET", "access_entity": entity, "details": details}
-            for entity in (None, DagAccessEntity.RUN, DagAccessEntity.TASK_INSTANCE, DagAccessEntity.XCOM)]
+    wanted = (None, *(DagAccessEntity[e] for e in entities or ("RUN", "TASK_INSTANCE", "XCOM")))
+    return [{"method": "GET", "access_entity": entity, "details": details} for entity in wanted]
 
 
 def can_read(user: Any, dag_id: str, *, teams: Mapping[str, str | None] | None = None) -> bool:
@@ -90,6 +100,22 @@ def can_read(user: Any, dag_id: str, *, teams: Mapping[str, str | None] | None =
 
     team_name = teams.get(dag_id) if teams is not None else DagModel.get_team_name(dag_id)
     return _auth_manager().batch_is_authorized_dag(_read_requests(dag_id, team_name), user=user)
+
+
+def can_read_runs(user: Any, dag_id: str) -> bool:
+    """The DAG and its runs: what the sync page shows of the replay DAG (whether it is paused, its
+    latest run for the sync)."""
+    from airflow.models.dag import DagModel
+
+    return _auth_manager().batch_is_authorized_dag(
+        _read_requests(dag_id, DagModel.get_team_name(dag_id), ("RUN",)), user=user)
+
+
+def can_see_import_errors(user: Any) -> bool:
+    """Airflow's DAG import errors: where a broken spec's problem shows (it fails its DAG file)."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+
+    return _auth_manager().is_authorized_view(access_view=AccessView.IMPORT_ERRORS, user=user)
 
 
 def require_read(user: Any, dag_id: str) -> None:
@@ -195,7 +221,8 @@ def sync_detail(user: Any, dag_id: str, request: Request, *, limit: int = RUNS_L
     with create_session() as session:
         facts = data.dag_facts(session, [dag_id, data.REPLAY_DAG_ID])
         runs = data.recent_runs(session, dag_id, limit)
-        replays = [r for r in data.replay_runs(session) if r["sync"] == dag_id]
+        replay_readable = data.REPLAY_DAG_ID in facts and can_read_runs(user, data.REPLAY_DAG_ID)
+        replays = [r for r in data.replay_runs(session) if r["sync"] == dag_id] if replay_readable else []
     state = data.read_state(spec)
     row = _overview_row(spec, runs, state, facts.get(dag_id), now)
     expectations = health.expectations_of(data.suite_entries(spec))
@@ -226,11 +253,7 @@ def sync_detail(user: Any, dag_id: str, request: Request, *, limit: int = RUNS_L
                        "entries": health.quarantine_rows(state.quarantine, spec.mapping, now, QUARANTINE_SHOWN)},
         "plan": {"run_id": plan[0], **_plain_plan(plan[1])} if plan else None,
         "lineage": health.lineage_rows(spec.mapping, _landing_fields(spec)),
-        "replay": {"dag_id": data.REPLAY_DAG_ID, "exists": data.REPLAY_DAG_ID in facts,
-                   "paused": bool(facts.get(data.REPLAY_DAG_ID) and facts[data.REPLAY_DAG_ID].paused),
-                   "can_trigger": data.REPLAY_DAG_ID in facts and can_trigger(user, data.REPLAY_DAG_ID),
-                   "conf": {"sync": dag_id, "dry_run": False},
-                   "latest": _replay_brief(replays[0]) if replays else None},
+        "replay": _replay(user, dag_id, facts.get(data.REPLAY_DAG_ID), replay_readable, replays),
         "links": {"dag": f"{urls['airflow']}dags/{dag_id}",
                   "replay_dag": f"{urls['airflow']}dags/{data.REPLAY_DAG_ID}",
                   "data_docs": _docs_url(urls, dag_id, docs_run.run_id) if docs_run else None,
@@ -272,6 +295,17 @@ def _landing_fields(spec) -> dict[str, str] | None:
     return fields.model_dump() if fields is not None else None
 
 
+def _replay(user: Any, dag_id: str, facts: data.DagFacts | None, may_read: bool,
+            replays: list[dict[str, Any]]) -> dict[str, Any]:
+    """The replay button's facts. ``paused`` and ``latest`` are the replay DAG's: None for a user
+    who may not read its runs (``may_read``), whatever they are."""
+    return {"dag_id": data.REPLAY_DAG_ID, "exists": facts is not None,
+            "paused": bool(facts and facts.paused) if may_read else None,
+            "can_trigger": facts is not None and can_trigger(user, data.REPLAY_DAG_ID),
+            "conf": {"sync": dag_id, "dry_run": False},
+            "latest": _replay_brief(replays[0]) if may_read and replays else None}
+
+
 def _replay_brief(run: dict[str, Any]) -> dict[str, Any]:
     return {"run_id": run["run_id"], "state": run["state"], "start_date": health._iso(run["start_date"]),
             "end_date": health._iso(run["end_date"])}
@@ -292,21 +326,72 @@ def _json(payload: Any) -> JSONResponse:
     return JSONResponse(payload, headers={"Cache-Control": "no-store"})
 
 
-def _spec_problem() -> str | None:
+SPECS_DO_NOT_LOAD = "the sync specs do not load"
+
+
+def _spec_problem(user: Any) -> str | None:
+    """None when the specs load; else what the browser is told (see :func:`public_spec_problem`):
+    why, to a user who may see Airflow's import errors, only that they do not load to others. The
+    whole message, with the server's paths, goes to the log."""
     from conduit.exceptions import SpecError
 
+    folder = data.syncs_dir()
     try:
-        data.load_sync_specs()
+        data.load_sync_specs(folder)
     except SpecError as exc:
-        return str(exc)
+        log.error("%s: %s", SPECS_DO_NOT_LOAD, exc)
+        if not can_see_import_errors(user):
+            return f"{SPECS_DO_NOT_LOAD}; Airflow's DAG import errors and the API server's log say why."
+        return f"{SPECS_DO_NOT_LOAD}: {public_spec_problem(exc, folder)}"
     return None
+
+
+def public_spec_problem(exc: Any, folder: Path) -> str:
+    """A ``SpecError``'s message as a browser may see it: each problem names its spec by the file's
+    path relative to ``folder`` (the specs folder), the field and what is wrong, and no absolute
+    path of the server is left in it."""
+    lines = [str(exc).partition("\n")[0]]  # "invalid sync spec"
+    for where, problem in exc.problems:
+        if Path(where).is_absolute():  # several files' problems: (file, "field: problem")
+            lines.append(f"{_spec_file(where, folder)}: {problem}")
+        else:
+            lines.append(f"{_spec_file(exc.path, folder)}: {where}: {problem}")
+    return "\n".join(without_server_paths(line) for line in lines)
+
+
+def _spec_file(path: str, folder: Path) -> str:
+    try:
+        relative = Path(path).relative_to(folder)
+    except ValueError:
+        return Path(path).name
+    return str(relative) if relative.parts else "(the specs folder)"
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/[^\s'\"`,;()<>]+")
+
+
+def without_server_paths(text: str) -> str:
+    """``text`` with every absolute path that starts in a folder of this server cut to its last
+    part (its file name); a slash that names no folder here (``/v3/objects``) stays."""
+    def cut(match: re.Match[str]) -> str:
+        path = match.group(0)
+        return path.rstrip("/").rsplit("/", 1)[-1] if _is_server_folder(path.split("/")[1]) else path
+
+    return _ABSOLUTE_PATH.sub(cut, text)
+
+
+def _is_server_folder(name: str) -> bool:
+    try:
+        return bool(name) and Path("/", name).exists()
+    except (OSError, ValueError):  # a NUL byte, a name too long: no folder here
+        return False
 
 
 @ui_app.get("/api/syncs")
 def api_syncs(user: GetUserDep, limit: int = Query(OVERVIEW_LIMIT, ge=1, le=OVERVIEW_MAX),
               offset: int = Query(0, ge=0)) -> JSONResponse:
-    if problem := _spec_problem():
-        raise HTTPException(500, f"the sync specs do not load: {problem}")
+    if problem := _spec_problem(user):
+        raise HTTPException(500, problem)
     return _json(overview(user, limit=limit, offset=offset))
 
 
@@ -314,8 +399,8 @@ def api_syncs(user: GetUserDep, limit: int = Query(OVERVIEW_LIMIT, ge=1, le=OVER
 def api_sync(dag_id: str, request: Request, user: GetUserDep,
              limit: int = Query(RUNS_LIMIT, ge=1, le=data.MAX_RUNS), run_id: str | None = None) -> JSONResponse:
     require_read(user, dag_id)
-    if problem := _spec_problem():
-        raise HTTPException(500, f"the sync specs do not load: {problem}")
+    if problem := _spec_problem(user):
+        raise HTTPException(500, problem)
     detail = sync_detail(user, dag_id, request, limit=limit, gate_run=run_id)
     if detail is None:
         raise HTTPException(404, f"{dag_id} is not a Conduit sync")
@@ -326,7 +411,7 @@ def api_sync(dag_id: str, request: Request, user: GetUserDep,
 @ui_app.get("/syncs", response_class=HTMLResponse, include_in_schema=False)
 def overview_page(request: Request, user: GetUserDep, limit: int = Query(OVERVIEW_LIMIT, ge=1, le=OVERVIEW_MAX),
                   offset: int = Query(0, ge=0)) -> HTMLResponse:
-    if problem := _spec_problem():
+    if problem := _spec_problem(user):
         return _page(request, "message.html", {"title": "Conduit syncs", "message": problem}, 500)
     return _page(request, "overview.html", {"view": overview(user, limit=limit, offset=offset)})
 
@@ -335,7 +420,7 @@ def overview_page(request: Request, user: GetUserDep, limit: int = Query(OVERVIE
 def sync_page(dag_id: str, request: Request, user: GetUserDep,
               limit: int = Query(RUNS_LIMIT, ge=1, le=data.MAX_RUNS), run_id: str | None = None) -> HTMLResponse:
     require_read(user, dag_id)
-    if problem := _spec_problem():
+    if problem := _spec_problem(user):
         return _page(request, "message.html", {"title": dag_id, "message": problem}, 500)
     detail = sync_detail(user, dag_id, request, limit=limit, gate_run=run_id)
     if detail is None:  # the tab shows on every DAG page
