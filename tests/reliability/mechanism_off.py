@@ -74,7 +74,7 @@ def _appending_staging(monkeypatch: pytest.MonkeyPatch, *, dedup: bool) -> None:
 
 
 def _quarantine_without_once_per_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The quarantine table without its unique index ``once_per_run``: ``ON CONFLICT DO NOTHING``
+    """The quarantine table without its unique index ``once_per_record``: ``ON CONFLICT DO NOTHING``
     has nothing to conflict with, a retried gate inserts its findings again."""
     from conduit.targets import sql_render
 

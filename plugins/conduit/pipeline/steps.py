@@ -177,9 +177,10 @@ def transform(spec: SyncSpec, staging: RunStaging) -> dict[str, int]:
     return counts
 
 
-def load_inputs(spec: SyncSpec, staging: RunStaging, *, full_refresh: bool) -> dict[str, Any]:
+def load_inputs(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, full_refresh: bool) -> dict[str, Any]:
     """What the load (and its plan) take from the staged files: mapped rows minus rejected ones,
-    the archived keys to delete, the rejected keys a full refresh must keep."""
+    the archived keys to delete, the keys a full refresh must keep (rejected ones, and the ERP
+    rows of rejected records that arrived without their key: :func:`held_keys`)."""
     key = spec.target.key
     rejected = read_rejected(staging)
     left_out = rejected.lookups()
@@ -195,7 +196,8 @@ def load_inputs(spec: SyncSpec, staging: RunStaging, *, full_refresh: bool) -> d
 
         raise EmptySourceError("full refresh read no CRM records; refusing to delete every ERP customer")
     # quarantined records still exist: a full refresh keeps them
-    return {"batches": batches(), "deleted_keys": deleted, "full_refresh": full_refresh, "kept_keys": rejected.keys}
+    kept = (rejected.keys | held_keys(target, spec, rejected.keyless_crm_ids)) if full_refresh else rejected.keys
+    return {"batches": batches(), "deleted_keys": deleted, "full_refresh": full_refresh, "kept_keys": kept}
 
 
 def load(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str, watermark_ms: int | None,
@@ -204,7 +206,7 @@ def load(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str,
     with ``expected`` (the approved :class:`~conduit.targets.base.LoadPlan`), exactly that or nothing."""
     from conduit.targets.base import Watermark
 
-    inputs = load_inputs(spec, staging, full_refresh=full_refresh)
+    inputs = load_inputs(target, spec, staging, full_refresh=full_refresh)
     return target.load(spec, inputs.pop("batches"), run_id=run_id,
                        watermark=Watermark(watermark_ms, 0) if watermark_ms is not None else None,
                        dry_run=dry_run, expected=expected, **inputs)
@@ -213,7 +215,7 @@ def load(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str,
 def plan(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str, full_refresh: bool = False,
          sample_rows: int = 5):
     """What :func:`load` would change: a :class:`~conduit.targets.base.LoadPlan`, nothing changed."""
-    inputs = load_inputs(spec, staging, full_refresh=full_refresh)
+    inputs = load_inputs(target, spec, staging, full_refresh=full_refresh)
     return target.plan(spec, inputs.pop("batches"), run_id=run_id, sample_rows=sample_rows, **inputs)
 
 
@@ -270,15 +272,21 @@ def gate(target: ErpTarget, spec: SyncSpec, staging: RunStaging, suite_path, *, 
     quality = spec.quality
     decision = decide(report, quality.policy, quality.max_rejected_ratio, quality.max_defect_ratio,
                       quality.defect_ratio_min_rows, quality.rejected_ratio_min_rows)
+    # rows without their key can never load: block stops, quarantine and warn park them by CRM id
+    keyless = _unrejected_keyless(spec, staging, decision) if decision.load else None
+    key_findings = keyless_findings(spec, keyless) if keyless is not None else []
+    if key_findings:
+        decision = with_keyless_rejected(spec, decision, keyless, key_findings, checked=report.row_count)
+    findings = [*report.row_failures(), *key_findings]
     if decision.load and rejected_count(decision):
-        decision = _refuse_unparkable(spec, report, decision)
+        decision = _refuse_unparkable(spec, findings, decision)
     # rows, not keys: a row without its key (an empty CRM property mapped to the key) is rejected too
     rejecting = decision.load and rejected_count(decision) > 0
     with staging.writer("rejected") as writer:  # replaced as a whole: a retried gate decides afresh
         if rejecting:
             _write_rejected(writer, decision)
     if rejecting and not dry_run:
-        target.quarantine(spec, _quarantine_entries(spec, staging, report, decision), run_id=run_id)
+        target.quarantine(spec, _quarantine_entries(spec, staging, findings, decision), run_id=run_id)
         crash_point("quality_gate.quarantined")
     recorded = (_record_defects(target, spec, staging, decision, run_id=run_id, dry_run=dry_run,
                                 deletes_missing=deletes_missing)
@@ -324,46 +332,121 @@ def key_text(value: Any) -> str | None:
     return str(value)
 
 
-def _quarantine_entries(spec: SyncSpec, staging: RunStaging, report, decision) -> list[dict[str, Any]]:
-    """The quarantine table's entries: every finding of a rejected row, with its raw record. A row
-    without its key is entered by its CRM id (``record_key`` null)."""
+def _quarantine_entries(spec: SyncSpec, staging: RunStaging, findings: list, decision) -> list[dict[str, Any]]:
+    """The quarantine table's entries: every finding (:class:`~conduit.quality.engine.RowFailure`)
+    of a rejected row, with its raw record. A row without its key is entered by its CRM id
+    (``record_key`` null)."""
     crm_ids = {key_text(c) for c in decision.rejected["crm_id"] if not _missing(c)}
     raw = _raw_records(spec, staging, crm_ids)
     keyless = _keyless_rejections(decision)
     return [{"record_key": key_text(f.key), "crm_id": key_text(f.crm_id), "expectation": f.expectation,
              "column_name": f.column, "reason": f.reason, "raw_record": raw.get(key_text(f.crm_id))}
-            for f in report.row_failures() if _of_rejected_row(f, decision.rejected_keys, keyless)]
+            for f in findings if _of_rejected_row(f, decision.rejected_keys, keyless)]
 
 
-def _refuse_unparkable(spec: SyncSpec, report, decision):
-    """``decision``, or a failed one when rejected rows without a key could not all be parked.
-    The quarantine keeps one entry per run, record key and finding (its unique index, which
-    ignores the CRM id): two keyless records breaking the same expectation would share one entry,
-    and the second would be lost, neither loaded nor quarantined. Better no load, no retry (the
-    same records fail the same way) and their CRM ids named, than a record gone unnoticed."""
+KEY_MISSING_RULE = "target_key_not_null"
+"""The quarantine's name for the finding "this row has no key": the ERP cannot hold it, whether
+or not the suite checks the key (or its policy loads rows that break that check)."""
+
+
+def _unrejected_keyless(spec: SyncSpec, staging: RunStaging, decision) -> pd.DataFrame:
+    """The mapped rows without their key that ``decision`` does not reject (no not-null check on
+    the key, a policy that loads rows breaking it, ``mostly``): columns key and crm_id, indexed by
+    row position as the gate's report is (the parts in :meth:`RunStaging.read_frames` order). Reads
+    the key column alone, in Arrow (a few ms per part; through pandas a million rows took ~1 s),
+    and the CRM ids only of a part with a row without its key."""
+    import numpy as np
+    import pandas as pd
+
+    from conduit.pipeline.staging import read_part
+
+    key, with_crm_id = spec.target.key, "crm_id" in spec.mapping
+    positions, crm_ids, offset = [], [], 0
+    for path in staging.parts("mapped"):
+        keys = read_part(path, [key]).column(0)
+        if keys.null_count:
+            at = np.flatnonzero(keys.is_null().to_numpy())
+            positions.extend((at + offset).tolist())
+            crm_ids += read_part(path, ["crm_id"]).column(0).take(at).to_pylist() if with_crm_id else [None] * len(at)
+        offset += len(keys)
+    found = pd.DataFrame({"key": None, "crm_id": crm_ids}, index=positions, dtype=object)
+    rejected = decision.rejected.index if decision.rejected is not None else []
+    return found[~found.index.isin(rejected)]
+
+
+def keyless_findings(spec: SyncSpec, rows: pd.DataFrame) -> list:
+    """One finding per row of ``rows`` (:func:`_unrejected_keyless`): its key is missing, with the
+    reason a replay gives (``conduit.pipeline.replay.without_key``)."""
+    from conduit.pipeline.replay import without_key
+    from conduit.quality.engine import RowFailure
+
+    key = spec.target.key
+    reasons = without_key(spec, rows.rename(columns={"key": key}))
+    return [RowFailure(None, crm_id, KEY_MISSING_RULE, key, reasons[position])
+            for position, crm_id in enumerate(rows["crm_id"])]
+
+
+def with_keyless_rejected(spec: SyncSpec, decision, rows: pd.DataFrame, findings: list, *, checked: int):
+    """``decision`` (one that loads) given ``rows`` (:func:`_unrejected_keyless`, whose
+    :func:`keyless_findings` are ``findings``), which the ERP cannot hold, as the spec's policy
+    treats a rejected row: ``block`` stops the load; ``quarantine`` rejects them with the rest, held
+    to ``max_rejected_ratio`` (a key mapping that lost every key fails the run, it does not park the
+    whole CRM); ``warn`` rejects them whatever their number. Rejected, they are listed in rejected/
+    by CRM id like every rejected row without its key, parked, and without defects of theirs."""
+    from fractions import Fraction
+
+    import pandas as pd
+
     from conduit.quality.engine import GateDecision
 
-    clashes = _keyless_clashes(report, _keyless_rejections(decision))
+    quality, key = spec.quality, spec.target.key
+    ids = ", ".join(str(c) for c in rows["crm_id"].head(10))
+    what = f"{len(rows)} rows without their key ({key} null; CRM ids {ids})"
+    if quality.policy == "block":
+        return GateDecision(False, f"policy block: {what}; fill {key} in the CRM or fix its mapping",
+                            decision.rejected, decision.rejected_keys)
+    added = rows.assign(reasons=[f.reason for f in findings])
+    rejected = added if decision.rejected is None else pd.concat([decision.rejected, added]).sort_index()
+    if (quality.policy == "quarantine" and checked >= quality.rejected_ratio_min_rows
+            and Fraction(len(rejected), checked) > Fraction(str(quality.max_rejected_ratio))):
+        return GateDecision(False, f"policy quarantine: {len(rejected)} of {checked} rows rejected, {what}, "
+                                   f"exceeds max_rejected_ratio {quality.max_rejected_ratio:.4%}",
+                            rejected, decision.rejected_keys)
+    defects = decision.defects
+    if defects is not None:
+        defects = defects[~defects.index.isin(rows.index)]
+    reason = f"{decision.reason}; {what} rejected (the ERP cannot hold them): parked by CRM id"
+    return GateDecision(True, reason, rejected, decision.rejected_keys, defects)
+
+
+def _refuse_unparkable(spec: SyncSpec, findings: list, decision):
+    """``decision``, or a failed one when rejected rows could not all be parked. The quarantine
+    keeps one entry per run, record and finding (its unique index): a record is its key, or
+    without one its CRM id. Two rejected rows with neither, breaking the same expectation, would
+    share one entry, and the second would be lost, neither loaded nor quarantined. Better no load,
+    no retry (the same rows fail the same way) than a record gone unnoticed."""
+    from conduit.quality.engine import GateDecision
+
+    clashes = _unidentified_clashes(findings, _keyless_rejections(decision))
     if not clashes:
         return decision
     key = spec.target.key
-    described = "; ".join(f"{finding} ({len(ids)} records: CRM ids {', '.join(sorted(ids)[:10])})"
-                          for finding, ids in clashes.items())
-    return GateDecision(False, f"policy quarantine: records without their key ({key} null) cannot all be "
-                               f"quarantined, one entry per run, key and finding: {described}; nothing loaded, "
-                               f"fill {key} in the CRM for these records and run again",
+    described = "; ".join(f"{finding} ({count} rows)" for finding, count in clashes.items())
+    return GateDecision(False, f"rows without their key ({key} null) and without a CRM id "
+                               f"cannot all be quarantined, one entry per run, record and finding: {described}; "
+                               f"nothing loaded, fix the mapping of {key} and crm_id and run again",
                         decision.rejected, decision.rejected_keys)
 
 
-def _keyless_clashes(report, keyless: tuple[frozenset[str], bool]) -> dict[str, list[str]]:
-    """{finding: CRM ids} of the findings that more than one rejected row without a key breaks
-    (a row with neither key nor CRM id is listed as "(none)")."""
-    by_finding: dict[str, list[str]] = {}
-    for f in report.row_failures():
-        if _missing(f.key) and _of_rejected_row(f, frozenset(), keyless):
-            crm_id = key_text(f.crm_id) or "(none)"
-            by_finding.setdefault(f"{f.expectation}({f.column})", []).append(crm_id)
-    return {finding: ids for finding, ids in by_finding.items() if len(ids) > 1}
+def _unidentified_clashes(findings: list, keyless: tuple[frozenset[str], bool]) -> dict[str, int]:
+    """{finding: rows} of the findings that more than one rejected row with neither key nor CRM
+    id breaks."""
+    by_finding: dict[str, int] = {}
+    for f in findings:
+        if _missing(f.key) and _missing(f.crm_id) and _of_rejected_row(f, frozenset(), keyless):
+            name = f"{f.expectation}({f.column})"
+            by_finding[name] = by_finding.get(name, 0) + 1
+    return {finding: count for finding, count in by_finding.items() if count > 1}
 
 
 def _keyless_rejections(decision) -> tuple[frozenset[str], bool]:
@@ -514,12 +597,35 @@ def has_findings(report) -> bool:
     return any(not r.success or r.unexpected_count for r in report.results)
 
 
+def held_rows(target: ErpTarget, spec: SyncSpec, crm_ids: Iterable[str]) -> pd.DataFrame | None:
+    """The ERP's active rows of these CRM records, found by the ERP's CRM id column (None when no
+    id is asked for). A record rejected without its key (removed in the CRM after it loaded) has
+    its last good version there, under its old key, as a quarantined record with a key has."""
+    crm_ids = sorted(crm_ids)
+    if not crm_ids:
+        return None
+    rows = target.fetch_rows_of_records(spec, crm_ids)
+    return rows[rows["active"].astype(bool)]
+
+
+def held_keys(target: ErpTarget, spec: SyncSpec, crm_ids: Iterable[str]) -> frozenset[str]:
+    """The keys of :func:`held_rows`: rows a full refresh keeps and reconcile leaves alone."""
+    rows = held_rows(target, spec, crm_ids)
+    return frozenset() if rows is None else frozenset(key_text(k) for k in rows[spec.target.key])
+
+
 def _unloaded_quarantine(target: ErpTarget, spec: SyncSpec) -> int:
     """Open quarantine entries whose record never reached the ERP (they explain a count gap). A
-    record parked without its key cannot be in the ERP under it: each counts once, by CRM id."""
+    record parked without its key counts once, by CRM id, unless the ERP holds its last good
+    version (:func:`held_rows`)."""
+    from conduit.targets.base import CRM_ID
+
     entries = target.open_quarantine(spec)
     keys = {str(e["record_key"]) for e in entries if e.get("record_key") is not None}
     keyless = {e.get("crm_id") or f"entry {e['id']}" for e in entries if e.get("record_key") is None}
+    held = held_rows(target, spec, {e["crm_id"] for e in entries if e.get("record_key") is None and e.get("crm_id")})
+    if held is not None:
+        keyless -= {key_text(c) for c in held[CRM_ID]}
     if not keys:
         return len(keyless)
     stored = target.fetch_rows(spec, keys=sorted(keys))
@@ -547,7 +653,7 @@ def _staged_mismatches(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -
     import pandas as pd
 
     key = spec.target.key
-    skip = key_lookup(_skipped_keys(spec, staging))
+    skip = key_lookup(_skipped_keys(target, spec, staging))
     checked, bad = 0, []
     for frame in staging.read_frames("mapped", [key, "row_hash", "source_modified_at"]):
         frame = frame[loaded_rows(frame, key, skip)].sort_values("source_modified_at").drop_duplicates(key, keep="last")
@@ -614,10 +720,12 @@ def loaded_rows(frame: pd.DataFrame, key: str, skip: pa.Array) -> np.ndarray:
     return ~in_keys(frame[key], skip) & frame[key].notna().to_numpy()
 
 
-def _skipped_keys(spec: SyncSpec, staging: RunStaging) -> frozenset[str]:
-    """Staged keys the load did not upsert: rejected by the gate, or archived in the CRM."""
-    key = spec.target.key
-    return rejected_keys(staging) | {k for f in staging.read_frames("mapped_archived", [key]) for k in f[key]}
+def _skipped_keys(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -> frozenset[str]:
+    """Keys the load did not upsert: rejected by the gate, archived in the CRM, or held in the ERP
+    for a record the gate rejected without its key (:func:`held_keys`)."""
+    key, rejected = spec.target.key, read_rejected(staging)
+    archived = {k for f in staging.read_frames("mapped_archived", [key]) for k in f[key]}
+    return rejected.keys | archived | held_keys(target, spec, rejected.keyless_crm_ids)
 
 
 def _key_checksums(target: ErpTarget, spec: SyncSpec, staging: RunStaging, skip: frozenset[str]):
@@ -645,7 +753,7 @@ def reconcile(source: CrmSource, target: ErpTarget, spec: SyncSpec, staging: Run
 
     checksums: dict[str, Any] = {}
     if full_read:
-        skip = _skipped_keys(spec, staging)
+        skip = _skipped_keys(target, spec, staging)
         staged_sum, erp_sum = _key_checksums(target, spec, staging, skip)
         checksums = {"key_checksum_staged": str(staged_sum), "key_checksum_erp": str(erp_sum),
                      "key_checksum_match": staged_sum == erp_sum}

@@ -30,6 +30,9 @@ TRACKING_COLUMNS = (SOURCE_MODIFIED_AT, ROW_HASH)
 a hash of the mapped values."""
 BOOKKEEPING_COLUMNS = (*TRACKING_COLUMNS, "active", "deleted_at", "created_at", "updated_at", "last_run_id")
 """What a target keeps per row besides the mapped columns: the one list of these names."""
+CRM_ID = "crm_id"
+"""The mapped column holding the CRM record's id (what the gate's findings and the quarantine call
+``crm_id``): it links an ERP row to its CRM record when the key does not (a record that lost it)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -123,8 +126,9 @@ class SyncStateStore(ABC):
     @abstractmethod
     def quarantine(self, spec: SyncSpec, rows: list[dict[str, Any]], *, run_id: str) -> int:
         """Park rejected records. Each row has ``expectation`` and optionally ``record_key``,
-        ``crm_id``, ``column_name``, ``reason``, ``raw_record`` (JSON-able). The same finding
-        quarantined twice by one run is kept once. Returns how many rows were added."""
+        ``crm_id``, ``column_name``, ``reason``, ``raw_record`` (JSON-able). The same finding of
+        one record (its key, or without one its CRM id) quarantined twice by one run is kept once.
+        Returns how many rows were added."""
 
     @abstractmethod
     def open_quarantine(self, spec: SyncSpec) -> list[dict[str, Any]]:
@@ -163,6 +167,16 @@ class RecordSink(ABC):
     def fetch_rows(self, spec: SyncSpec, keys: Iterable[str] | None = None) -> pd.DataFrame:
         """Stored rows (all, or those with ``keys``), ordered by key: the mapped columns, then
         the bookkeeping ones (:data:`BOOKKEEPING_COLUMNS`)."""
+
+    def fetch_rows_of_records(self, spec: SyncSpec, crm_ids: Iterable[str]) -> pd.DataFrame:
+        """Stored rows of these CRM records, by the mapped :data:`CRM_ID` column (no rows when the
+        spec maps none), as :meth:`fetch_rows` gives them. This default reads every row; a target
+        that can select by a column overrides it."""
+        wanted = {str(c) for c in crm_ids}
+        rows = self.fetch_rows(spec)
+        if not wanted or CRM_ID not in rows:
+            return rows.iloc[:0]
+        return rows[rows[CRM_ID].astype(str).isin(wanted)]
 
     @abstractmethod
     def test_connection(self) -> tuple[bool, str]: ...

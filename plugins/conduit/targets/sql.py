@@ -25,6 +25,7 @@ from conduit.crash import crash_point
 from conduit.exceptions import StalePlanError, TargetConfigError, TargetError
 from conduit.targets import sql_render as render
 from conduit.targets.base import (
+    CRM_ID,
     ErpTarget,
     KeyChecksum,
     LoadPlan,
@@ -335,6 +336,18 @@ class SqlErpTarget(ErpTarget):
         layout = TableLayout.of(spec)
         sql = render.select_rows(self.dialect, layout, by_keys=keys is not None)
         params = {} if keys is None else {"keys": self._list_value(_typed_keys(layout.key_column, keys))}
+        return self._select_frame(layout, sql, params)
+
+    def fetch_rows_of_records(self, spec: SyncSpec, crm_ids: Iterable[str]) -> pd.DataFrame:
+        layout = TableLayout.of(spec)
+        column = next((c for c in layout.columns if c.name == CRM_ID), None)
+        values = _typed_ids(column, crm_ids) if column is not None else []
+        if not values:
+            return _frame_of([], layout.all_columns)
+        sql = render.select_rows(self.dialect, layout, by_keys=True, by=CRM_ID)
+        return self._select_frame(layout, sql, {"keys": self._list_value(values)})
+
+    def _select_frame(self, layout: TableLayout, sql: str, params: dict[str, Any]) -> pd.DataFrame:
         with self._errors_as("reading rows"), self._transaction(None, commit=False) as cur:
             cur.execute(sql, params)
             return _frame_of(cur.fetchall(), layout.all_columns)
@@ -706,6 +719,15 @@ def _sqlite_timestamps(array: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def _typed_keys(key: Column, keys: Iterable[str]) -> list[Any]:
     return [int(k) for k in keys] if key.dtype == "integer" else [str(k) for k in keys]
+
+
+def _typed_ids(column: Column, crm_ids: Iterable[str]) -> list[Any]:
+    """CRM ids (text, as the quarantine holds them) as the ERP column stores them: an id that is
+    no whole number cannot be in an integer column, so it is left out rather than failing."""
+    texts = [str(c).strip() for c in crm_ids]
+    if column.dtype != "integer":
+        return texts
+    return [int(t) for t in texts if t.lstrip("-").isdigit()]
 
 
 def _as_datetime(value: str | datetime) -> datetime:

@@ -179,10 +179,19 @@ def create_state_table(d: Dialect, schema: str) -> str:
     )
 
 
+QUARANTINE_INDEX = f"{QUARANTINE_TABLE}_once_per_record"
+"""The quarantine's unique index: one entry per run, record and finding. A record is its key, or,
+without one, its CRM id (two records without their key are two records)."""
+_OLD_QUARANTINE_INDEX = f"{QUARANTINE_TABLE}_once_per_run"
+"""The index before :data:`QUARANTINE_INDEX`: it ignored the CRM id, so two keyless records
+breaking one expectation in one run shared an entry."""
+
+
 def create_quarantine_table(d: Dialect, schema: str) -> list[str]:
+    """The quarantine table and its unique index, then :func:`migrate_quarantine_index` (a table
+    made before the index held the CRM id gets the new index, and loses the old one)."""
     text, ts = d.column_types["string"], d.column_types["timestamp"]
     table = d.qualify(schema, QUARANTINE_TABLE)
-    index = quote_ident(f"{QUARANTINE_TABLE}_once_per_run")
     return [
         f"CREATE TABLE IF NOT EXISTS {table} (\n"
         f"  {d.identity_column},\n"
@@ -197,9 +206,23 @@ def create_quarantine_table(d: Dialect, schema: str) -> list[str]:
         f"  quarantined_at {ts} NOT NULL,\n"
         f"  replayed_at {ts},\n"
         f"  replayed_by_run {text}\n)",
-        # a retried task quarantines the same findings again: keep one row per run and finding
-        f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {table} "
-        "(sync_name, run_id, COALESCE(record_key, ''), expectation, COALESCE(column_name, ''))",
+        *migrate_quarantine_index(d, schema),
+    ]
+
+
+def migrate_quarantine_index(d: Dialect, schema: str) -> list[str]:
+    """Idempotent: the unique index that keeps one entry per run, record (key, else CRM id) and
+    finding (a retried task quarantines the same findings again), then the old index dropped. The
+    new index has the old one's columns and the CRM id, so every table the old one allowed fits it:
+    its creation cannot fail on existing entries, and dropping the old one only allows more."""
+    table = d.qualify(schema, QUARANTINE_TABLE)
+    # PostgreSQL: an index lives in its table's schema (DROP names it there); SQLite: the file's
+    old = d.qualify(schema, _OLD_QUARANTINE_INDEX)
+    return [
+        f"CREATE UNIQUE INDEX IF NOT EXISTS {quote_ident(QUARANTINE_INDEX)} ON {table} "
+        "(sync_name, run_id, COALESCE(record_key, ''), COALESCE(crm_id, ''), expectation, "
+        "COALESCE(column_name, ''))",
+        f"DROP INDEX IF EXISTS {old}",
     ]
 
 
@@ -492,10 +515,12 @@ def count_rows(d: Dialect, layout: TableLayout, *, active_only: bool) -> str:
     return f"SELECT count(*) FROM {d.qualify(layout.schema, layout.table)}" + (" WHERE active" if active_only else "")
 
 
-def select_rows(d: Dialect, layout: TableLayout, *, by_keys: bool) -> str:
-    """All columns, ordered by key; with ``by_keys`` only the keys in parameter ``keys``."""
+def select_rows(d: Dialect, layout: TableLayout, *, by_keys: bool, by: str | None = None) -> str:
+    """All columns, ordered by key; with ``by_keys`` only the rows whose key (or column ``by``)
+    is among the values of parameter ``keys``."""
     key = quote_ident(layout.key)
-    where = f" WHERE {d.any_of.format(column=key, param=d.param('keys'))}" if by_keys else ""
+    column = quote_ident(by or layout.key)
+    where = f" WHERE {d.any_of.format(column=column, param=d.param('keys'))}" if by_keys else ""
     return (
         f"SELECT {_column_list([c.name for c in layout.all_columns])} "
         f"FROM {d.qualify(layout.schema, layout.table)}{where} ORDER BY {key}"

@@ -70,9 +70,11 @@ def test_sqlite_has_no_schemas_and_keeps_timestamps_as_text(layout):
 
 def test_state_and_quarantine_tables_live_in_the_customer_tables_schema():
     assert '"erp"."conduit_sync_state"' in render.create_state_table(POSTGRES, "erp")
-    table, index = render.create_quarantine_table(POSTGRES, "erp")
+    table, index, drop_old = render.create_quarantine_table(POSTGRES, "erp")
     assert '"erp"."conduit_quarantine"' in table and "raw_record jsonb" in table
     assert "CREATE UNIQUE INDEX IF NOT EXISTS" in index and '"erp"."conduit_quarantine"' in index
+    assert "COALESCE(record_key, ''), COALESCE(crm_id, '')" in index  # two keyless records are two
+    assert drop_old == 'DROP INDEX IF EXISTS "erp"."conduit_quarantine_once_per_run"'
 
 
 def test_staging_is_temporary_and_dropped_at_commit_on_postgres(layout):
