@@ -143,9 +143,10 @@ class ServiceRetryableError(AirflowException):
 
 
 class ServiceOutcomeUnknown(ServiceRetryableError):
-    """As :class:`ServiceRetryableError`, and at least one try was sent and never answered (read
-    timeout, a reply cut off): the service may still do that request. A saga's compensation repeats
-    such an action with its idempotency key before undoing it (``conduit.saga.model.outcome_unknown``)."""
+    """As :class:`ServiceRetryableError`, and at least one try may have been done: answered 429/5xx
+    (no proof nothing was done), or sent and never answered (read timeout, a reply cut off). A
+    saga's compensation repeats such an action with its idempotency key before undoing it
+    (``conduit.saga.model.outcome_unknown``)."""
 
 
 class OrderFeedError(AirflowFailException):

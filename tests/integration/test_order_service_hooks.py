@@ -8,7 +8,12 @@ import time
 
 import pytest
 
-from conduit.exceptions import BusinessRejection, ServiceRequestError, ServiceRetryableError
+from conduit.exceptions import (
+    BusinessRejection,
+    ServiceOutcomeUnknown,
+    ServiceRequestError,
+    ServiceRetryableError,
+)
 from conduit.hooks.order_services import InventoryHook, PaymentHook, ShippingHook
 from conduit.hooks.saga_log import SagaLogHook
 
@@ -49,12 +54,35 @@ def test_429_waits_at_least_retry_after(services):
     assert time.monotonic() - started >= 1.0  # the backoff alone would be at most 0.05 s
 
 
-def test_5xx_storm_runs_out_of_retries_with_a_retryable_error(services):
+def test_5xx_storm_runs_out_of_retries_with_an_outcome_unknown(services):
+    """A 503 is no proof nothing was done: the call's outcome is unknown (a saga repeats it before
+    undoing it), though still retryable."""
     services.admin.faults(shipping={"fail_next": 10, "mode": "5xx"})
-    with pytest.raises(ServiceRetryableError, match="still failing after 3 retries: 503"):
+    with pytest.raises(ServiceOutcomeUnknown, match="still failing after 3 retries: 503"):
         ShippingHook().create_shipment("O-4", {"name": "A", "line1": "B", "city": "C", "country": "DE"},
                                        "order-O-4:shipping")
     assert services.admin.requests()["shipping"]["create"]["received"] == 4
+
+
+def test_a_5xx_after_the_effect_is_an_outcome_unknown_and_the_repeat_replays_it(services):
+    services.admin.faults(payment={"fail_next": 4, "mode": "5xx_after_effect", "operation": "authorize"})
+    hook = PaymentHook()
+    with pytest.raises(ServiceOutcomeUnknown, match="503"):
+        hook.authorize("O-7", 10.0, "EUR", "order-O-7:payment")
+    assert services.admin.ledger_count("payment", "authorize", "O-7") == 1  # done by the first try
+    repeat = hook.authorize("O-7", 10.0, "EUR", "order-O-7:payment")
+    assert repeat == hook.find_authorization("order-O-7:payment")
+    assert services.admin.ledger_count("payment", "authorize", "O-7") == 1
+
+
+def test_a_service_never_reached_is_a_plain_retryable_error(services, monkeypatch):
+    """No try was sent (connection refused): nothing was done, and a saga does not repeat it."""
+    monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_DEFAULT", json.dumps({
+        "conn_type": "http", "host": "http://127.0.0.1:9", "extra": {"timeout": 1, "max_retries": 1,
+                                                                     "backoff_max": 0.01}}))
+    with pytest.raises(ServiceRetryableError, match="still failing after 1 retries") as failed:
+        PaymentHook().authorize("O-8", 10.0, "EUR", "order-O-8:payment")
+    assert type(failed.value) is ServiceRetryableError
 
 
 def test_business_refusal_and_bad_request_fail_at_once(services):

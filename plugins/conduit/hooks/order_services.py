@@ -7,7 +7,9 @@ caller derives from the saga and the step, so a retried request, a retried task 
 reserves, charges or ships twice. 429/5xx/timeouts are retried with :mod:`conduit.retries`
 (full jitter, honouring ``Retry-After``); a business refusal (out of stock, declined,
 undeliverable) is a :class:`~conduit.exceptions.BusinessRejection` and any other 4xx a
-:class:`~conduit.exceptions.ServiceRequestError`, both failing at once.
+:class:`~conduit.exceptions.ServiceRequestError`, both failing at once. A call that runs out of
+retries is a :class:`~conduit.exceptions.ServiceOutcomeUnknown` when any try may have been done
+(:func:`may_have_been_done`), else a :class:`~conduit.exceptions.ServiceRetryableError`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from functools import cached_property
 from typing import Any
 
 import requests
+import urllib3
 from airflow.providers.http.hooks.http import HttpHook
 
 from conduit.exceptions import (
@@ -102,20 +105,19 @@ class OrderServiceHook(HttpHook):
                 raise BusinessRejection(f"{where} refused ({response.status_code}): {message}")
             raise ServiceRequestError(f"{where} answered {response.status_code}: {message}")
 
-        unanswered = []  # tries sent and never answered: the service may still do them
+        maybe_done = []  # failed tries the service may have done, or may still do
 
         def on_retry(attempt: int, exc: BaseException, wait: float) -> None:
             self.retries += 1
-            if _sent_unanswered(exc):
-                unanswered.append(exc)
+            if may_have_been_done(exc):
+                maybe_done.append(exc)
             self.log.warning("%s %s %s failed (%s); retry %d in %.1fs", self.service, method, path, exc, attempt, wait)
 
         backoff = Backoff(max_retries=int(self.settings["max_retries"]), cap=self.settings["backoff_max"])
         try:
-            return call_with_retries(send, backoff=backoff, on_retry=on_retry,
-                                     retry_on=(RetryableResponse, requests.ConnectionError, requests.Timeout))
-        except (RetryableResponse, requests.ConnectionError, requests.Timeout) as exc:
-            failed = ServiceOutcomeUnknown if unanswered or _sent_unanswered(exc) else ServiceRetryableError
+            return call_with_retries(send, backoff=backoff, on_retry=on_retry, retry_on=_RETRY_ON)
+        except _RETRY_ON as exc:
+            failed = ServiceOutcomeUnknown if maybe_done or may_have_been_done(exc) else ServiceRetryableError
             raise failed(f"{self.service} {method} {path} still failing after "
                          f"{backoff.max_retries} retries: {exc}") from exc
 
@@ -219,7 +221,22 @@ class ShippingHook(OrderServiceHook):
         return self.call("POST", f"/shipping/shipments/{shipment_id}/cancel", idempotency_key=key)
 
 
-def _sent_unanswered(exc: BaseException) -> bool:
-    """A try the service received and did not answer (a read timeout, a reply cut off): unlike a
-    refused connection or a 429/5xx, it may still be done."""
-    return isinstance(exc, requests.ReadTimeout | requests.exceptions.ChunkedEncodingError)
+def may_have_been_done(exc: BaseException) -> bool:
+    """Whether a failed try may have been done by the service, or may still be: anything but a
+    proof that nothing was done. A 429/5xx answer is no such proof (the service may have done the
+    work and failed after it, a gateway may have given up on a service still working), nor is a
+    request sent and never answered (a read timeout, a reply cut off, the connection dropped after
+    the request went out). Only a try that never reached the service (no connection made) is one;
+    a 4xx refusal is another, but it is not retried and never gets here."""
+    if isinstance(exc, RetryableResponse):
+        return True
+    if isinstance(exc, requests.ConnectTimeout):
+        return False  # no connection made: the request was never sent
+    if isinstance(exc, requests.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return not isinstance(reason, urllib3.exceptions.NewConnectionError)  # else: refused, or no such host
+    return isinstance(exc, requests.RequestException)  # ReadTimeout, ChunkedEncodingError (a reply cut off)
+
+
+# what a try may fail with and still be tried again with its key
+_RETRY_ON = (RetryableResponse, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)

@@ -15,8 +15,9 @@ from conduit.orders import steps
 from conduit.saga import StepContext
 from conduit.saga.inline import InlineSaga
 
-# the compensable steps' actions: a compensation repeats its action first when the flow's task
-# died in the middle of that call (conduit.saga.operators.result_to_undo)
+# the compensable steps' actions: a compensation repeats its action first when its outcome is
+# unknown (the flow's task died in the call, or it failed on a 429/5xx or an unanswered request:
+# conduit.saga.operators.result_to_undo)
 ORDER_ACTIONS: dict[str, Callable[[StepContext], Any]] = {
     "inventory": steps.reserve_inventory,
     "payment": steps.authorize_payment,

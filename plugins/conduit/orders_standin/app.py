@@ -122,7 +122,9 @@ def create_app(config: OrderServicesConfig | None = None) -> FastAPI:
                         request.headers.get("Idempotency-Key") if method == "POST" else None,
                         key_required=key_required and method == "POST", success_status=success_status)
             answer = services.call(call, lambda key: action(request, raw, key))
-            if answer.late_s:  # the request waits in the service, then is done (even if its caller is gone)
+            if answer.late_s and answer.reply is not None:  # answered now, done once the wait is over
+                late.then(answer.late_s, lambda: services.perform(call, lambda key: action(request, raw, key)))
+            elif answer.late_s:  # the request waits in the service, then is done (even if its caller is gone)
                 await late.hold(answer.late_s)
                 answer = services.perform(call, lambda key: action(request, raw, key))
             if answer.delay_s:
@@ -178,29 +180,60 @@ def create_app(config: OrderServicesConfig | None = None) -> FastAPI:
 class _LateRequests:
     """Late requests wait here for their delay, or until ``POST /_admin/late/release`` lets them go:
     a test can then order "the compensation ran" before "the late request was done" without racing
-    the clock."""
+    the clock. ``waiting`` counts the held requests not done yet (``GET /_admin/late``)."""
 
     def __init__(self) -> None:
         self.released: asyncio.Event | None = None
         self.waiting = 0
+        self._later: set[asyncio.Task] = set()  # requests answered already and still to be done
 
     async def hold(self, seconds: float) -> None:
-        if self.released is None:
-            self.released = asyncio.Event()
-        released = self.released
+        released = self._event()
         self.waiting += 1
         try:
-            await asyncio.wait_for(released.wait(), seconds)
-        except TimeoutError:
-            pass
+            await self._wait(released, seconds)
         finally:
             self.waiting -= 1
+
+    def then(self, seconds: float, perform: Callable[[], object]) -> None:
+        """Hold like :meth:`hold`, then ``perform``, in the background: the caller has its answer."""
+        released = self._event()
+        self.waiting += 1
+
+        async def later() -> None:
+            try:
+                await self._wait(released, seconds)
+                perform()
+            finally:
+                self.waiting -= 1
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    def drop_answered(self) -> None:
+        """Forget the requests answered already and still to be done (a reset: they must not land
+        in the fresh state)."""
+        for task in list(self._later):
+            task.cancel()
 
     def release(self) -> int:
         waiting, released, self.released = self.waiting, self.released, None
         if released is not None:
             released.set()
         return waiting
+
+    def _event(self) -> asyncio.Event:
+        if self.released is None:
+            self.released = asyncio.Event()
+        return self.released
+
+    @staticmethod
+    async def _wait(released: asyncio.Event, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(released.wait(), seconds)
+        except TimeoutError:
+            pass
 
 
 def _admin_routes(app: FastAPI, services: OrderServices, late: _LateRequests) -> None:
@@ -235,7 +268,12 @@ def _admin_routes(app: FastAPI, services: OrderServices, late: _LateRequests) ->
     async def release_late():
         return {"released": late.release()}
 
+    @app.get("/_admin/late")
+    async def late_requests():
+        return {"waiting": late.waiting}
+
     @app.post("/_admin/reset")
     async def reset():
+        late.drop_answered()
         services.reset()
         return {"reset": True}

@@ -1,7 +1,8 @@
 """Switchable faults of the order services, one settings object per service.
 
 Every service has the same transient faults (the next N calls fail with a 503, a 429 or a timeout
-after the work was done, or wait in the service before the work is done); each adds the business
+after the work was done, or wait in the service before the work is done, or fail with a 503 that
+does not mean nothing was done: the work done first, or done later); each adds the business
 refusals a saga has to handle. Settings are patched, not replaced: ``PUT /_admin/faults`` changes
 only the keys it names.
 """
@@ -20,7 +21,7 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "shipping": ("create", "cancel", "status", "get"),
 }
 SERVICES = tuple(OPERATIONS)
-Mode = Literal["5xx", "429", "timeout", "late"]
+Mode = Literal["5xx", "429", "timeout", "late", "5xx_after_effect", "5xx_then_late"]
 Score = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -36,10 +37,16 @@ class TransientFaults(BaseModel):
                                                   "timeout: done and remembered, answered after delay_s; "
                                                   "late: held delay_s (or until POST /_admin/late/release) "
                                                   "before it is done (a request queued in the service), "
-                                                  "then done and answered")
+                                                  "then done and answered; "
+                                                  "5xx_after_effect: done (its answer remembered for a "
+                                                  "repeat), then answered 503; "
+                                                  "5xx_then_late: answered 503 at once, and held like a late "
+                                                  "request, then done (a gateway gave up on a service "
+                                                  "still working)")
     retry_after_s: int = Field(default=1, ge=0, description="the 429's Retry-After header")
     delay_s: float = Field(default=3.0, ge=0,
-                           description="how long a timeout fault holds the answer (a late fault the request) back")
+                           description="how long a timeout fault holds the answer (a late or 5xx_then_late "
+                                       "fault the request) back")
 
     @field_validator("operation")
     @classmethod

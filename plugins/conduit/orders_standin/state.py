@@ -89,7 +89,9 @@ class Call:
 class Answer:
     reply: Reply | None  # None: a late request, not done yet (see late_s)
     delay_s: float = 0.0  # hold the answer back this long (timeout fault, slow status endpoint)
-    late_s: float = 0.0  # a late fault: wait this long, then OrderServices.perform does the request
+    # a late fault: wait this long, then OrderServices.perform does the request (with a reply, a
+    # 5xx_then_late fault: the reply is sent at once and the request is done after the wait)
+    late_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,11 @@ class OrderServices:
             counts["faulted"] += 1
             if fault.mode == "late":  # nothing happened yet: the caller performs it after the delay
                 return Answer(None, late_s=fault.delay_s)
+            if fault.mode == "5xx_then_late":  # a 503 now, and still done after the delay
+                return Answer(fault_reply(call.service, fault), late_s=fault.delay_s)
+            if fault.mode == "5xx_after_effect":  # done (a repeat is replayed), and yet a 503
+                self._execute(call, action, counts)
+                return Answer(fault_reply(call.service, fault))
             if fault.mode != "timeout":  # nothing happened and nothing is remembered: a retry must run
                 return Answer(fault_reply(call.service, fault))
         reply = self._execute(call, action, counts)

@@ -48,6 +48,10 @@ class OrderServicesAdmin(AdminSession):
         """Lets every late request held so far be done now; returns how many were waiting."""
         return self._call("POST", "/late/release")["released"]
 
+    def late_waiting(self) -> int:
+        """How many late requests are held and not done yet."""
+        return self._call("GET", "/late")["waiting"]
+
     def reset(self) -> dict:
         return self._call("POST", "/reset")
 

@@ -70,7 +70,8 @@ def compensate(log: SagaLog, saga_id: str, compensations: Mapping[str, Callable[
     effect (the log decides). Returns the saga's row and the compensations that raised (step ->
     error); the others still ran. On the ``final`` try a failure leaves the saga
     ``compensation_failed``; before it, the next try resumes the failed ones. A step's action in
-    ``actions`` whose call the flow's task died in is repeated with its key first
+    ``actions`` whose outcome is unknown (the flow's task died in its call, or it failed on a
+    429/5xx or an unanswered request) is repeated with its key first
     (:func:`~conduit.saga.operators.result_to_undo`)."""
     steps = {s["step"]: s for s in log.steps(saga_id)}
     results = {name: s["result"] for name, s in steps.items() if s["result"] is not None}

@@ -28,15 +28,19 @@ class ActionStatus(StrEnum):
     FAILED = "failed"  # the action raised; an effect may still have happened (a lost response)
 
 
-# failures after which the action's request may still be done: a try sent and never answered
-# (conduit.exceptions.ServiceOutcomeUnknown), or the task's timeout in the middle of the call
+# failures after which the action's request may have been done, or may still be: a call whose
+# tries ran out with an answer that is no proof nothing was done (a 429/5xx, a try sent and never
+# answered: conduit.exceptions.ServiceOutcomeUnknown), or the task's timeout in the middle of the
+# call. Not among them: a business refusal or another 4xx (the service said no), a call that never
+# reached the service (ServiceRetryableError), an error of the action's own code.
 _OUTCOME_UNKNOWN_ERRORS = ("ServiceOutcomeUnknown", "AirflowTaskTimeout")
 
 
 def outcome_unknown(status: str, error: str | None) -> bool:
-    """Whether a step's action may have had an effect nobody saw: it was running when its task
-    died, or it failed in a way that leaves its last request possibly still to be done (the saga
-    log's ``error`` begins with the exception's class name)."""
+    """Whether a step's action may have had an effect nobody saw, or may still have one: it was
+    running when its task died, or it failed in a way that leaves its requests possibly done or
+    still to be done (the saga log's ``error`` begins with the exception's class name). Its
+    compensation repeats it with its key first (``conduit.saga.operators.result_to_undo``)."""
     if status == ActionStatus.RUNNING:
         return True
     return status == ActionStatus.FAILED and (error or "").split(":", 1)[0] in _OUTCOME_UNKNOWN_ERRORS

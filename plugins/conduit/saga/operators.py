@@ -52,8 +52,9 @@ def is_last_try(ti: Any, retries: int) -> bool:
 
 def result_to_undo(log: SagaLog, action: Callable[[StepContext], Any] | None, ctx: StepContext,
                    row: dict[str, Any]) -> Any:
-    """What a compensation undoes: the action's logged result; or, for an action whose task died in
-    the middle of its call (``running``: no outcome logged) when ``action`` is given, the outcome of
+    """What a compensation undoes: the action's logged result; or, when ``action`` is given, for an
+    action whose outcome is unknown (:func:`~conduit.saga.model.outcome_unknown`: its task died in
+    the middle of its call, or it failed on a 429/5xx or an unanswered request), the outcome of
     repeating it with its idempotency key. That call may still land (its request waiting in the
     service) after the compensation found nothing, and nothing would undo it; the service answers
     the repeat with the first call's outcome or does it now, so the lost call, arriving later, is a
@@ -165,8 +166,9 @@ class SagaCompensationOperator(SagaTaskOperator):
     undo; each attempt is logged; after its last retry the saga is left ``compensation_failed``.
 
     Given the step's ``action``, an action whose task died in the middle of its call (killed, its
-    worker lost, the run marked failed) is repeated with its key first (:func:`result_to_undo`), so
-    an effect of the lost call that lands late is undone too."""
+    worker lost, the run marked failed) or that failed with its outcome unknown (a 429/5xx, an
+    unanswered request) is repeated with its key first (:func:`result_to_undo`), so an effect of
+    the lost call that lands late is undone too."""
 
     ui_color = "#ffe3e3"
 
@@ -287,7 +289,7 @@ class InlineCompensationOperator(SagaTaskOperator):
     outcome (committed, compensated). Retries what failed; after the last try the saga is left
     ``compensation_failed`` and the task fails loudly. With ``fail_on_abort`` a compensated saga
     fails the task too (one saga per run); a batch reports it instead. ``actions`` (step -> action)
-    are repeated first where the flow's task died in the middle of their call (:func:`result_to_undo`)."""
+    are repeated first where their outcome is unknown (:func:`result_to_undo`)."""
 
     ui_color = "#ffe3e3"
 

@@ -100,6 +100,26 @@ def test_a_timeout_does_the_work_remembers_it_and_answers_late(svc):
     assert svc.lookup("reservations", "k1")["results"][0]["reservation_id"] == late.reply.body["reservation_id"]
 
 
+def test_a_5xx_after_the_effect_does_the_work_remembers_it_and_still_answers_503(svc):
+    svc.set_faults({"inventory": {"fail_next": 2, "mode": "5xx_after_effect"}})
+    assert [reserve_call(svc, "k1").reply.status for _ in range(2)] == [503, 503]
+    assert ops(svc, "inventory") == ["reserve"]  # done by the first, the second a replay behind the 503
+    assert svc.lookup("reservations", "k1")["results"][0]["status"] == "reserved"
+    retry = reserve_call(svc, "k1").reply
+    assert retry.status == 201 and retry.body["reservation_id"] == "res-1"
+    assert svc.request_counts()["inventory"]["reserve"] == {"received": 3, "faulted": 2, "replayed": 2}
+
+
+def test_a_5xx_then_late_answers_503_now_and_leaves_the_request_to_be_done_later(svc):
+    svc.set_faults({"inventory": {"fail_next": 1, "mode": "5xx_then_late", "delay_s": 4.0}})
+    call = Call("inventory", "reserve", "POST", "/inventory/reservations", '{"order_id":"o-1"}', "k1", True, 201)
+    answer = svc.call(call, lambda k: svc.reserve("o-1", ITEMS, k))
+    assert (answer.reply.status, answer.late_s) == (503, 4.0)
+    assert ops(svc, "inventory") == [] and svc.lookup("reservations", "k1") == {"results": []}
+    assert svc.perform(call, lambda k: svc.reserve("o-1", ITEMS, k)).reply.status == 201  # the wait is over
+    assert ops(svc, "inventory") == ["reserve"]
+
+
 def test_faults_count_down_and_can_target_one_operation(svc):
     svc.set_faults({"inventory": {"fail_next": 2, "operation": "release"}})
     assert reserve_call(svc, "k1").reply.status == 201  # not a release: untouched

@@ -1,5 +1,7 @@
 """Which logged action outcomes a compensation must make definite (repeat with the key) before
-undoing: a task that died mid-call, or a failure whose request may still be done."""
+undoing: a task that died mid-call, or a failure whose request may have been done or may still be
+(a 429/5xx or an unanswered try: the hook's ServiceOutcomeUnknown). A business refusal or another
+4xx, or a call that never reached the service, proves nothing was done."""
 
 from __future__ import annotations
 
@@ -11,8 +13,14 @@ from conduit.saga.model import ActionStatus, outcome_unknown
 @pytest.mark.parametrize(("status", "error", "unknown"), [
     (ActionStatus.RUNNING, None, True),
     (ActionStatus.FAILED, "ServiceOutcomeUnknown: payment POST /payment/authorizations still failing", True),
+    # a 429/5xx is no proof nothing was done (done then failed, or queued behind a gateway that gave up)
+    (ActionStatus.FAILED, "ServiceOutcomeUnknown: payment POST /payment/authorizations still failing after 1 "
+                          "retries: 503: unavailable: payment is temporarily unavailable", True),
+    (ActionStatus.FAILED, "ServiceOutcomeUnknown: inventory POST ... after 4 retries: 429: rate_limited", True),
     (ActionStatus.FAILED, "AirflowTaskTimeout: Timeout, PID: 4242", True),
-    (ActionStatus.FAILED, "ServiceRetryableError: payment POST ... 503 unavailable", False),  # nothing was done
+    # no try reached the service: nothing was done
+    (ActionStatus.FAILED, "ServiceRetryableError: payment POST ... still failing after 1 retries: "
+                          "HTTPConnectionPool(...): Max retries exceeded (Caused by NewConnectionError(...))", False),
     (ActionStatus.FAILED, "ServiceRequestError: payment POST ... answered 422", False),
     (ActionStatus.FAILED, "BusinessRejection: payment refused (402)", False),
     (ActionStatus.FAILED, None, False),
