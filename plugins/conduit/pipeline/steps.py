@@ -655,8 +655,9 @@ def _staged_mismatches(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -
     key = spec.target.key
     skip = key_lookup(_skipped_keys(target, spec, staging))
     checked, bad = 0, []
-    for frame in staging.read_frames("mapped", [key, "row_hash", "source_modified_at"]):
-        frame = frame[loaded_rows(frame, key, skip)].sort_values("source_modified_at").drop_duplicates(key, keep="last")
+    columns = [key, "row_hash", "source_modified_at"]
+    for frame in newest_per_key(lambda: staging.read_frames("mapped", columns), key, LOAD_ORDER):
+        frame = frame[loaded_rows(frame, key, skip)]
         if frame.empty:
             continue
         stored = target.fetch_rows(spec, keys=frame[key].tolist())[[key, "row_hash", "source_modified_at", "active"]]
@@ -669,10 +670,15 @@ def _staged_mismatches(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -
     return checked, bad
 
 
-def newest_per_key(read: Callable[[], Iterable[pd.DataFrame]], key: str, order: str) -> Iterator[pd.DataFrame]:
+LOAD_ORDER = ["source_modified_at", "row_hash"]
+"""Of several staged rows of one key, the target keeps the greatest by these (a tie in time goes to
+the greater hash: ``sql_render``, ``tryton.newest_rows``); reconcile expects the same row."""
+
+
+def newest_per_key(read: Callable[[], Iterable[pd.DataFrame]], key: str, order: list[str]) -> Iterator[pd.DataFrame]:
     """The frames ``read()`` yields, holding only the row with the greatest ``order`` of each key
-    across all of them. Reads twice; memory is 8 bytes per row (a hash of the key) plus the rows
-    whose key hash repeats, which are held back and yielded last, deduplicated."""
+    across all of them, whatever order they were read in. Reads twice; memory is 8 bytes per row (a
+    hash of the key) plus the rows whose key hash repeats, held back and yielded last, deduplicated."""
     import numpy as np
     import pandas as pd
 
@@ -696,7 +702,7 @@ def staged_key_checksum(spec: SyncSpec, staging: RunStaging, skip: frozenset[str
 
     key, total, lookup = spec.target.key, KeyChecksum(), key_lookup(skip)
     columns = [key, "row_hash", "source_modified_at"]
-    for frame in newest_per_key(lambda: staging.read_frames("mapped", columns), key, "source_modified_at"):
+    for frame in newest_per_key(lambda: staging.read_frames("mapped", columns), key, LOAD_ORDER):
         total += frame_key_checksum(_integer_keys(spec, frame[loaded_rows(frame, key, lookup)]), key)
     return total
 
