@@ -15,13 +15,14 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from test_tryton_target_reactivation import party_rows
 
 from conduit.crash import ARM, ONCE
 from conduit.hooks.tryton import TrytonHook
 from conduit.specs.model import load_spec, parse_spec
 from conduit.targets import ledger
 from conduit.targets.sql import SqliteErpTarget
-from conduit.targets.tryton import PARTY, PARTY_FIELDS, TrytonTarget, party_row, rows_frame
+from conduit.targets.tryton import PARTY, PARTY_FIELDS, TrytonTarget, party_row
 
 SPEC_FILE = Path(__file__).resolve().parents[3] / "include" / "syncs" / "crm_to_tryton_customer_sync.yaml"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -36,14 +37,7 @@ def spec():
     return parse_spec(data, "test.yaml")
 
 
-def version(code: str, at: datetime, name: str, email: str = "p@example.com") -> pd.DataFrame:
-    frame = pd.DataFrame({
-        "customer_number": [code], "crm_id": pd.array([1], dtype="Int64"), "full_name": [name],
-        "email": [email], "phone": ["+493012345678"], "country_code": ["DE"],
-        "source_modified_at": pd.Series([at], dtype="datetime64[us, UTC]"),
-    })
-    frame["row_hash"] = rows_frame(frame.to_dict("records"), load_spec(SPEC_FILE))["row_hash"]
-    return frame
+version = party_rows  # one mapped row of a code, modified at a time, with its row hash
 
 
 def target_at(state: Path) -> TrytonTarget:
