@@ -3,6 +3,7 @@ services' ledgers and the saga log say happened."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -67,3 +68,12 @@ def trigger_order_run(order: dict, **params) -> str:
                       conf={"order": order, "ship_within_s": 30, "ship_poll_s": 0.1, **params})
     scheduler_creates_and_starts_runs()
     return run.run_id
+
+
+def wait_for(predicate, what: str, timeout: float = 60):
+    """``predicate()``'s first truthy value, asked every 0.1 s; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return value

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 from airflow.sdk import DagRunState
-from order_helpers import effects, new_order, nightly_dag, run_order, saga_row
+from order_helpers import effects, new_order, nightly_dag, run_order, saga_row, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -44,12 +43,6 @@ def one_try_each(order_env, monkeypatch):
     return order_env
 
 
-def wait_for(predicate, what: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return value
 
 
 def let_held_requests_land(services, mode: str) -> None:

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from datetime import timedelta
 
 import pytest
@@ -28,6 +27,7 @@ from order_helpers import (
     run_order,
     saga_row,
     trigger_order_run,
+    wait_for,
 )
 
 pytestmark = pytest.mark.postgres
@@ -74,12 +74,6 @@ def worker_died(run_id: str, task_id: str) -> None:
         ti.state, ti.end_date = "up_for_retry", timezone.utcnow()
 
 
-def wait_for(predicate, what: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return value
 
 
 def test_a_failed_saga_run_cleared_and_rerun_charges_and_releases_nothing_again(order_env):
