@@ -81,7 +81,7 @@ class SeedOrdersOperator(RevenueStepOperator):
         from conduit.etl.lineage import seed_lineage
         from conduit.etl.store import ORDERS_TABLE
 
-        if not summary.get("seeded", True):
+        if not summary.get("seeded", as_bool(self.enabled)):  # START: rendered, so known before the work
             return None
         return seed_lineage(self.dataset(self.spec.target.location[1]), self.dataset(ORDERS_TABLE),
                             row_count=summary.get("inserted"))

@@ -32,6 +32,8 @@ REVENUE_STATUS = "completed"
 ORDER_STATUSES = ("completed", "pending", "cancelled", "refunded")
 SEGMENTS = ("vip", "regular", "at_risk", "new", "none")
 ORDER_COLUMNS = ("order_id", "customer_number", "ordered_at", "status", "amount", "currency")
+# the whole days pandas' nanosecond timestamps hold: an order outside cannot be computed with
+ORDERED_AT_RANGE = (datetime(1677, 9, 22, tzinfo=UTC), datetime(2262, 4, 11, tzinfo=UTC))
 REPORT_COLUMNS = (
     "customer_number",
     "revenue",
@@ -64,8 +66,11 @@ def _examples(values: Iterable[Any], limit: int = 5) -> str:
 
 def check_orders(orders: pd.DataFrame, table: str = "erp_orders") -> None:
     """Raise :class:`RevenueDataError` naming the table, column and order ids of rows the report
-    cannot use: missing columns, null keys or customers, unknown statuses, null or negative
-    amounts, more than one currency."""
+    cannot use: missing columns, null keys or customers, dates out of :data:`ORDERED_AT_RANGE`
+    (PostgreSQL's ``-infinity`` among them), unknown statuses, null or negative amounts, more
+    than one currency."""
+    import pandas as pd
+
     missing = [c for c in ORDER_COLUMNS if c not in orders.columns]
     if missing:
         raise RevenueDataError(f"{table}: missing column(s) {', '.join(missing)}")
@@ -76,6 +81,14 @@ def check_orders(orders: pd.DataFrame, table: str = "erp_orders") -> None:
         bad = orders.loc[orders[column].isna(), "order_id"]
         if len(bad):
             problems.append(f"{table}.{column}: null for order(s) {_examples(bad)}")
+    placed = pd.to_datetime(orders["ordered_at"], utc=True)
+    earliest, latest = ORDERED_AT_RANGE
+    bad = orders.loc[(placed < earliest) | (placed >= latest), ["order_id", "ordered_at"]]
+    if len(bad):
+        problems.append(
+            f"{table}.ordered_at: not between {earliest:%Y-%m-%d} and {latest:%Y-%m-%d} for order(s) "
+            + _examples(f"{o} ({t})" for o, t in bad.itertuples(index=False))
+        )
     unknown = orders.loc[~orders["status"].isin(ORDER_STATUSES), ["order_id", "status"]]
     if len(unknown):
         problems.append(

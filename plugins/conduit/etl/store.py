@@ -35,11 +35,29 @@ def postgres_engine(dsn: str) -> Engine:
 
     def connect():
         conn = psycopg.connect(dsn, application_name="conduit-etl")
+        conn.adapters.register_loader("timestamptz", _infinity_loader())
         conn.execute("SET TIME ZONE 'UTC'")
         conn.commit()
         return conn
 
     return create_engine("postgresql+psycopg://", creator=connect, poolclass=NullPool)
+
+
+def _infinity_loader():
+    """PostgreSQL's ``timestamptz`` loader, with ``'infinity'``/``'-infinity'`` (which psycopg
+    refuses, naming no row) read as the latest/earliest datetime: the report's checks then see
+    the row, and name it or leave it out as for any other date (see ``conduit.etl.revenue``)."""
+    from psycopg.types.datetime import TimestamptzLoader
+
+    class InfinityTimestamptzLoader(TimestamptzLoader):
+        def load(self, data):
+            if bytes(data) == b"infinity":
+                return datetime.max.replace(tzinfo=UTC)
+            if bytes(data) == b"-infinity":
+                return datetime.min.replace(tzinfo=UTC)
+            return super().load(data)
+
+    return InfinityTimestamptzLoader
 
 
 def sqlite_engine(path: str) -> Engine:
@@ -230,6 +248,7 @@ class RevenueStore:
         from sqlalchemy import delete, func, insert, select
 
         report, runs = self.tables.report, self.tables.runs
+        run = {**run, "as_of": _utc(run["as_of"])}  # SQLite keeps the wall clock and drops the zone
         with self.engine.begin() as conn:
             self._lock(conn, f"conduit:etl:write:{self.where(REPORT_TABLE)}")
             newest = conn.execute(select(runs.c.etl_run_id, runs.c.as_of)

@@ -56,8 +56,18 @@ def hubspot_dataset(base_url: str, object_type: str, api_version: str = "2026-09
     name = the objects path for the connection's API version."""
     from conduit.sources.hubspot.address import objects_path
 
-    url = urlsplit(base_url if "://" in base_url else f"https://{base_url}")
-    authority = _host(url.hostname) + (f":{url.port}" if url.port else "")
+    full = base_url if "://" in base_url else f"https://{base_url}"
+    url = urlsplit(full)
+    if "@" in full.partition("://")[2].removeprefix(url.netloc):
+        # credentials with a '/', '?' or '#' in them: the parser took part of them for the host
+        # or the path, and the name would carry them. Never quote them: the provider logs this.
+        raise ValueError("the HubSpot base URL has an '@' after its host (unencoded credentials?); "
+                         "lineage cannot name the CRM dataset")
+    try:
+        port = url.port
+    except ValueError:
+        raise ValueError("the HubSpot base URL's port is not a number; lineage cannot name the CRM dataset") from None
+    authority = _host(url.hostname) + (f":{port}" if port else "")
     path = objects_path(api_version, object_type)
     prefix = url.path.strip("/")  # a base URL may carry a path (a proxy, the stand-in)
     return DatasetRef(f"{url.scheme}://{authority}", f"{prefix}/{path}" if prefix else path)
