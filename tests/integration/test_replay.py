@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from sync_helpers import bad_email_ids, quarantine_table, seeded_mapped, xcom
+from sync_helpers import bad_email_ids, crm_ids, quarantine_table, seeded_mapped, xcom
 
 from conduit.pipeline.replay import group_entries, revalidate, select_spec
 from conduit.sources.hubspot.source import chunks
@@ -242,3 +242,75 @@ def test_an_unknown_sync_name_names_the_known_ones():
 
     with pytest.raises(SpecError, match="no sync spec is named 'nope'.*crm_to_erp_customer_sync"):
         select_spec(load_specs(REPO / "include" / "syncs"), "nope")
+
+
+@pytest.mark.postgres
+def test_a_record_the_mapping_rejects_stays_parked_until_the_crm_is_fixed(sync_env):
+    """A column whose transform says ``on_invalid: reject`` keeps its record out through the field
+    check the gate adds to the suite (``Suite.with_field_checks``), not through the suite itself.
+    An e-mail the CRM holds with a NUL in it is damaged: the NUL is removed (PostgreSQL cannot
+    hold it), the rest passes the suite's regex, and the field check rejects the record, as the
+    spec says. The replay must judge with the same checks, or it loads the damaged address as
+    if fixed and closes the record's entry."""
+    sync_env.edit_spec(mapping__email__transforms=[{"type": "email", "on_invalid": "reject"}])
+    crm = sync_env.crm
+    spec = sync_env.spec()
+    run_sync(sync_env)
+    damaged = crm_ids(spec)[5:7]
+    changed_ms = crm.admin.clock_ms() - 120_000
+    for crm_id in damaged:
+        crm.admin.modify(crm_id, {"email": f"ann\x00.{crm_id}@example.com"}, lastmodifieddate_ms=changed_ms)
+    before = active(sync_env)[["email", "row_hash"]]
+    run_sync(sync_env)
+    parked = quarantine_table(sync_env)
+    assert sorted(parked["crm_id"]) == sorted(damaged)
+    assert set(parked["column_name"]) == {"email"}
+
+    _, summary = run_replay(sync_env)  # nothing was fixed in the CRM
+
+    assert (summary["replayed_records"], summary["inserted"], summary["updated"]) == (0, 0, 0)
+    assert sorted(summary["still_failing_ids"]) == sorted(damaged)
+    for reasons in summary["still_failing_ids"].values():
+        assert [r.split(":")[0] for r in reasons] == ["email(email)"], reasons  # the field check, as the gate says
+    pd.testing.assert_frame_equal(active(sync_env)[["email", "row_hash"]], before)  # the last good version stays
+    assert quarantine_table(sync_env)["replayed_at"].isna().all()
+
+    for crm_id in damaged:  # the CRM fixed: now the replay loads them
+        crm.admin.modify(crm_id, {"email": f"ann.{crm_id}@example.com"}, lastmodifieddate_ms=changed_ms + 1)
+    replay_run, fixed = run_replay(sync_env)
+    assert (fixed["replayed_records"], fixed["updated"], fixed["still_failing"]) == (2, 2, 0)
+    assert [active(sync_env).loc[f"HS-C-{i}", "email"] for i in damaged] == [f"ann.{i}@example.com" for i in damaged]
+    assert (quarantine_table(sync_env)["replayed_by_run"] == replay_run.run_id).all()
+
+
+@pytest.mark.postgres
+def test_replayed_records_have_their_defects_recorded_as_the_sync_would(sync_env):
+    """The gate records the defects of every row it loads (a junk phone the spec's
+    ``on_invalid: null`` loads empty, say) in conduit_defects. A replay loads rows too: once the
+    mapping is fixed, the CRM records it replays are not changed, so no later incremental sync
+    reads them again, and a defect the replay does not record stays unknown until the next full
+    read. Oracle: a full refresh right after the replay finds nothing new to record."""
+    from conduit.targets.defects import read_defects
+
+    sync_env.edit_spec(mapping__country_code__transforms=[], quality__max_rejected_ratio=1.0)
+    sync_env.crm.admin.reset(junk_phones=0.1)
+    run_sync(sync_env)
+    spec = sync_env.spec()
+    parked = set(quarantine_table(sync_env)["crm_id"])
+    assert len(parked) > 100
+    sync_env.edit_spec(mapping__country_code__transforms=[{"type": "country_iso2", "on_invalid": "null"}])
+
+    _, summary = run_replay(sync_env)
+    assert summary["replayed_records"] == len(parked)
+
+    phone_defects = {d["crm_id"] for d in read_defects(sync_env.target(), spec, open_only=True)
+                     if d["column_name"] == "phone"}
+    assert phone_defects & parked, "the replayed records' junk phones are recorded"
+    full = run_ok_full_refresh(sync_env)
+    assert xcom(full, "quality_gate")["defects_opened"] == 0  # the replay left nothing unrecorded
+
+
+def run_ok_full_refresh(env):
+    dag_run, states = run(env.dag(), full_refresh=True, dry_run=False)
+    assert dag_run.state == "success", states
+    return dag_run

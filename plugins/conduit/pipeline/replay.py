@@ -5,11 +5,13 @@ with its suite, and the ones that now pass are loaded.
 Exactly once: the load and the marking of the replayed entries (``replayed_at``,
 ``replayed_by_run``) are one ERP transaction (``ErpTarget.load(..., replayed_quarantine_ids=...)``),
 so a retried or rerun replay finds those entries closed and replays nothing twice. The sync's
-watermark does not move. Records that still fail, are archived or gone from the CRM, or cannot be
+watermark does not move. As at the sync's gate, the defects of the rows that load (values an
+``on_invalid: null`` transform loads empty) are recorded in conduit_defects before the load. Records that still fail, are archived or gone from the CRM, or cannot be
 identified stay in the quarantine, and the summary says why, by record id.
 
 A replay judges records one by one: a record loads only if it breaks no critical expectation of
-the suite (``mostly`` does not tolerate single rows here), duplicated keys among the replayed
+the suite nor a field check of the mapping (``on_invalid: reject``), as at the sync's gate
+(``mostly`` does not tolerate single rows here), duplicated keys among the replayed
 records keep those records out, and row-count expectations, which judge the volume of a sync run,
 do not apply.
 """
@@ -22,7 +24,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from conduit.crash import crash_point
-from conduit.pipeline.steps import raw_properties, records_to_table
+from conduit.pipeline.steps import key_text, raw_properties, records_to_table
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -82,6 +84,16 @@ def read_records(source: CrmSource, crm_ids: list[str]) -> tuple[list[dict], lis
     return [records[i] for i in crm_ids if i in records], [i for i in crm_ids if i not in records]
 
 
+def gate_suite(spec: SyncSpec, suite_path: Path) -> Suite:
+    """What the sync's gate judges with: the suite plus the field checks of the spec's mapping
+    (``on_invalid: reject`` keeps a record out through these, and no expectation of the suite
+    need see it: a damaged value the transform cleaned, say)."""
+    from conduit.quality.defects import field_checks
+    from conduit.quality.suite import load_suite
+
+    return load_suite(suite_path).with_field_checks(field_checks(spec))
+
+
 def revalidate(frame: pd.DataFrame, suite: Suite, key: str) -> dict[int, list[str]]:
     """{row position: reasons} of the rows of ``frame`` that break a critical expectation of the
     suite (every breaking row, whether or not ``mostly`` lets the expectation pass; for
@@ -95,6 +107,16 @@ def revalidate(frame: pd.DataFrame, suite: Suite, key: str) -> dict[int, list[st
         for position, failure in zip(result.failing_rows.index, result.row_failures(), strict=True):
             failures.setdefault(int(position), []).append(f"{result.name}: {failure.reason}")
     return failures
+
+
+def found_defects_of(rows: pd.DataFrame, suite: Suite, key: str) -> list:
+    """The defects (:class:`~conduit.quality.defects.Defect`) of rows that load, as the sync's
+    gate finds them: what the defect-level expectations and field checks flag (a junk phone an
+    ``on_invalid: null`` transform loads empty, say)."""
+    from conduit.quality.defects import found_defects
+    from conduit.quality.engine import defect_rows, evaluate
+
+    return found_defects(defect_rows(evaluate(rows, suite, key=key))) if len(rows) else []
 
 
 def without_key(spec: SyncSpec, mapped: pd.DataFrame) -> dict[int, str]:
@@ -124,11 +146,23 @@ def plan(spec: SyncSpec, records: list[dict], suite: Suite | None) -> tuple[pd.D
     return mapped.iloc[passing].reset_index(drop=True), [crm_ids[i] for i in passing], still_failing
 
 
+def record_replay_defects(target: ErpTarget, spec: SyncSpec, rows: pd.DataFrame, suite: Suite, *, run_id: str,
+                          dry_run: bool = False) -> dict[str, int]:
+    """Open, see again and resolve the defects of the rows the replay loads (only theirs: a replay
+    reads no other record); returns the counts."""
+    from conduit.targets.defects import record_defects
+
+    key = spec.target.key
+    loaded = {key_text(k) for k in rows[key]}
+    changes = record_defects(target.state, spec, found_defects_of(rows, suite, key), run_id=run_id,
+                             clean_keys=lambda open_keys: open_keys & loaded, dry_run=dry_run)
+    return changes.counts()
+
+
 def replay(source: CrmSource, target: ErpTarget, spec: SyncSpec, suite_path: Path | None, *, run_id: str,
            dry_run: bool = False, logger: logging.Logger = log) -> dict[str, Any]:
     """Replay the spec's open quarantine entries (see the module's docstring); returns a small,
     JSON-able summary."""
-    from conduit.quality.suite import load_suite
     from conduit.targets.base import LoadResult
 
     target.ensure_ready(spec)
@@ -140,10 +174,15 @@ def replay(source: CrmSource, target: ErpTarget, spec: SyncSpec, suite_path: Pat
     still_failing: dict[str, list[str]] = {}
     replayed: list[str] = []
     result = LoadResult()
+    recorded: dict[str, int] = {}
     if records:
-        suite = load_suite(suite_path) if spec.quality and suite_path is not None else None
+        suite = gate_suite(spec, suite_path) if spec.quality and suite_path is not None else None
         rows, replayed, still_failing = plan(spec, records, suite)
         entry_ids = sorted(e for crm_id in replayed for e in by_record[crm_id])
+        if entry_ids and suite is not None:
+            # as the gate does before the sync's load: a replayed record is not read again by a
+            # later incremental sync unless it changes, so its defects would go unrecorded
+            recorded = record_replay_defects(target, spec, rows, suite, run_id=run_id, dry_run=dry_run)
         if entry_ids:
             crash_point("replay.before_load")
             # watermark None: the sync's incremental cursor is the sync's business, not the replay's
@@ -171,6 +210,7 @@ def replay(source: CrmSource, target: ErpTarget, spec: SyncSpec, suite_path: Pat
         "not_in_crm": len(not_in_crm),
         "unidentified_entries": len(unidentified),
         **asdict(result),
+        **recorded,
         "replayed_ids": replayed[:SUMMARY_IDS],
         "still_failing_ids": {c: r for c, r in list(still_failing.items())[:SUMMARY_IDS]},
         "not_in_crm_ids": not_in_crm[:SUMMARY_IDS],

@@ -15,6 +15,8 @@ Redis unreachable                                     503 (HubSpot retries 5xx)
 ===================================================  ======
 
 409 rather than 401 for a replay: the request IS authentic, it was simply delivered before.
+A 202's ``accepted`` counts the events stored: association changes name no object to read and are
+taken without a stream entry (one HubSpot app sends every subscription type to its one URL).
 
 Configuration (environment, read per request):
 
@@ -41,7 +43,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect
 
-from conduit.webhooks.payload import HubSpotEvent, InvalidPayload, parse_events
+from conduit.webhooks.payload import HubSpotEvent, InvalidPayload, object_events, parse_events
 from conduit.webhooks.signature import MAX_AGE_MS, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_v3
 from conduit.webhooks.stream import STREAM_MAXLEN, is_sync_name, redis_url_from_env, replay_key, stream_key
 
@@ -158,7 +160,7 @@ async def receive_hubspot_events(sync_name: str, request: Request) -> dict[str, 
         _reject(401, sync_name, problem)
 
     try:
-        events = parse_events(body)
+        events = object_events(parse_events(body))  # an association change names no object to read
     except InvalidPayload as exc:
         _reject(400, sync_name, str(exc))
 

@@ -2,6 +2,12 @@
 
 Only the fields the sync needs are kept; HubSpot's other fields (portalId, attemptNumber,
 propertyValue, ...) are ignored, so a property value never lands in Redis.
+
+A HubSpot app has one target URL for all its subscriptions, so one batch can mix subscription
+types. An association change (``<object>.associationChange``) names two objects
+(``fromObjectId``/``toObjectId``) and no ``objectId``: it is valid, checked like any event, and
+becomes no stream entry (:func:`object_events`); rejecting it would reject the whole batch, the
+changes delivered beside it included.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ class InvalidPayload(ValueError):
 
 
 MAX_INT64 = 2**63 - 1
+ASSOCIATION_CHANGE = ".associationChange"
 
 
 class HubSpotEvent(BaseModel):
@@ -22,9 +29,13 @@ class HubSpotEvent(BaseModel):
 
     # HubSpot's ids and epoch-millisecond times are 64-bit integers; a larger number is not HubSpot's
     event_id: int = Field(alias="eventId", ge=0, le=MAX_INT64)
-    object_id: int = Field(alias="objectId", ge=0, le=MAX_INT64)
+    object_id: int | None = Field(None, alias="objectId", ge=0, le=MAX_INT64)  # None: association changes only
     subscription_type: str = Field(alias="subscriptionType", pattern=r"^[a-z_]+\.[A-Za-z_]+$", max_length=100)
     occurred_at: int = Field(alias="occurredAt", ge=0, le=MAX_INT64)
+
+    @property
+    def names_an_object(self) -> bool:
+        return not self.subscription_type.endswith(ASSOCIATION_CHANGE)
 
     def stream_fields(self) -> dict[str, str]:
         """The entry written to the sync's Redis stream, keyed by HubSpot's own field names."""
@@ -52,4 +63,12 @@ def parse_events(body: bytes) -> list[HubSpotEvent]:
         raise InvalidPayload("; ".join(problems)) from None
     if not events:
         raise InvalidPayload("body: the event array is empty")
+    missing = [i for i, event in enumerate(events) if event.object_id is None and event.names_an_object]
+    if missing:
+        raise InvalidPayload("; ".join(f"{i}.objectId: Field required" for i in missing[:_MAX_REPORTED_ERRORS]))
     return events
+
+
+def object_events(events: list[HubSpotEvent]) -> list[HubSpotEvent]:
+    """The events that become stream entries: those naming the object that changed."""
+    return [event for event in events if event.names_an_object]
