@@ -197,3 +197,37 @@ def test_the_dag_stops_at_the_daily_limit_without_retrying_and_the_next_run_resu
     assert xcom(resumed, "extract")["mode"] == "incremental"
     got = assert_erp_equals_crm(target, spec, crm_hook())
     assert (got["company_name"] == "After The Limit").sum() == len(changed)
+
+
+def test_redis_out_of_reach_paces_the_extract_in_process_instead_of_failing_it(tmp_path, monkeypatch):
+    """The budget's Redis down (nothing listens at its address): the extract still reads every
+    record, paced by the process alone (what a connection without Redis gets), and the stand-in
+    enforcing the account's limits refuses nothing."""
+    import socket
+
+    from conduit.pipeline.run_plan import RunPlan
+    from conduit.pipeline.staging import RunStaging
+    from conduit.pipeline.steps import extract_item, plan_extract
+    from conduit.sources.hubspot.budget import RedisBudget
+    from conduit.sources.hubspot.source import HubSpotSource
+    from conduit.specs.model import load_spec
+
+    with socket.socket() as probe:  # a free port: connections to it are refused
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    spec = load_spec(REPO_SPEC)
+    with run_standin(contacts=1500, seed=6, enforce_rate_limits=True) as crm:
+        set_limits(crm, interval_max=20, interval_ms=1000, search_per_second=3, daily_max=1_000_000)
+        monkeypatch.setenv("AIRFLOW_CONN_BUDGET_REDIS_DOWN", f"redis://127.0.0.1:{dead_port}/0")
+        monkeypatch.setenv("AIRFLOW_CONN_HUBSPOT_DEFAULT", hubspot_conn(
+            crm, budget_redis_conn_id="budget_redis_down", rate_limit_interval_max=20, rate_limit_interval_ms=1000,
+            rate_limit_search_per_second=3, rate_limit_daily_max=1_000_000))
+        hook = crm_hook()
+        source = HubSpotSource(spec.source, hook=hook)
+        staging = RunStaging(tmp_path / "staging")
+        items = plan_extract(source, RunPlan(None, 0), parallelism=3)
+        rows = sum(extract_item(source, staging, item)["rows"] for item in items)
+        state = limiter_state(crm)
+    assert isinstance(hook.budget, RedisBudget) and hook.budget.local is not None
+    assert rows == 1500 and len(set(staged_ids(staging))) == 1500
+    assert state["refused"] == {}, state  # paced, not refused

@@ -313,3 +313,55 @@ def test_a_spec_too_wide_for_one_search_body_is_still_read_every_way(crm, hook):
     assert sorted(by_range, key=int) == sorted(live, key=int) and by_range[tagged[0]][wide[-1]] == f"wide-{tagged[0]}"
     late = source.modified_since_created_before(stamp)  # created before, modified at the bound
     assert {r["id"] for r in late} >= set(tagged) and all(r["properties"][wide[-1]] for r in late if r["id"] in tagged)
+
+
+def test_a_429_without_retry_after_waits_for_its_rolling_window(monkeypatch):
+    """HubSpot does not promise Retry-After on a 429 (contract §1.8). A TEN_SECONDLY_ROLLING 429
+    without it waits for the rolling window to pass, not only the jittered backoff, whose retries
+    (here at most 0.25 + 0.5 + 1 s) run out long before the 10 s window frees a slot."""
+    with run_standin(contacts=50, seed=2) as crm:
+        crm.admin.enforce_rate_limits(interval_max=3, interval_ms=10_000, retry_after=False)
+        conn = {"conn_type": "hubspot", "host": crm.base_url, "password": crm.token,
+                "extra": {"api_version": "2026-09", "max_retries": 3}}
+        monkeypatch.setenv("AIRFLOW_CONN_HUBSPOT_NO_RETRY_AFTER", json.dumps(conn))
+        hook = HubSpotHook(hubspot_conn_id="hubspot_no_retry_after")
+        started = time.monotonic()
+        pages = [hook.request("GET", hook.objects_path("contacts"), params={"limit": 1}) for _ in range(4)]
+        elapsed = time.monotonic() - started
+        refused = crm.admin.rate_limits()["refused"]
+    assert all(len(page["results"]) == 1 for page in pages)
+    assert refused.get("TEN_SECONDLY_ROLLING", 0) >= 1 and hook.retries >= 1
+    assert elapsed < 25, elapsed  # one wait of about the window, not a retry loop
+
+
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_a_budgeted_full_read_survives_a_record_repeated_across_list_pages(crm, monkeypatch, parallelism):
+    """With a budget (what HubSpot itself always gets) a full read lists the low ids through
+    ``take_id_range``. A list page that starts with the previous page's last record again (the
+    stand-in's ``repeat_record``) is a duplicate, not ids out of order: it is read once, as the
+    unbudgeted full read (which lists everything) survives it, instead of failing the extract."""
+    from pathlib import Path
+
+    from conduit.sources.hubspot.source import HubSpotSource
+    from conduit.specs.model import load_spec
+
+    crm.admin.clear_faults()
+    crm.admin.reset()
+    conn = {"conn_type": "hubspot", "host": crm.base_url, "password": crm.token,
+            "extra": {"api_version": "2026-09", "max_retries": 5, "backoff_max": 0.5,
+                      "rate_limit_interval_max": 100_000, "rate_limit_daily_max": 10_000_000}}
+    monkeypatch.setenv("AIRFLOW_CONN_HUBSPOT_BUDGETED", json.dumps(conn))
+    hook = HubSpotHook(hubspot_conn_id="hubspot_budgeted")
+    spec = load_spec(Path(__file__).resolve().parents[2] / "include" / "syncs" / "crm_to_erp_customer_sync.yaml")
+    source = HubSpotSource(spec.source, hook=hook)
+    live = {r["id"] for page in hook.iter_list_pages("contacts", ["email"], limit=100) for r in page}
+    items = source.plan(None, parallelism=parallelism)
+    assert any(i.get("via") == "list" or "boundary" in i for i in items)  # the list endpoint reads some ids
+    crm.admin.faults(body=[{"kind": "repeat_record", "every": 2}])
+    try:
+        read = [(item, [i for page in source.read(item) for i in page.ids]) for item in items]
+    finally:
+        crm.admin.clear_faults()
+    assert {i for _, ids in read for i in ids} == live
+    for listed in [ids for item, ids in read if item.get("via") == "list"]:
+        assert len(listed) == len(set(listed))  # the repeated record is read once

@@ -184,6 +184,22 @@ def test_rate_limit_fault_sends_429_with_retry_after_and_policy(crm, api):
     assert crm.admin.stats()["sent"]["429"] == 2
 
 
+def test_a_429_may_come_without_retry_after_as_hubspot_does_not_promise_one(crm, api):
+    crm.admin.faults(rate_limit={"burst": 1, "retry_after_s": None})
+    reply = api.get(f"{crm.base_url}{V3}")
+    assert reply.status_code == 429 and "Retry-After" not in reply.headers
+    assert reply.json()["policyName"] == "TEN_SECONDLY_ROLLING"
+    crm.admin.clear_faults()
+    try:
+        crm.admin.enforce_rate_limits(interval_max=1, interval_ms=60_000, retry_after=False)
+        assert api.get(f"{crm.base_url}{V3}").status_code == 200
+        refused = api.get(f"{crm.base_url}{V3}")
+        assert refused.status_code == 429 and "Retry-After" not in refused.headers
+        assert refused.headers["X-HubSpot-RateLimit-Remaining"] == "0"
+    finally:
+        crm.admin._call("PUT", "/rate_limits", {"enforce": False})
+
+
 def test_server_error_fault_then_recovery(crm, api):
     crm.admin.faults(server_errors={"burst": 3})
     assert crm.admin.clock_ms() > 0  # admin calls are never faulted

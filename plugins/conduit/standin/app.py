@@ -251,6 +251,7 @@ class RateLimitsBody(_Body):
     interval_ms: int = Field(default=Limits.interval_ms, ge=1)
     daily_max: int = Field(default=Limits.daily_max, ge=0)
     search_per_second: int = Field(default=Limits.search_per_second, ge=1)
+    retry_after: bool = Field(default=True, description="send Retry-After on 429s (HubSpot does not promise it)")
     enforce: bool = True
 
 
@@ -294,13 +295,12 @@ def create_app(config: StandinConfig | None = None) -> FastAPI:
                     await asyncio.sleep(standin.faults.slow_ms / 1000)
                 if fault is not None:
                     standin.sent[str(fault.status)] += 1
-                    if fault.status == 429:
+                    if fault.retry_after_s is not None:
                         headers["Retry-After"] = str(fault.retry_after_s)
+                    if fault.status == 429:
                         error = ApiError(429, "RATE_LIMITS", fault.message,
                                          extra={"errorType": "RATE_LIMIT", "policyName": fault.policy})
                     else:
-                        if fault.retry_after_s is not None:
-                            headers["Retry-After"] = str(fault.retry_after_s)
                         error = ApiError(fault.status, "INTERNAL_ERROR", "internal error")
                     return _json(fault.status, error.body(), headers)
                 spoil = standin.injector.spoil()
@@ -445,7 +445,7 @@ def _admin_routes(app: FastAPI, standin: Standin) -> None:
     async def set_rate_limits(body: RateLimitsBody):
         """Replace the limits and reset their counts: what a new day (or a new tier) looks like."""
         limits = Limits(interval_max=body.interval_max, interval_ms=body.interval_ms, daily_max=body.daily_max,
-                        search_per_second=body.search_per_second)
+                        search_per_second=body.search_per_second, retry_after=body.retry_after)
         standin.limiter = RateLimiter(limits, body.enforce)
         return standin.limiter.state()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,7 +32,7 @@ class RateLimitFault(_Model):
     every: int = Field(default=0, ge=0)
     burst: int = Field(default=0, ge=0)
     policy: Policy | None = Field(default=None, description="default: SECONDLY for search, else TEN_SECONDLY_ROLLING")
-    retry_after_s: int = Field(default=1, ge=0)
+    retry_after_s: int | None = Field(default=1, ge=0, description="None: no Retry-After (HubSpot does not promise one)")
 
 
 class ServerErrorFault(_Model):
@@ -133,6 +133,8 @@ class Limits:
     interval_ms: int = 10_000
     daily_max: int = 250_000
     search_per_second: int = 5
+    retry_after: bool = True
+    """Whether a 429 carries Retry-After: HubSpot's docs do not promise it (contract §1.8)."""
 
 
 class RateLimiter:
@@ -171,6 +173,8 @@ class RateLimiter:
                 verdict = Injected(429, "SECONDLY", 1)
         if verdict is not None:
             self.refused[verdict.policy] = self.refused.get(verdict.policy, 0) + 1
+            if not limits.retry_after:
+                verdict = replace(verdict, retry_after_s=None)
         if verdict is None:  # refused calls do not use up the budget
             window.append(now_ms)
             self._daily += 1

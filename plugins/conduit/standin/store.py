@@ -309,8 +309,8 @@ class ObjectStore:
         self._by_value.clear()
 
     def not_live_between(self, lo: int, hi: int) -> int:
-        """How many positions in [lo, hi) are archived or deleted."""
-        return bisect_left(self.not_live, hi) - bisect_left(self.not_live, lo)
+        """How many positions in [lo, hi) are archived or deleted (none when hi <= lo: an empty range)."""
+        return max(0, bisect_left(self.not_live, hi) - bisect_left(self.not_live, lo))
 
     def modified_slice(self, lo_ms: int, hi_ms: int) -> tuple[int, int]:
         """Index range of live records with lo_ms <= lastmodified_ms <= hi_ms."""

@@ -277,3 +277,11 @@ def test_modified_range_with_an_id_range_matches_the_oracle(store, sort):
         _check_against_oracle(store, groups, sort)
         _check_against_oracle(store, groups, sort, hidden=frozenset(range(0, len(store), 5)))
         assert _plan(store, groups[0], sort).window is not None  # the modified index was chosen
+
+
+def test_an_id_range_with_no_records_counts_none(store):
+    """Bounds that cross (``GT`` above ``LT``) with archived records between them: no record, a total of 0."""
+    ids = store.ids
+    crossed = SearchRequest(((Filter("hs_object_id", "GT", str(ids[400])), Filter("hs_object_id", "LT", str(ids[3]))),),
+                            Sort("hs_object_id"), limit=10)
+    assert execute(store, crossed) == (0, [])

@@ -34,6 +34,7 @@ HubSpot counts it when it arrives, up to a network delay later.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import threading
 import time
@@ -45,6 +46,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from conduit.exceptions import CrmDailyLimitReached
+
+log = logging.getLogger(__name__)
 
 TIERS: dict[str, tuple[int, int]] = {
     "free": (100, 250_000),
@@ -347,9 +350,21 @@ return 0
 _DAY_TTL_S = 2 * 86_400
 
 
+def _unreachable_errors() -> tuple[type[Exception], ...]:
+    """Redis' errors for a server out of reach (not for a script it refuses: that is a bug)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return RedisConnectionError, RedisTimeoutError
+
+
 class RedisBudget(Budget):
     """The windows in Redis under ``conduit:hubspot-budget:<account>:*``, for every process that
-    calls the account (``account`` from :func:`account_key`: never the token itself)."""
+    calls the account (``account`` from :func:`account_key`: never the token itself).
+
+    Redis out of reach (down, restarting, a network split) does not fail the extract: the budget
+    warns once and paces this process alone from then on (a :class:`LocalBudget`, what a
+    connection without Redis gets; HubSpot's headers and 429s still correct it)."""
 
     def __init__(self, limits: RateLimits, client: Any, account: str, **kwargs: Any):
         super().__init__(limits, **kwargs)
@@ -357,8 +372,19 @@ class RedisBudget(Budget):
         self.prefix = f"conduit:hubspot-budget:{account}"
         self._acquire = client.register_script(_ACQUIRE)
         self._observe_script = client.register_script(_OBSERVE)
+        self.local: LocalBudget | None = None
+        """The in-process windows this budget paces with once Redis could not be reached."""
+        self._falling_back = threading.Lock()
         # Redis' clock decides the windows; the day is read from the local clock (a skew of seconds
         # around midnight only moves a few requests to the other day's count).
+
+    def _unreachable(self, exc: Exception) -> None:
+        with self._falling_back:  # concurrent streams fail together: one warning, one set of windows
+            if self.local is not None:
+                return
+            log.warning("The HubSpot request budget's Redis cannot be reached (%s): this process paces "
+                        "itself alone from now on", exc)
+            self.local = LocalBudget(self.limits, clock=self._clock, sleep=self._sleep)
 
     def _keys(self, day: str) -> list[str]:
         p = self.prefix
@@ -370,17 +396,34 @@ class RedisBudget(Budget):
                 1000 + limits.margin_ms]
 
     def _try(self, search: bool, day: str) -> tuple[int, int]:
-        wait, value = self._acquire(keys=self._keys(day), args=[
-            *self._spans(), self.limits.daily_max or 0, int(search), _DAY_TTL_S])
-        return int(wait), int(value)
+        if self.local is None:
+            try:
+                wait, value = self._acquire(keys=self._keys(day), args=[
+                    *self._spans(), self.limits.daily_max or 0, int(search), _DAY_TTL_S])
+                return int(wait), int(value)
+            except _unreachable_errors() as exc:
+                self._unreachable(exc)
+        return self.local._try(search, day)
 
     def _observe(self, said: ServerRemaining, day: str, sent_ms: int | None) -> None:
-        remaining = [-1 if v is None else v for v in (said.interval, said.search, said.daily)]
-        self._observe_script(keys=self._keys(day), args=[*self._spans(), self.limits.daily_max or 0, _DAY_TTL_S,
-                                                         *remaining, -1 if sent_ms is None else sent_ms])
+        if self.local is None:
+            remaining = [-1 if v is None else v for v in (said.interval, said.search, said.daily)]
+            try:
+                self._observe_script(keys=self._keys(day), args=[
+                    *self._spans(), self.limits.daily_max or 0, _DAY_TTL_S, *remaining,
+                    -1 if sent_ms is None else sent_ms])
+                return
+            except _unreachable_errors() as exc:
+                self._unreachable(exc)
+        self.local._observe(said, day, sent_ms)
 
     def _daily_used(self, day: str) -> int:
-        return int(self.client.get(self._keys(day)[3]) or 0)
+        if self.local is None:
+            try:
+                return int(self.client.get(self._keys(day)[3]) or 0)
+            except _unreachable_errors() as exc:
+                self._unreachable(exc)
+        return self.local._daily_used(day)
 
     def clear(self) -> None:
         """Forget the account's windows and today's count (tests; an operator after a manual reset)."""

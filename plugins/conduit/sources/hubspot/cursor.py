@@ -183,18 +183,21 @@ def iter_id_range(
 def take_id_range(pages: Iterable[Page], lo: int, hi: int) -> Iterator[Page]:
     """The records with lo <= id < hi of pages in ascending id order (the list endpoint's), stopping
     at the first page that reaches ``hi``: the list endpoint cannot start mid-way, so a reader of a
-    range above the first id reads the ids below it too, and drops them. Pages out of id order
-    break the contract (stopping early would lose records): a non-retryable error."""
+    range above the first id reads the ids below it too, and drops them. A page that starts with
+    the previous page's last record again repeats what was read (it is dropped; the transform
+    drops a repeat from an unranged listing); other pages out of id order break the contract
+    (stopping early would lose records): a non-retryable error."""
     from conduit.exceptions import CrmContractError
 
     previous = None
     for page in pages:
         ids = [int(i) for i in (page.ids if isinstance(page, RecordPage) else [r["id"] for r in page])]
-        ordered = ids if previous is None else [previous, *ids]
+        repeat = previous is not None and ids[:1] == [previous]
+        ordered = ids if previous is None else [previous, *ids[repeat:]]
         if any(b <= a for a, b in zip(ordered, ordered[1:], strict=False)):
             raise CrmContractError(f"the list endpoint returned ids out of ascending order (after {previous}): "
                                    "a listed id range cannot be read without loss")
-        keep = [lo <= i < hi for i in ids]
+        keep = [lo <= i < hi and not (repeat and n == 0) for n, i in enumerate(ids)]
         if all(keep):
             if ids:
                 yield page

@@ -49,6 +49,10 @@ from conduit.sources.hubspot.pages import page_decoder
 # in progress (with Retry-After), 524 origin timeout; without them one such answer failed the task.
 HUBSPOT_RETRYABLE_STATUS = RETRYABLE_STATUS | {423, 477, 524}
 LOCKED_MIN_WAIT_S = 2.0
+# A 429 without Retry-After (HubSpot does not promise one, contract §1.8) waits for its window to
+# pass: the search "secondly" window, else the rolling interval (HubSpot's 10 s without a budget).
+SECONDLY_WAIT_S = 1.0
+HUBSPOT_INTERVAL_S = 10.0
 
 # Connection extras that configure this hook; HttpHook would otherwise send them as HTTP headers.
 _HOOK_EXTRAS = ("api_version", "max_retries", "backoff_max", *_BUDGET_EXTRAS)
@@ -230,6 +234,8 @@ class HubSpotHook(HttpHook):
             wait = retry_after_seconds(response.headers.get("Retry-After"))
             if response.status_code == 423:
                 wait = max(wait or 0.0, LOCKED_MIN_WAIT_S)
+            elif response.status_code == 429 and wait is None:
+                wait = self._rate_limit_window_s(_policy_name(response), search)
             raise RetryableResponse(response.status_code, message, wait)
         error = CrmAuthError if response.status_code in (401, 403) else CrmRequestError
         raise error(response.status_code, method, url, message, category)
@@ -247,6 +253,16 @@ class HubSpotHook(HttpHook):
             self._round_trips.append(elapsed_s)
         if self.budget is not None:
             self.budget.observe(response.headers, search=search, sent_ms=sent_ms)
+
+    def _rate_limit_window_s(self, policy: str | None, search: bool) -> float:
+        """How long a 429 without Retry-After waits at least: until its window has passed (the
+        jittered backoff alone gives up after seconds, before a full 10 s window frees a slot)."""
+        if policy == "SECONDLY" or (policy is None and search):
+            return SECONDLY_WAIT_S
+        if self.budget is None:
+            return HUBSPOT_INTERVAL_S
+        limits = self.budget.limits
+        return (limits.interval_ms + limits.margin_ms) / 1000
 
     def _daily_limit_reached(self, response: requests.Response) -> CrmDailyLimitReached:
         budget = self.budget
