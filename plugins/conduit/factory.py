@@ -85,6 +85,9 @@ def build_sync_dag(spec: SyncSpec, expectations_dir: str | Path | None = None) -
         start_date=pendulum.datetime(2025, 1, 1, tz=tz),
         catchup=False,
         max_active_runs=1,  # runs of one sync queue up instead of racing for the same rows
+        # no backfills: a backfill's runs count apart from max_active_runs (they would race), and a
+        # sync reads the CRM as it is now whatever the logical date
+        allowed_run_types=["scheduled", "manual", "asset_triggered", "operator_triggered"],
         default_args={
             "owner": spec.owner,
             "retries": spec.retries,

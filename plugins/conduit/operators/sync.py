@@ -299,7 +299,8 @@ class DataDocsOperator(SyncStepOperator):
     """Great Expectations' own validation and Data Docs for the run. GX takes ~6-10 s and ~110 MiB
     to import, so this runs beside the gate, only when there is something to show (a failed
     expectation, rejected rows, defects: ``steps.data_docs``), and a run that changed no rows
-    returns before any import; it reports and never blocks (the gate decides)."""
+    returns before any import; it reports and never blocks (the gate decides): a site it cannot
+    write is a warning and an ``error`` in its summary, and reconcile still checks the load."""
 
     ui_color = "#f3f0ff"
 
@@ -315,8 +316,13 @@ class DataDocsOperator(SyncStepOperator):
 
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
         out_dir = data_docs_root() / self.dag_id / RunStaging.for_run(self.dag_id, context["run_id"]).root.name
-        report, validation = steps.data_docs(self.spec, self.staging(context), self.suite_path, out_dir,
-                                             run_name=context["run_id"])
+        try:
+            report, validation = steps.data_docs(self.spec, self.staging(context), self.suite_path, out_dir,
+                                                 run_name=context["run_id"])
+        except Exception as exc:  # noqa: BLE001 - a report: failing here would keep reconcile from checking the load
+            self.log.warning("Data Docs not written (the gate decided; the run goes on): %s", exc, exc_info=True)
+            return {"data_docs": None, "rows_validated": 0, "error": f"{type(exc).__name__}: {exc}",
+                    "reason": "Data Docs could not be written"}
         if validation is None:
             reason = ("no rows changed in this run" if report is None else
                       f"nothing to show: {report.row_count} rows broke no expectation and no defect rule")
@@ -353,12 +359,17 @@ class ReconcileOperator(SyncStepOperator):
 
         crash_point("reconcile.start")
         staging = self.staging(context)
+        # gone: an earlier try checked the load and removed them (killed before it could report):
+        # the CRM and ERP counts are checked again, the staged rows cannot be
+        staged = staging.root.is_dir()
         if as_bool(self.dry_run):
             summary = {"skipped": "dry run: the load was rolled back"}
         else:
             summary = steps.reconcile(self.source, self.erp_hook.get_target(), self.spec, staging,
                                       upper_ms=self.extract_plan[0]["watermark_ms"],
-                                      full_read=self.extract_plan[0]["mode"] == "full")
+                                      full_read=self.extract_plan[0]["mode"] == "full" and staged)
+            if not staged:
+                summary["staged_files"] = "gone (an earlier try removed them): only the counts were checked"
         self.log.info("reconciled %s", summary)
         self.summary = summary
         crash_point("reconcile.before_staging_removal")
