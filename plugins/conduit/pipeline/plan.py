@@ -8,6 +8,7 @@ needs no approval (there is nothing to lose), and a full refresh is judged like 
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -87,17 +88,32 @@ def approval_markdown(plan: LoadPlan, reason: str, key: str) -> str:
     return "\n\n".join(parts)
 
 
+def quoted(value: Any) -> str:
+    """``value`` as one Markdown code span that reads as the value it is: the samples quote CRM
+    values, and a backtick or a line break in one must not end the quote and add text, emphasis
+    or links of its own to the request a person approves. Line breaks show as ⏎; the fence is one
+    backtick longer than the longest run of backticks inside (CommonMark), padded with a space
+    when the value starts or ends with one (the parser strips that space again)."""
+    text = re.sub(r"\r\n|\r|\n", "⏎", str(value))
+    if not text.strip():
+        return f"`{text!r}`" if text else "(empty)"
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[0] in "` " or text[-1] in "` " else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _sample_sections(plan: LoadPlan, key: str) -> list[str]:
     sections = []
     updates = plan.samples.get("update", [])
     if updates:
-        lines = [f"- `{u['key']}`: " + ", ".join(f"{c} `{u['before'][c]}` → `{u['after'][c]}`" for c in u["changed"])
+        lines = [f"- {quoted(u['key'])}: " + ", ".join(f"{c} {quoted(u['before'][c])} → {quoted(u['after'][c])}"
+                                                      for c in u["changed"])
                  for u in updates]
         sections.append("Sample updates:\n" + "\n".join(lines))
     for kind, title in (("delete", "Sample deletes"), ("insert", "Sample inserts")):
         rows = plan.samples.get(kind, [])
         if rows:
-            sections.append(f"{title}: " + ", ".join(f"`{r.get(key)}`" for r in rows))
+            sections.append(f"{title}: " + ", ".join(quoted(r.get(key)) for r in rows))
     return sections
 
 
