@@ -57,11 +57,10 @@ def bench_spec(schema: str, lag_seconds: int | None):
 
 def plan_this_run(spec, target, *, full_refresh: bool = False):
     """The run's decision as ``CrmExtractPlanOperator`` makes it for a manual run (``plan_run``)."""
-    from conduit.pipeline.run_plan import plan_run
+    from conduit.pipeline.run_plan import plan_run, watermark_to_go_by
 
     target.ensure_ready(spec)
-    watermark = target.read_watermark(spec)
-    return plan_run(spec, stored_watermark_ms=watermark.ts_ms if watermark else None,
+    return plan_run(spec, stored_watermark_ms=watermark_to_go_by(target, spec),
                     run_start_ms=int(time.time() * 1000), full_refresh=full_refresh)
 
 

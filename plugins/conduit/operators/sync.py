@@ -68,14 +68,13 @@ class CrmExtractPlanOperator(SyncStepOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from conduit.pipeline import steps
-        from conduit.pipeline.run_plan import plan_run
+        from conduit.pipeline.run_plan import plan_run, watermark_to_go_by
 
         crash_point("plan_extract.start")
         target = self.erp_hook.get_target()
         target.ensure_ready(self.spec)
         dag_run = context["dag_run"]
-        watermark = target.read_watermark(self.spec)
-        run = plan_run(self.spec, stored_watermark_ms=watermark.ts_ms if watermark else None,
+        run = plan_run(self.spec, stored_watermark_ms=watermark_to_go_by(target, self.spec, self.log),
                        run_start_ms=int(time.time() * 1000), full_refresh=as_bool(self.full_refresh),
                        scheduled_run_after=dag_run.run_after if dag_run.run_type == "scheduled" else None)
         staging = self.staging(context)

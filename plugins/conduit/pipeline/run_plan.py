@@ -6,6 +6,7 @@ first) and the benchmark all call it, so they cannot disagree.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -14,6 +15,7 @@ from conduit.pipeline.cursor import Window, incremental_window, is_full_read_day
 
 if TYPE_CHECKING:
     from conduit.specs.model import SyncSpec
+    from conduit.targets.base import ErpTarget
 
 
 @dataclass(frozen=True)
@@ -66,3 +68,19 @@ def plan_run(spec: SyncSpec, *, stored_watermark_ms: int | None, run_start_ms: i
     reason = ("full refresh" if full_refresh else
               f"periodic full read ({spec.source.full_read_weekday})" if periodic else "no watermark yet")
     return RunPlan(None, run_start_ms - cursor.lag_seconds * 1000, delete_missing=full, reason=reason)
+
+
+def watermark_to_go_by(target: ErpTarget, spec: SyncSpec, logger: logging.Logger | None = None) -> int | None:
+    """The stored watermark (epoch ms) a run reads the changes since, or None to read everything.
+    The watermark belongs to the sync, the rows to the table: a table holding no row (a new one
+    after a spec change, one truncated or restored empty) has nothing the watermark vouches for,
+    and reading only the changes since it would leave every unchanged customer missing for good."""
+    watermark = target.read_watermark(spec)
+    if watermark is None:
+        return None
+    if not target.holds_rows(spec):
+        (logger or logging.getLogger(__name__)).warning(
+            "%s holds no row although the sync's watermark is %s: reading every record", spec.target.table,
+            watermark.ts_ms)
+        return None
+    return watermark.ts_ms

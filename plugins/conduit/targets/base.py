@@ -158,6 +158,10 @@ class RecordSink(ABC):
     @abstractmethod
     def count(self, spec: SyncSpec, *, active_only: bool = True) -> int: ...
 
+    def holds_rows(self, spec: SyncSpec) -> bool:
+        """Whether the table holds any row, soft-deleted ones too (a new or emptied table holds none)."""
+        return self.count(spec, active_only=False) > 0
+
     @abstractmethod
     def key_checksum(self, spec: SyncSpec) -> KeyChecksum:
         """Order-independent checksum of (key, row_hash) over active rows; equals

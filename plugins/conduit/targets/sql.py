@@ -328,6 +328,9 @@ class SqlErpTarget(ErpTarget):
     def count(self, spec: SyncSpec, *, active_only: bool = True) -> int:
         return self._fetch_one(render.count_rows(self.dialect, TableLayout.of(spec), active_only=active_only))[0]
 
+    def holds_rows(self, spec: SyncSpec) -> bool:
+        return bool(self._fetch_one(render.has_rows(self.dialect, TableLayout.of(spec)))[0])
+
     def key_checksum(self, spec: SyncSpec) -> KeyChecksum:
         with self._errors_as("computing the key checksum"), self._transaction(None, commit=False) as cur:
             return self._key_checksum(cur, TableLayout.of(spec))
@@ -488,6 +491,14 @@ class PostgresErpTarget(SqlErpTarget):
     def _upsert(self, cur, layout: TableLayout, params: dict[str, Any]) -> tuple[int, int]:
         cur.execute(render.upsert_counts(POSTGRES, layout), params)
         return cur.fetchone()
+
+    def holds_rows(self, spec: SyncSpec) -> bool:
+        # bounded like the load's waits: a table another session holds fails loudly on the lock
+        # timeout (retryable) instead of keeping plan_extract waiting for as long as it is held
+        with self._errors_as("reading"), self._transaction(None, commit=False) as cur:
+            cur.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}")
+            cur.execute(render.has_rows(self.dialect, TableLayout.of(spec)))
+            return bool(cur.fetchone()[0])
 
     def _key_checksum(self, cur, layout: TableLayout) -> KeyChecksum:
         cur.execute(render.postgres_key_checksum(layout))
