@@ -38,15 +38,13 @@ class SyncStepOperator(SyncHooks, LineageReporting, BaseOperator):
 
     def dataset(self, which: str):
         """The OpenLineage dataset of the CRM object, a staged stage, or the ERP table."""
-        import socket
-
         from conduit.lineage import openlineage as ol
-        from conduit.pipeline.staging import staging_root
+        from conduit.pipeline.staging import staging_host, staging_root
 
         if which == "crm":
             return self.source.dataset()
         if which in ("raw", "mapped"):
-            return ol.staged_dataset(socket.gethostname(), str(staging_root()), self.spec, which)
+            return ol.staged_dataset(staging_host(), str(staging_root()), self.spec, which)
         return ol.erp_dataset(self.erp_hook.describe(), *self.spec.target.location)
 
     def staging(self, context: Context) -> RunStaging:

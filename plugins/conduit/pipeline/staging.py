@@ -36,6 +36,19 @@ def staging_root() -> Path:
     return Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "conduit" / "staging"
 
 
+def staging_host() -> str:
+    """The host in the staged files' lineage names (``file://<host>/<path>``). Every worker must
+    name the same files alike, or lineage shows one dataset per worker: ``CONDUIT_STAGING_HOST``
+    when set; else, with ``CONDUIT_STAGING_DIR`` set (the volume every worker shares), the logical
+    host ``conduit-staging``; else (one machine's own folder) this machine's name."""
+    import socket
+
+    configured = os.environ.get("CONDUIT_STAGING_HOST")
+    if configured:
+        return configured
+    return "conduit-staging" if os.environ.get("CONDUIT_STAGING_DIR") else socket.gethostname()
+
+
 def data_docs_root() -> Path:
     configured = os.environ.get("CONDUIT_DATA_DOCS_DIR")
     if configured:

@@ -270,3 +270,24 @@ def test_importing_the_module_does_not_import_the_openlineage_client():
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_every_worker_names_the_shared_staged_files_alike(monkeypatch, spec):
+    """Extract on one worker, transform on another: on the shared staging volume they read and
+    write the same files, so lineage must name them alike (it named them after each worker's
+    host: one dataset per worker, the graph cut between the tasks)."""
+    import socket
+
+    from conduit.operators.sync import MappingTransformOperator
+
+    op = MappingTransformOperator(task_id="transform", spec=spec)
+    monkeypatch.setenv("CONDUIT_STAGING_DIR", "/shared/conduit/staging")
+    monkeypatch.delenv("CONDUIT_STAGING_HOST", raising=False)
+    names = set()
+    for worker in ("worker-a", "worker-b"):
+        monkeypatch.setattr(socket, "gethostname", lambda worker=worker: worker)
+        names.add(op.dataset("mapped"))
+    assert names == {ol.staged_dataset("conduit-staging", "/shared/conduit/staging", spec, "mapped")}
+
+    monkeypatch.setenv("CONDUIT_STAGING_HOST", "nfs-1")
+    assert op.dataset("raw") == ol.staged_dataset("nfs-1", "/shared/conduit/staging", spec, "raw")
