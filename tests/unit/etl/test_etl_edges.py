@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import insert, text
+from test_etl_store import store_with_customers
 
 from conduit.etl.steps import run_revenue_etl
 from conduit.etl.store import RevenueStore, engine_for
@@ -21,15 +22,8 @@ SUITE = Path(__file__).resolve().parents[3] / "include" / "expectations" / "cust
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request, tmp_path):
-    if request.param == "sqlite":
-        engine, schema = engine_for(str(tmp_path / "erp.db")), None
-    else:
-        engine, schema = engine_for(request.getfixturevalue("pg_server_dsn")), request.getfixturevalue("pg_schema")
-    where = f'"{schema}".erp_customers' if schema else "erp_customers"
-    with engine.begin() as conn:
-        conn.execute(text(f"CREATE TABLE {where} (customer_number text PRIMARY KEY, active boolean NOT NULL)"))
-        conn.execute(text(f"INSERT INTO {where} VALUES ('HS-C-1', true), ('HS-C-2', true)"))
-    store = RevenueStore(engine, schema=schema or "public")
+    store = store_with_customers(request, tmp_path, [{"n": "HS-C-1", "a": True}, {"n": "HS-C-2", "a": True}])
+    engine = store.engine
     store.ensure_tables()
     with engine.begin() as conn:
         conn.execute(insert(store.tables.orders), [

@@ -17,8 +17,9 @@ AS_OF = datetime(2026, 3, 1, tzinfo=UTC)
 SUITE = __import__("pathlib").Path(__file__).resolve().parents[3] / "include" / "expectations" / "customer_revenue.yaml"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request, tmp_path):
+def store_with_customers(request, tmp_path, customers: list[dict]) -> RevenueStore:
+    """A store on SQLite or PostgreSQL (``request.param``) whose erp_customers holds ``customers``
+    ({"n": number, "a": active})."""
     if request.param == "sqlite":
         engine, schema = engine_for(str(tmp_path / "erp.db")), None
     else:
@@ -26,9 +27,13 @@ def store(request, tmp_path):
     where = f'"{schema}".erp_customers' if schema else "erp_customers"
     with engine.begin() as conn:
         conn.execute(text(f"CREATE TABLE {where} (customer_number text PRIMARY KEY, active boolean NOT NULL)"))
-        conn.execute(text(f"INSERT INTO {where} VALUES (:n, :a)"),
-                     [{"n": f"HS-C-{i}", "a": i % 10 != 0} for i in range(1, 201)])
+        conn.execute(text(f"INSERT INTO {where} VALUES (:n, :a)"), customers)
     return RevenueStore(engine, schema=schema or "public")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request, tmp_path):
+    return store_with_customers(request, tmp_path, [{"n": f"HS-C-{i}", "a": i % 10 != 0} for i in range(1, 201)])
 
 
 def test_seeding_twice_inserts_once(store):
