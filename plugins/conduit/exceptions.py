@@ -98,6 +98,11 @@ class EmptySourceError(AirflowFailException):
     """A full refresh read no records at all: loading it would delete every ERP customer."""
 
 
+class StagedFilesGone(AirflowFailException):
+    """A step that reads the run's staged files found none: reconcile removed them once it had
+    checked the load (a finished run cleared from a later task). Retrying cannot bring them back."""
+
+
 class RevenueDataError(AirflowFailException):
     """The orders or customers cannot be reported on as they are (retrying cannot help). The
     message names the table, the column and the offending records."""

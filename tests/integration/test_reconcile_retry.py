@@ -36,3 +36,20 @@ def test_a_reconcile_retried_after_it_removed_the_staged_files_passes(sync_env, 
 
     assert summary["missing_in_erp"] == 0 and summary["erp_active"] == 600
     assert "only the counts" in summary["staged_files"]
+
+
+def test_a_load_cleared_after_the_run_finished_says_the_staged_files_are_gone(sync_env):
+    """Clearing the load of a finished full refresh: reconcile removed the staged files. It said
+    "full refresh read no CRM records; refusing to delete every ERP customer" (the CRM has 600)."""
+    from conduit.exceptions import StagedFilesGone
+
+    env = sync_env
+    run_ok(env)
+    dag_run = run_ok(env, conf={"full_refresh": True})
+    items = stored_xcom(DAG_ID, dag_run.run_id, "plan_extract")
+
+    again = copy.copy(env.dag().task_dict["load"])
+    again.extract_plan, again.load_plan, again.full_refresh, again.dry_run = items, None, True, False
+    with pytest.raises(StagedFilesGone, match="staged files are gone.*trigger a new run"):
+        again.execute({"run_id": dag_run.run_id, "ti": None})
+    assert env.target().count(env.spec()) == 600

@@ -181,6 +181,13 @@ def load_inputs(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, full_
     """What the load (and its plan) take from the staged files: mapped rows minus rejected ones,
     the archived keys to delete, the keys a full refresh must keep (rejected ones, and the ERP
     rows of rejected records that arrived without their key: :func:`held_keys`)."""
+    if not staging.root.is_dir():
+        from conduit.exceptions import StagedFilesGone
+
+        raise StagedFilesGone(
+            f"the run's staged files are gone ({staging.root.name}): reconcile removed them after it checked "
+            "this run's load, so there is nothing to plan or load again; to sync again, trigger a new run "
+            "(or clear this run from plan_extract, which reads the CRM anew)")
     key = spec.target.key
     rejected = read_rejected(staging)
     left_out = rejected.lookups()
