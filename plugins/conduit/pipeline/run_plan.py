@@ -54,8 +54,8 @@ def plan_run(spec: SyncSpec, *, stored_watermark_ms: int | None, run_start_ms: i
     :param stored_watermark_ms: the watermark the target holds (None: never loaded)
     :param run_start_ms: when the run started (epoch ms); the window's upper bound is this minus the lag
     :param full_refresh: the run's ``full_refresh`` param
-    :param scheduled_run_after: a scheduled run's ``run_after`` (None for manual, webhook and
-        backfill runs): the run on ``source.full_read_weekday`` is the periodic full read
+    :param scheduled_run_after: a scheduled run's ``run_after`` (None for manual and webhook
+        runs; the sync allows no backfill): the run on ``source.full_read_weekday`` is the periodic full read
     """
     cursor = spec.source.cursor
     periodic = scheduled_run_after is not None and is_full_read_day(
