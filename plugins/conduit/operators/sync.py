@@ -78,12 +78,26 @@ class CrmExtractPlanOperator(SyncStepOperator):
         staging = self.staging(context)
         staging.reset("raw")
         staging.reset("archived")
+        self._sweep_stale_runs(staging)
         # the items carry delete_missing: the load deletes what a full refresh or the periodic full read did not see
         items = steps.plan_extract(self.source, run, parallelism=self.spec.source.parallelism,
                                    object_ids=steps.webhook_object_ids(context.get("triggering_asset_events")))
         self.log.info("extract plan (%s): %s", run.reason, items)
         crash_point("plan_extract.end")
         return items
+
+
+    def _sweep_stale_runs(self, staging: RunStaging) -> None:
+        from conduit.pipeline.staging import staging_retention_s, sweep_stale_runs
+
+        retention = staging_retention_s()
+        if retention is None:
+            return
+        removed = sweep_stale_runs(staging.root.parent, keep=staging.root.name, older_than_s=retention,
+                                   now=time.time())
+        if removed:
+            self.log.info("removed the staged CRM records of %d runs unwritten for %.0f days: %s",
+                          len(removed), retention / 86_400, ", ".join(removed))
 
 
 class CrmExtractOperator(SyncStepOperator):

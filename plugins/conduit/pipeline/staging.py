@@ -36,6 +36,45 @@ def staging_root() -> Path:
     return Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "conduit" / "staging"
 
 
+RETENTION_ENV = "CONDUIT_STAGING_RETENTION_DAYS"
+DEFAULT_RETENTION_DAYS = 7.0
+
+
+def staging_retention_s() -> float | None:
+    """How long a run's staged files (CRM records, personal data) may outlive its last write:
+    ``CONDUIT_STAGING_RETENTION_DAYS`` (default 7; 0 keeps them for ever). Reconcile removes a
+    run's files once it has checked the load; these are the runs that never got there (failed,
+    plan only, rejected)."""
+    value = os.environ.get(RETENTION_ENV, str(DEFAULT_RETENTION_DAYS))
+    try:
+        days = float(value)
+    except ValueError:
+        raise ValueError(f"{RETENTION_ENV} must be a number of days, got {value!r}") from None
+    return days * 86_400 if days > 0 else None
+
+
+def last_written(root: Path) -> float:
+    """When anything was last written into a run's folder: a part lands in a writer's folder under
+    .versions/, a publish replaces a link in the run's folder, and either moves that folder's mtime."""
+    versions = root / VERSIONS
+    paths = [root, *root.iterdir(), *(versions.iterdir() if versions.is_dir() else ())]
+    return max(p.lstat().st_mtime for p in paths)
+
+
+def sweep_stale_runs(dag_dir: Path, *, keep: str, older_than_s: float, now: float) -> list[str]:
+    """Remove the staged files of the DAG's runs (other than ``keep``) not written to for
+    ``older_than_s``; returns their folder names. A later clear of such a run reads the CRM anew
+    from plan_extract (a plan or load alone says the files are gone)."""
+    removed = []
+    for run in sorted(dag_dir.iterdir()) if dag_dir.is_dir() else ():
+        if run.name == keep or not run.is_dir() or run.is_symlink():
+            continue
+        if now - last_written(run) > older_than_s:
+            RunStaging(run).remove()
+            removed.append(run.name)
+    return removed
+
+
 def staging_host() -> str:
     """The host in the staged files' lineage names (``file://<host>/<path>``). Every worker must
     name the same files alike, or lineage shows one dataset per worker: ``CONDUIT_STAGING_HOST``
