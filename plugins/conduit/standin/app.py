@@ -80,7 +80,7 @@ class Standin:
         self.limiter = RateLimiter(config.limits, config.enforce_rate_limits)
         self.requests: Counter[str] = Counter()
         self.sent: Counter[str] = Counter()
-        self.last_records: dict[tuple, dict] = {}  # per endpoint, the last record served (repeat_record)
+        self.last_records: dict[tuple, dict] = {}  # per endpoint and next cursor, a page's last record (repeat_record)
         self.set_faults(config.faults)
         self.reset()
 
@@ -164,6 +164,17 @@ async def _json_body(request: Request) -> dict:
 
 def _json(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
     return Response(dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+async def _after_of(request: Request) -> str | None:
+    """The paging cursor a list (query) or search (JSON body) request sends, if any."""
+    if request.method == "GET":
+        return request.query_params.get("after")
+    try:
+        after = (await request.json()).get("after")
+    except (ValueError, AttributeError):
+        return None
+    return None if after is None else str(after)
 
 
 class _ConnectionDropped(Exception):
@@ -310,10 +321,15 @@ def create_app(config: StandinConfig | None = None) -> FastAPI:
                     standin.sent[str(exc.status)] += 1
                     return _json(exc.status, exc.body(), headers)
                 results, previous = body.get("results") if isinstance(body, dict) else None, None
-                if isinstance(results, list):  # per endpoint: a live record never shows up as archived
+                if isinstance(results, list):
+                    # the previous page of the same listing (the page whose next cursor this request
+                    # sends), per endpoint: a first page repeats nothing, a live record never shows
+                    # up as archived, and another reader's listing does not leak into this one
                     endpoint = (object_type, name, _flag(request, "archived"))
-                    previous = standin.last_records.get(endpoint)
-                    standin.last_records[endpoint] = results[-1] if results else previous
+                    previous = standin.last_records.get((endpoint, await _after_of(request)))
+                    following = ((body.get("paging") or {}).get("next") or {}).get("after")
+                    if following is not None and results:
+                        standin.last_records[(endpoint, str(following))] = results[-1]
                 if spoil is None:
                     return _json(status, body, headers)
                 standin.sent[f"spoiled:{spoil.kind}"] += 1
