@@ -42,3 +42,12 @@ def test_key_checksums_add_up_and_parts_come_out_again():
 def test_frame_checksum_matches_pairs_and_renders_integer_keys_as_text():
     frame = pd.DataFrame({"crm_id": pd.array([2, 1], dtype="Int64"), "row_hash": ["bb", "aa"]})
     assert frame_key_checksum(frame, "crm_id") == key_checksum_of([("1", "aa"), ("2", "bb")])
+
+
+def test_checksum_in_batches_is_the_per_row_md5_sum_modulo_2_64():
+    # more rows than one batch, digests whose sum wraps past 2**64 many times
+    pairs = [(f"HS-C-{i}", hashlib.sha1(str(i).encode()).hexdigest()) for i in range(25_003)]
+    expected = sum(int(hashlib.md5(f"{k}:{h}".encode()).hexdigest()[:16], 16) for k, h in pairs) % (1 << 64)
+    assert key_checksum_of(iter(pairs)) == KeyChecksum(25_003, expected)
+    frame = pd.DataFrame({"crm_id": [k for k, _ in pairs], "row_hash": [h for _, h in pairs]})
+    assert frame_key_checksum(frame, "crm_id") == KeyChecksum(25_003, expected)
