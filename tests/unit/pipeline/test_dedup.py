@@ -128,3 +128,25 @@ def test_repeated_hashes_are_the_values_seen_more_than_once_across_the_arrays():
     assert np.array_equal(repeated_hashes(iter(parts)), values[counts > 1])  # any iterable, read once
     assert repeated_hashes([np.arange(10, dtype=np.uint64)]).size == 0
     assert repeated_hashes([]).dtype == np.uint64 and repeated_hashes([]).size == 0
+
+
+def test_ids_that_read_as_one_number_or_are_not_numbers_are_told_apart_by_their_text(tmp_path):
+    """Numeric ids are compared as numbers first (``id_values``): "07" and "7" meet there but are
+    different records; ids that are not numbers are hashed, and their repeats still found."""
+    import pyarrow as pa
+
+    from conduit.pipeline.dedup import id_values
+
+    def named(id_text: str, modified: pd.Timestamp, firstname: str) -> dict:
+        base = record(1, modified, firstname)
+        return {"id": id_text, "properties": {**base["properties"], "hs_object_id": id_text}}
+
+    assert id_values(pa.chunked_array([["7", "1001"]])).tolist() == [7, 1001]
+    assert id_values(pa.chunked_array([["x-7"]])).tolist() != id_values(pa.chunked_array([["x-8"]])).tolist()
+    staging = RunStaging(tmp_path)
+    later = T0 + pd.Timedelta(seconds=5)
+    stage(staging, "raw", "changed", [named("7", T0, "seven"), named("x-1", T0, "old")])
+    stage(staging, "raw", "ids", [named("07", later, "oh-seven"), named("x-1", later, "new")])
+    losers = superseded_reads(staging, "lastmodifieddate")
+    # only the older read of "x-1" loses (row 1 of the first part); "7" and "07" both stay
+    assert {path.parent.name: rows.tolist() for path, rows in losers.items()} == {"changed": [1]}
