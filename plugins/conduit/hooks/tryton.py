@@ -27,7 +27,8 @@ The API (``trytond/protocols/rest.py``), as this hook uses it:
 
 429/5xx answers and network errors are retried (:mod:`conduit.retries`: backoff with full
 jitter, never sooner than ``Retry-After``); any other 4xx fails at once with
-:class:`~conduit.exceptions.TrytonRequestError` (401/403: :class:`~conduit.exceptions.TrytonAuthError`).
+:class:`~conduit.exceptions.TrytonRequestError` (401/403: :class:`~conduit.exceptions.TrytonAuthError`),
+except a 404 answering a retried DELETE: the try whose answer was lost deleted the record.
 The API key is never logged nor put into a message.
 """
 
@@ -285,9 +286,26 @@ class TrytonHook(BaseHook):
         raise TrytonRequestError(response.status_code, method, path, self.tryton_conn_id, message, description)
 
     def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
-                context: dict | None = None) -> Any:
+                context: dict | None = None, gone_when_retried: bool = False) -> Any:
         """One API call; the decoded JSON body, or None for an empty answer. 429/5xx/network errors
-        are retried, then raise :class:`TrytonRetryableError`; other 4xx fail at once."""
+        are retried, then raise :class:`TrytonRetryableError`; other 4xx fail at once.
+
+        ``gone_when_retried`` (a DELETE): a retry answered 404 is done, None. The try before it may
+        have deleted the record in Tryton and lost its answer on the way back (a timeout, a reset
+        connection); the record is gone either way, which is what the call asked for."""
+        tries = 0
+
+        def send() -> Any:
+            nonlocal tries
+            tries += 1
+            try:
+                return self._send(method, path, params, json, context)
+            except TrytonRequestError as exc:
+                if not (gone_when_retried and tries > 1 and exc.status == 404):
+                    raise
+                self.log.warning("Tryton %s %s: no such record on retry %d, taken as deleted by the try "
+                                 "whose answer was lost", method, path, tries - 1)
+                return None
 
         def log_retry(attempt: int, exc: BaseException, wait: float) -> None:
             self.retries += 1
@@ -295,8 +313,7 @@ class TrytonHook(BaseHook):
                              method, path, exc, attempt, self.backoff.max_retries, wait)
 
         try:
-            return call_with_retries(lambda: self._send(method, path, params, json, context),
-                                     backoff=self.backoff, retry_on=_RETRY_ON, on_retry=log_retry)
+            return call_with_retries(send, backoff=self.backoff, retry_on=_RETRY_ON, on_retry=log_retry)
         except _RETRY_ON as exc:
             raise TrytonRetryableError(
                 f"Tryton {method} {path} (connection {self.tryton_conn_id!r}) still failing after "
@@ -376,8 +393,10 @@ class TrytonHook(BaseHook):
         return answer or {"id": int(record_id), "__name__": model}
 
     def delete(self, model: str, record_id: int, *, context: dict | None = None) -> None:
-        """Delete one record (a deactivated one only with ``context={"active_test": False}``)."""
-        self.request("DELETE", self.model_path(model, record_id), context=context)
+        """Delete one record (a deactivated one only with ``context={"active_test": False}``). A
+        retry that finds the record gone is done (the earlier try deleted it, its answer was lost):
+        :meth:`request`'s ``gone_when_retried``."""
+        self.request("DELETE", self.model_path(model, record_id), context=context, gone_when_retried=True)
 
     def describe(self) -> dict[str, Any]:
         """Plain facts for lineage (never the key): ``host``, ``port``, ``database``, ``url``."""
