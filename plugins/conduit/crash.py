@@ -46,6 +46,7 @@ replay.after_load                  ``pipeline.replay.replay``, load committed   
 tryton.batch_written               ``TrytonTarget._apply``, a batch in Tryton       parties the ledger does not know yet
 tryton.before_watermark            ``TrytonTarget.load``, every change applied      all parties and ledger; old watermark
 tryton.reactivated                 ``TrytonTarget._write_party``, 1st of 2 writes   a party active, old values; ledger: deactivated
+tryton.batch_deleted               ``TrytonTarget._apply``, deletions in Tryton     parties inactive or gone; ledger: active
 saga.action_done                   ``InlineSaga.step``, the action returned         an effect whose result is not logged
 =================================  ===============================================  ==========================================
 
@@ -87,6 +88,7 @@ replay.after_load                  entries closed in the load's transaction (clo
 tryton.batch_written               the load reads back Tryton's parties by code before it creates (not read)
 tryton.before_watermark            the load reads back Tryton's parties by code before it creates (not read)
 tryton.reactivated                 the ledger's "deactivated" overrides Tryton's active flag (Tryton's flag read)
+tryton.batch_deleted               the ledger catches up with Tryton's inactive or missing party (ledger trusted)
 saga.action_done                   the step's idempotency key on every try (a key per try)
 =================================  ==========================================================================
 """

@@ -14,7 +14,11 @@ Tryton has no transaction spanning requests, so exactly-once comes from three ru
 A load killed half way therefore leaves the watermark where it was; the retried load compares with
 Tryton again and finishes the same changes, without duplicating a party. Where Tryton alone cannot
 tell what a killed load left half done (a party re-activated by the first of its two writes, not
-yet given its values), the ledger decides (:func:`as_the_ledger_left_it`). Reconciliation reads the
+yet given its values), the ledger decides (:func:`as_the_ledger_left_it`). Where the ledger is the
+one behind on a deletion (the party deactivated or deleted, the kill before its ledger write: crash
+point ``tryton.batch_deleted``), Tryton decides: before it writes anything, a load touching such a
+party records it as deactivated, and forgets a deleted key whose party Tryton no longer holds
+(:attr:`Changes.ledger_deactivated`, :attr:`Changes.ledger_forget`). Reconciliation reads the
 parties back and hashes them exactly as the transform hashed the mapped rows.
 
 Tryton validates what it stores (e-mail syntax and, with DNS, the domain; phone numbers), and can
@@ -213,6 +217,13 @@ class Changes:
     unchanged: list[dict[str, Any]] = field(default_factory=list)  # rows
     ledger_behind: list[dict[str, Any]] = field(default_factory=list)
     """Unchanged rows the ledger does not know as written (a killed load wrote them to Tryton)."""
+    ledger_deactivated: list[dict[str, Any]] = field(default_factory=list)
+    """Parties Tryton holds inactive that the ledger records as active: a deactivation whose ledger
+    write a kill cut off (crash point ``tryton.batch_deleted``). Rows of the key and the version
+    the ledger holds, recorded as deactivated before anything else is written."""
+    ledger_forget: list[str] = field(default_factory=list)
+    """Keys to delete whose party Tryton no longer holds and the ledger still does: a hard delete
+    whose ledger write a kill cut off."""
     stale: int = 0
     modified_at: dict[str, datetime | None] = field(default_factory=dict)
     """The version the ledger records per key: the incoming row's, or a deleted record's stored one."""
@@ -453,14 +464,26 @@ class TrytonTarget(ErpTarget):
                     changes.ledger_behind.append(row)
         for code, archived_at in deleted.items():
             party, entry = parties.get(code), entries.get(code)
-            if party is None or code in incoming or (spec.target.delete_mode == "soft" and not party.get("active")):
+            if code in incoming:
                 continue
             if archived_at and entry and entry.source_modified_at and entry.source_modified_at > archived_at:
                 continue  # recreated in the source after it was archived: the newer version stays
+            if party is None:
+                if entry is not None:
+                    changes.ledger_forget.append(code)  # deleted in Tryton; a kill kept it in the ledger
+                continue
+            if spec.target.delete_mode == "soft" and not party.get("active"):
+                continue
             changes.deletes.append(party)
             # the ledger keeps the version it held (as the SQL target's row does), or older data
             # could later re-activate the deactivated party
             changes.modified_at[code] = entry.source_modified_at if entry else None
+        deleting = {p["code"] for p in changes.deletes}
+        for code, party in parties.items():
+            entry = entries.get(code)
+            if entry is not None and entry.active and not party.get("active", True) and code not in deleting:
+                # deactivated in Tryton, "active" in the ledger: a kill cut off the ledger write
+                changes.ledger_deactivated.append({spec.target.key: code, SOURCE_MODIFIED_AT: entry.source_modified_at})
         return changes, country_ids
 
     def plan(self, spec: SyncSpec, batches: Iterable[pd.DataFrame], *, run_id: str,
@@ -537,6 +560,10 @@ class TrytonTarget(ErpTarget):
                 return message
             return None
 
+        # first the ledger catches up with deletions a killed load made in Tryton: a party it then
+        # re-activates must be known as deactivated should the re-activation be cut off in turn
+        # (as_the_ledger_left_it)
+        record(changes.ledger_deactivated, active=False, forget=changes.ledger_forget)
         for chunk in self._chunks(spec, changes.creates):
             refused = self._create(spec, chunk, country_ids)
             crash_point("tryton.batch_written")
@@ -555,10 +582,12 @@ class TrytonTarget(ErpTarget):
         for chunk in self._chunks(spec, changes.deletes):
             if spec.target.delete_mode == "hard":
                 self._parallel(spec, lambda party: self.hook.delete(PARTY, party["id"], context=ALL_RECORDS), chunk)
+                crash_point("tryton.batch_deleted")
                 record([], forget=[p["code"] for p in chunk])
             else:
                 self._parallel(spec, lambda party: self.hook.write(PARTY, party["id"], {"active": False},
                                                                        context=ALL_RECORDS), chunk)
+                crash_point("tryton.batch_deleted")
                 record([{key: p["code"], SOURCE_MODIFIED_AT: changes.modified_at.get(p["code"])} for p in chunk],
                        active=False)
             progress("deleted" if spec.target.delete_mode == "hard" else "deactivated", len(chunk))
