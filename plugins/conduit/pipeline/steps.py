@@ -129,9 +129,76 @@ def extract_item(source: CrmSource, staging: RunStaging, item: dict[str, Any],
     with staging.writer("archived" if kind == "archived" else "raw", name) as writer:
         rows = write_pages(source.read(item), writer, props, progress)
     logger.info("%s", progress.line())
+    # records read by id: which of those the read did not return are gone from the CRM for good
+    gone = {"gone": stage_gone_records(source, staging, item, name, logger)} if kind == "ids" else {}
     return {"kind": kind, "mode": item["mode"], "watermark_ms": item["watermark_ms"], "rows": rows,
             "pages": progress.pages, "requests": source.requests_sent - requests_before,
-            "retries": source.retries - retries_before}
+            "retries": source.retries - retries_before, **gone}
+
+
+# --- records webhooks named that the CRM no longer has ----------------------------------------
+
+GONE_RECORDS_FILE = "gone_records.json"
+"""Beside a run's staged parts: the CRM ids of records webhooks named that the CRM confirmed gone
+for good (:meth:`CrmSource.gone_records`), written by the ``ids`` work item, read by the plan and
+the load (:func:`gone_record_keys`)."""
+
+
+def stage_gone_records(source: CrmSource, staging: RunStaging, item: dict[str, Any], partition: str,
+                       logger: logging.Logger = log) -> int:
+    """After an ``ids`` work item staged the live records of the ids it names (raw/``partition``),
+    ask the CRM which of the others are gone for good (erased for privacy, merged away: neither
+    live nor archived) and stage their ids, replacing what an earlier try staged. Returns how many."""
+    import json
+    import os
+    import uuid
+
+    from conduit.pipeline.staging import read_part
+
+    read = {str(i) for path in staging.parts("raw") if path.parent.name == partition
+            for i in read_part(path, ["id"]).column("id").to_pylist()}
+    unread = [str(i) for i in item["ids"] if str(i) not in read]
+    gone = source.gone_records(unread) if unread else []
+    staging.root.mkdir(parents=True, exist_ok=True)
+    path = staging.root / GONE_RECORDS_FILE
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(gone))
+    os.replace(tmp, path)
+    if gone:
+        logger.info("%d of the %d records read by id are gone from the CRM for good (not live, not "
+                    "archived): the load removes them from the ERP: %s", len(gone), len(item["ids"]),
+                    ", ".join(gone[:20]))
+    return len(gone)
+
+
+def gone_record_keys(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -> list[Any]:
+    """The ERP keys of the records :func:`stage_gone_records` staged, found by the ERP's CRM id
+    column (a gone record has no properties left to map a key from): every row of theirs, active or
+    not, for the load to delete per ``delete_mode`` like an archived record's, unconditionally (a
+    record gone for good has no newer version)."""
+    ids = gone_record_ids(staging)
+    if not ids:
+        return []
+    return target.fetch_rows_of_records(spec, ids)[spec.target.key].tolist()
+
+
+def gone_record_ids(staging: RunStaging) -> list[str]:
+    """The CRM ids :func:`stage_gone_records` staged for this run (none without the file)."""
+    import json
+
+    path = staging.root / GONE_RECORDS_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _staged_keys_of_records(spec: SyncSpec, staging: RunStaging, crm_ids: Iterable[str]) -> set[str]:
+    """The keys of the staged mapped rows of these CRM records."""
+    from conduit.targets.base import CRM_ID
+
+    if CRM_ID not in spec.mapping:
+        return set()
+    lookup, key = key_lookup(crm_ids), spec.target.key
+    return {key_text(k) for f in staging.read_frames("mapped", [key, CRM_ID])
+            for k in f.loc[in_keys(f[CRM_ID], lookup), key]}
 
 
 def extract(source: CrmSource, staging: RunStaging, run: RunPlan, *, parallelism: int = 1,
@@ -150,6 +217,7 @@ def summarize_extract(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {"mode": results[0]["mode"], "watermark_ms": results[0]["watermark_ms"],
             "rows": sum(r["rows"] for r in results if r["kind"] != "archived"),
             "webhook_records": sum(r["rows"] for r in results if r["kind"] == "ids"),
+            "gone_records": sum(r.get("gone", 0) for r in results),
             "archived": sum(r["rows"] for r in results if r["kind"] == "archived"),
             "pages": sum(r["pages"] for r in results), "requests": sum(r["requests"] for r in results),
             "retries": sum(r["retries"] for r in results)}
@@ -198,6 +266,7 @@ def load_inputs(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, full_
 
     deleted = [(k, ts.to_pydatetime()) for frame in staging.read_frames("mapped_archived", [key, "source_modified_at"])
                for k, ts in zip(frame[key].tolist(), frame["source_modified_at"], strict=True)]
+    deleted += gone_record_keys(target, spec, staging)  # named by webhooks, gone from the CRM for good
     if full_refresh and staging.count("mapped") == 0:
         from conduit.exceptions import EmptySourceError
 
@@ -734,11 +803,16 @@ def loaded_rows(frame: pd.DataFrame, key: str, skip: pa.Array) -> np.ndarray:
 
 
 def _skipped_keys(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -> frozenset[str]:
-    """Keys the load did not upsert: rejected by the gate, archived in the CRM, or held in the ERP
-    for a record the gate rejected without its key (:func:`held_keys`)."""
+    """Keys the load did not upsert, or upserted and deleted: rejected by the gate, archived in the
+    CRM, gone from it for good (:func:`gone_record_ids`), or held in the ERP for a record the gate
+    rejected without its key (:func:`held_keys`)."""
     key, rejected = spec.target.key, read_rejected(staging)
     archived = {k for f in staging.read_frames("mapped_archived", [key]) for k in f[key]}
-    return rejected.keys | archived | held_keys(target, spec, rejected.keyless_crm_ids)
+    # gone for good, yet read by the window's search (its index lags behind an erasure): loaded,
+    # then deleted in the same transaction
+    gone = gone_record_ids(staging)
+    gone_keys = _staged_keys_of_records(spec, staging, gone) if gone else set()
+    return rejected.keys | archived | gone_keys | held_keys(target, spec, rejected.keyless_crm_ids)
 
 
 def _key_checksums(target: ErpTarget, spec: SyncSpec, staging: RunStaging, skip: frozenset[str]):

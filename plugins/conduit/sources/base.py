@@ -2,8 +2,9 @@
 
 A source reads one object type (contacts, companies, ...) of one CRM system. The pipeline
 (:mod:`conduit.pipeline.steps`) plans a run's work items with it, reads each item as pages into
-staged Parquet parts, re-reads records by id (webhooks, quarantine replay) and asks it two
-questions when it reconciles. Everything system-specific (endpoints, request bodies, the names
+staged Parquet parts, re-reads records by id (webhooks, quarantine replay), asks which of the
+ids webhooks named are gone for good (:meth:`CrmSource.gone_records`) and asks it two questions
+when it reconciles. Everything system-specific (endpoints, request bodies, the names
 of its id, creation and modification properties, how a response is decoded, lineage naming)
 stays behind this interface, in ``conduit.sources.<system>``.
 
@@ -70,6 +71,14 @@ class CrmSource(ABC):
     def read_records(self, ids: Sequence[str]) -> list[dict[str, Any]]:
         """The live records of ``ids`` (any number), each with :meth:`raw_properties`; ids the CRM
         does not have live (archived, deleted, never there) are left out."""
+
+    def gone_records(self, ids: Sequence[str]) -> list[str]:
+        """Of ``ids`` (records a read by id did not return), those the CRM confirms it no longer
+        has at all: neither live nor archived (erased for privacy, merged into another record, or
+        never there). The sync removes their ERP rows, as a full read would. An id the CRM still
+        has, live or archived, or whose state the CRM did not say, is never in the answer; a
+        source that cannot tell answers none (this default), and its removals wait for a full read."""
+        return []
 
     @abstractmethod
     def count_created_before(self, upper_ms: int) -> int:

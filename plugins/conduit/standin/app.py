@@ -32,7 +32,13 @@ from conduit.standin.store import (
     decode_cursor,
     encode_cursor,
 )
-from conduit.standin.webhooks import Subscription, WebhookSender, change_events
+from conduit.standin.webhooks import (
+    Subscription,
+    WebhookSender,
+    change_events,
+    merge_event,
+    privacy_deletion_event,
+)
 
 # A page of 100 records: ~0.1 ms with orjson or msgspec (installed with Airflow), ~1 ms with json.
 try:
@@ -264,6 +270,10 @@ class RateLimitsBody(_Body):
     search_per_second: int = Field(default=Limits.search_per_second, ge=1)
     retry_after: bool = Field(default=True, description="send Retry-After on 429s (HubSpot does not promise it)")
     enforce: bool = True
+
+
+class MergeBody(_Body):
+    merged: int | str = Field(description="the record merged into the primary (gone afterwards)")
 
 
 class WebhookBody(_Body):
@@ -540,6 +550,18 @@ def _admin_routes(app: FastAPI, standin: Standin) -> None:
 
     @app.delete("/_admin/{object_type}/{record_id}")
     async def hard_delete(object_type: str, record_id: str):
+        """GDPR delete: gone for good (not archived), reported as a privacy deletion."""
         store, pos = located(object_type, record_id)
         store.delete(pos)
+        standin.webhooks.emit([privacy_deletion_event(object_type, store.ids[pos], now_ms())])
         return {"deleted": record_id}
+
+    @app.post("/_admin/{object_type}/{record_id}/merge")
+    async def merge(object_type: str, record_id: str, body: MergeBody):
+        """Merge ``body.merged`` into the record ``record_id`` (the primary, which survives)."""
+        store, primary = located(object_type, record_id)
+        _, merged = located(object_type, str(body.merged))
+        moved = store.merge(primary, merged)
+        standin.webhooks.emit([merge_event(object_type, store.ids[primary], [store.ids[merged]],
+                                           store.table.modified_ms[primary], moved)])
+        return full(store, primary)

@@ -36,6 +36,7 @@ TEXT_SEARCH_PROPERTIES = {
 }
 MODIFIED_ALIASES = frozenset({"lastmodifieddate", "hs_lastmodifieddate"})
 READ_ONLY = frozenset({"hs_object_id", "createdate"}) | MODIFIED_ALIASES
+MERGED_IDS = "hs_merged_object_ids"  # the ids merged into a record, ";"-separated (set by merges only)
 _ALWAYS = ("hs_object_id", "createdate")
 
 
@@ -307,6 +308,24 @@ class ObjectStore:
         for column in self.table.columns.values():
             column[pos] = None
         self._by_value.clear()
+
+    def merge(self, primary: int, merged: int) -> int:
+        """Merge the record at ``merged`` into the one at ``primary`` (both live, not the same), as
+        HubSpot's merge does: the primary keeps its id and its values, takes the merged record's
+        values where it has none, lists the merged id in ``hs_merged_object_ids`` and is modified
+        now; the merged-away record is gone for good (no live record, not archived either: reading
+        its id finds nothing). Returns how many properties moved."""
+        if primary == merged or self.state[primary] != LIVE or self.state[merged] != LIVE:
+            raise validation_error("a merge takes two different live records", field="objectIdToMerge")
+        moved = {name: column[merged] for name, column in self.table.columns.items()
+                 if name != MERGED_IDS and column[primary] is None and column[merged] is not None}
+        earlier = [i for i in (self.value(primary, MERGED_IDS) or "").split(";") if i]
+        moved_too = [i for i in (self.value(merged, MERGED_IDS) or "").split(";") if i]
+        ids = ";".join(dict.fromkeys([*earlier, str(self.table.ids[merged]), *moved_too]))
+        self._set_properties(primary, {**moved, MERGED_IDS: ids})
+        self._retime(primary, self.clock())
+        self.delete(merged)
+        return len(moved)
 
     def not_live_between(self, lo: int, hi: int) -> int:
         """How many positions in [lo, hi) are archived or deleted (none when hi <= lo: an empty range)."""

@@ -43,6 +43,10 @@ class AdminClient(AdminSession):
         """GDPR delete: gone for good, never listed as archived."""
         return self._call("DELETE", f"/{object_type}/{record_id}")
 
+    def merge(self, primary_id: str | int, merged_id: str | int, *, object_type: str = "contacts") -> dict:
+        """Merge ``merged_id`` into ``primary_id``: the primary survives (returned), the other is gone."""
+        return self._call("POST", f"/{object_type}/{primary_id}/merge", {"merged": merged_id})
+
     def bulk_modify(self, count: int | None = None, *, ids: list | None = None, properties: dict | None = None,
                     lastmodifieddate_ms: int | None = None, seed: int | None = None,
                     object_type: str = "contacts") -> dict:

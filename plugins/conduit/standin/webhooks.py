@@ -39,6 +39,22 @@ def change_events(object_type: str, kind: str, object_id: int, occurred_at: int,
     return [{**base, "propertyName": name, "propertyValue": value} for name, value in (changes or {}).items()]
 
 
+def merge_event(object_type: str, primary_id: int, merged_ids: list[int], occurred_at: int,
+                properties_moved: int) -> dict:
+    """HubSpot's merge event (changelog "New subscription types for Webhooks"): ``objectId`` and
+    ``primaryObjectId`` name the surviving record (``newObjectId`` too: this stand-in's merges keep
+    the primary's id), ``mergedObjectIds`` the records merged into it, which are gone."""
+    return {"subscriptionType": f"{_SUBSCRIPTION_PREFIX[object_type]}.merge", "objectId": primary_id,
+            "occurredAt": occurred_at, "changeSource": "API", "primaryObjectId": primary_id,
+            "mergedObjectIds": merged_ids, "newObjectId": primary_id, "numberOfPropertiesMoved": properties_moved}
+
+
+def privacy_deletion_event(object_type: str, object_id: int, occurred_at: int) -> dict:
+    """A GDPR delete: ``<object>.privacyDeletion`` naming the erased record."""
+    return {"subscriptionType": f"{_SUBSCRIPTION_PREFIX[object_type]}.privacyDeletion", "objectId": object_id,
+            "occurredAt": occurred_at, "changeSource": "GDPR"}
+
+
 class WebhookSender:
     def __init__(self):
         self.subscription: Subscription | None = None

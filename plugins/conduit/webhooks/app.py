@@ -120,9 +120,8 @@ async def store_events(
     try:
         async with client.pipeline(transaction=True) as pipe:
             for event in events:
-                pipe.xadd(
-                    stream_key(sync_name), event.stream_fields(), maxlen=STREAM_MAXLEN, approximate=True
-                )
+                for fields in event.stream_entries():  # a merge names its survivor and the merged
+                    pipe.xadd(stream_key(sync_name), fields, maxlen=STREAM_MAXLEN, approximate=True)
             await pipe.execute()
     except RedisError:
         with contextlib.suppress(RedisError):

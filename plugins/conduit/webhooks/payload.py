@@ -8,9 +8,17 @@ types. An association change (``<object>.associationChange``) names two objects
 (``fromObjectId``/``toObjectId``) and no ``objectId``: it is valid, checked like any event, and
 becomes no stream entry (:func:`object_events`); rejecting it would reject the whole batch, the
 changes delivered beside it included.
+
+A merge (``<object>.merge``) names every record it touched: the survivor (``objectId``,
+``primaryObjectId``, ``newObjectId``) and the records merged into it (``mergedObjectIds``), which
+are gone afterwards. Each named id becomes a stream entry of its own (:meth:`HubSpotEvent.stream_entries`),
+so a sync run reads every one of them by id: the survivor is loaded, and the ids the CRM no longer
+has (merged away; or erased by a ``privacyDeletion``) are removed from the ERP by that run.
 """
 
 from __future__ import annotations
+
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -21,6 +29,7 @@ class InvalidPayload(ValueError):
 
 MAX_INT64 = 2**63 - 1
 ASSOCIATION_CHANGE = ".associationChange"
+MAX_MERGED_IDS = 1000  # the records one merge event names besides its survivor (HubSpot merges two)
 
 
 class HubSpotEvent(BaseModel):
@@ -32,13 +41,29 @@ class HubSpotEvent(BaseModel):
     object_id: int | None = Field(None, alias="objectId", ge=0, le=MAX_INT64)  # None: association changes only
     subscription_type: str = Field(alias="subscriptionType", pattern=r"^[a-z_]+\.[A-Za-z_]+$", max_length=100)
     occurred_at: int = Field(alias="occurredAt", ge=0, le=MAX_INT64)
+    # merges only: the survivor, and the records merged into it
+    primary_object_id: int | None = Field(None, alias="primaryObjectId", ge=0, le=MAX_INT64)
+    new_object_id: int | None = Field(None, alias="newObjectId", ge=0, le=MAX_INT64)
+    merged_object_ids: list[Annotated[int, Field(ge=0, le=MAX_INT64)]] = Field(
+        default_factory=list, alias="mergedObjectIds", max_length=MAX_MERGED_IDS)
 
     @property
     def names_an_object(self) -> bool:
         return not self.subscription_type.endswith(ASSOCIATION_CHANGE)
 
+    def object_ids(self) -> list[int]:
+        """Every object the event names, once each: ``objectId``, then a merge's survivor and the
+        records merged into it."""
+        named = [self.object_id, self.primary_object_id, self.new_object_id, *self.merged_object_ids]
+        return list(dict.fromkeys(i for i in named if i is not None))
+
+    def stream_entries(self) -> list[dict[str, str]]:
+        """The entries written to the sync's Redis stream: one per object the event names
+        (:meth:`object_ids`), keyed by HubSpot's own field names."""
+        return [{**self.stream_fields(), "objectId": str(object_id)} for object_id in self.object_ids()]
+
     def stream_fields(self) -> dict[str, str]:
-        """The entry written to the sync's Redis stream, keyed by HubSpot's own field names."""
+        """The entry of the event's ``objectId``, keyed by HubSpot's own field names."""
         return {
             "objectId": str(self.object_id),
             "subscriptionType": self.subscription_type,

@@ -144,3 +144,46 @@ def test_a_body_cut_short_is_retried_and_one_that_is_not_json_is_not():
     assert not hook._cut_short(ValueError("Input data was truncated"))
     # a body cut off mid-transfer, as requests' session raises it (behind a proxy), is retried too
     assert requests.exceptions.ChunkedEncodingError in hook._RETRY_ON
+
+
+class BatchReplies:
+    """Answers batch reads (``hook.request``) from a list of replies, recording what was asked: the
+    HubSpot answers the stand-in never gives (an error other than not found, a batch not COMPLETE)."""
+
+    def __init__(self, *replies):
+        self.replies, self.calls = list(replies), []
+
+    def objects_path(self, object_type):
+        return f"/crm/v3/objects/{object_type}"
+
+    def request(self, method, path, *, params=None, json=None):
+        self.calls.append((method, path, params["archived"], [i["id"] for i in json["inputs"]]))
+        return self.replies.pop(0)
+
+
+def test_gone_records_leave_alone_ids_the_crm_did_not_answer_not_found_for():
+    other_error = {"status": "error", "category": "RATE_LIMITS", "context": {"ids": ["3"]}}
+    not_found = {"status": "error", "category": "OBJECT_NOT_FOUND", "context": {"ids": ["1", "2", "3", "4"]}}
+    hook = BatchReplies(
+        {"status": "COMPLETE", "results": [{"id": "4"}], "errors": [other_error, not_found]},  # archived?
+        {"status": "COMPLETE", "results": [{"id": "9"}], "errors": [not_found]},  # live? (2 answered as 9: merged)
+    )
+    source = HubSpotSource(SPEC.source, hook=hook)
+
+    assert source.gone_records(["1", "2", "3", "4", "1"]) == ["1", "2"]
+    assert hook.calls == [("POST", "/crm/v3/objects/contacts/batch/read", "true", ["1", "2", "3", "4"]),
+                          ("POST", "/crm/v3/objects/contacts/batch/read", "false", ["1", "2"])]
+
+
+def test_gone_records_refuse_to_guess_from_a_batch_read_that_did_not_complete():
+    from conduit.exceptions import CrmRetryableError
+
+    source = HubSpotSource(SPEC.source, hook=BatchReplies({"status": "PROCESSING", "results": []}))
+    with pytest.raises(CrmRetryableError, match="PROCESSING"):
+        source.gone_records(["1"])
+
+
+def test_an_error_naming_no_ids_leaves_the_whole_batch_alone():
+    hook = BatchReplies({"status": "COMPLETE", "results": [], "errors": [{"category": "INTERNAL_ERROR"}]})
+    assert HubSpotSource(SPEC.source, hook=hook).gone_records(["1", "2"]) == []
+    assert len(hook.calls) == 1  # nothing left to ask about

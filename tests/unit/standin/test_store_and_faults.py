@@ -179,3 +179,19 @@ def test_body_faults_spoil_requests_the_status_faults_let_through():
         status = injector.next(is_search=True)
         spoiled.append("5xx" if status else (fault.kind if (fault := injector.spoil()) else None))
     assert spoiled == ["reset", "5xx", "truncate", "5xx", None, "5xx"]
+
+
+def test_a_merge_keeps_the_primary_and_leaves_no_trace_of_the_merged_record(store):
+    primary, merged = 3, 4
+    store.table.columns["phone"][primary] = None
+    store.table.columns["phone"][merged] = "+1 202 555 0101"
+    primary_id, merged_id = store.table.ids[primary], store.table.ids[merged]
+
+    moved = store.merge(primary, merged)
+
+    assert moved >= 1 and store.value(primary, "phone") == "+1 202 555 0101"  # filled where empty
+    assert store.value(primary, "hs_merged_object_ids") == str(merged_id)
+    assert store.find(str(primary_id)) == primary and store.find(str(merged_id)) is None  # gone, by id too
+    assert merged not in _list_all(store) and merged not in _list_all(store, archived=True)  # not archived
+    with pytest.raises(ApiError):
+        store.merge(primary, merged)  # the merged record is no live record any more

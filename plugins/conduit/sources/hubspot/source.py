@@ -230,6 +230,41 @@ class HubSpotSource(CrmSource):
         return [record for batch in chunks(list(ids))
                 for record in self.hook.batch_read(self.object_type, batch, props)]
 
+    def gone_records(self, ids: Sequence[str]) -> list[str]:
+        """Batch reads: the archived records among ``ids`` first (the archived listing deletes
+        those, restorable for 90 days), then the rest live once more, so that a record archived and
+        restored meanwhile is found live. What neither read returns under its own id is gone (a
+        merged-away id may come back as its survivor, under the survivor's id). An id the CRM
+        answers anything but found or ``OBJECT_NOT_FOUND`` for is not gone: it is left alone."""
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        if not wanted:
+            return []
+        found, unsure = self._batch_found(wanted, archived=True)
+        candidates = [i for i in wanted if i not in found and i not in unsure]
+        found, unsure = self._batch_found(candidates, archived=False)
+        return [i for i in candidates if i not in found and i not in unsure]
+
+    def _batch_found(self, ids: list[str], *, archived: bool) -> tuple[set[str], set[str]]:
+        """(the ids a batch read returned, the ids it reported an error other than not found for)."""
+        from conduit.exceptions import CrmRetryableError
+
+        found: set[str] = set()
+        unsure: set[str] = set()
+        path = f"{self.hook.objects_path(self.object_type)}/batch/read"
+        for batch in chunks(ids):
+            reply = self.hook.request("POST", path, params={"archived": str(archived).lower()},
+                                      json={"inputs": [{"id": i} for i in batch], "properties": [ID_PROPERTY]})
+            if reply.get("status", "COMPLETE") != "COMPLETE":
+                raise CrmRetryableError(f"HubSpot batch read of {self.object_type} answered status "
+                                        f"{reply.get('status')!r}, not COMPLETE: cannot tell which records are gone")
+            found.update(str(record["id"]) for record in reply.get("results") or ())
+            for error in reply.get("errors") or ():
+                if error.get("category") == "OBJECT_NOT_FOUND":
+                    continue
+                # an error naming no ids leaves the whole batch in doubt
+                unsure.update(str(i) for i in (error.get("context") or {}).get("ids") or batch)
+        return found, unsure
+
     def count_created_before(self, upper_ms: int) -> int:
         return int(self.hook.search(self.object_type, created_before_body(upper_ms))["total"])
 
