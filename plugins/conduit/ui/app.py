@@ -18,10 +18,15 @@ task instances and XComs. The overview lists only such DAGs; a sync the user may
 403 with no data. The replay button is shown to users who may trigger the replay DAG, and the
 page triggers it through Airflow's own REST API with the user's cookie, so Airflow checks that
 permission again and records the action; the replay DAG's own facts (its latest run for the
-sync, whether it is paused) are shown only to users who may read its runs. A spec that does not
-load is a 500 naming the spec's file (relative to the specs folder) and the field to users who may
-see Airflow's import errors (a broken spec fails its DAG file), and only that the specs do not
-load to others; never a path of the server (the whole message goes to the server's log).
+sync, whether it is paused) are shown only to users who may read its runs. Each sync's health
+stands on its own: a spec that does not load makes that sync failing in the overview (the others
+render as ever) and its own page a 500; both name the spec's file (relative to the specs folder)
+and the field to users who may see Airflow's import errors (a broken spec fails its DAG file),
+and only that it does not load to others. An expectation suite that does not load makes its sync
+failing (every run fails at the quality gate) and its page still renders, naming the suite's file
+(relative to the expectations folder) and the field to users who may read the sync's task logs
+(where Airflow shows the gate's failure). Never a path of the server: the whole message goes to
+the server's log.
 Responses never carry connection details: the state
 store's errors name only the connection id and the exception type. Data Docs are served for a
 sync's runs only, and no page of them but a site's index may run inline scripts: GX writes the
@@ -111,6 +116,15 @@ def can_read_runs(user: Any, dag_id: str) -> bool:
         _read_requests(dag_id, DagModel.get_team_name(dag_id), ("RUN",)), user=user)
 
 
+def can_read_task_logs(user: Any, dag_id: str) -> bool:
+    """The DAG's task logs: where Airflow shows why its quality gate failed (a suite that does
+    not load)."""
+    from airflow.models.dag import DagModel
+
+    return _auth_manager().batch_is_authorized_dag(
+        _read_requests(dag_id, DagModel.get_team_name(dag_id), ("TASK_LOGS",)), user=user)
+
+
 def can_see_import_errors(user: Any) -> bool:
     """Airflow's DAG import errors: where a broken spec's problem shows (it fails its DAG file)."""
     from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
@@ -169,23 +183,67 @@ def overview(user: Any, *, limit: int = OVERVIEW_LIMIT, offset: int = 0) -> dict
     and remembered until the sync's runs change."""
     from airflow.utils.session import create_session
 
-    specs = data.load_sync_specs()
+    specs, problems = data.load_sync_specs(), data.spec_problems()
+    broken: dict[str, list[data.SpecProblem]] = {}
+    for problem in problems:
+        if problem.name:
+            broken.setdefault(problem.name, []).append(problem)
     now = _now()
     with create_session() as session:
-        names = readable(user, specs, session)
+        names = readable(user, [*specs, *broken], session)
         facts = data.dag_facts(session, names)
         runs = data.latest_runs(session, names)
         replays = data.replay_runs(session, limit=5)
+    good = [n for n in names if n in specs]
     replay_version = tuple((r["run_id"], r["state"]) for r in replays)
-    versions = {n: (tuple((r.run_id, r.state) for r in runs.get(n, [])), replay_version) for n in names}
-    states = data.read_states([specs[n] for n in names], versions)
-    rows = health.most_urgent_first(
-        _overview_row(specs[n], runs.get(n, []), states[n], facts.get(n), now) for n in names)
+    versions = {n: (tuple((r.run_id, r.state) for r in runs.get(n, [])), replay_version) for n in good}
+    states = data.read_states([specs[n] for n in good], versions)
+    rows = health.most_urgent_first([
+        *(_overview_row(specs[n], runs.get(n, []), states[n], facts.get(n), now, _suite_problem(user, specs[n]))
+          for n in good),
+        *(_broken_row(user, n, broken[n], runs.get(n, []), facts.get(n)) for n in names if n not in specs)])
     return {"generated_at": health._iso(now), "total": len(names), "limit": limit, "offset": offset,
-            "verdicts": health.verdict_counts(rows), "syncs": rows[offset: offset + limit]}
+            "verdicts": health.verdict_counts(rows), "spec_problems": _spec_message(user, problems),
+            "syncs": rows[offset: offset + limit]}
 
 
-def _overview_row(spec, runs, state: data.StateFacts, facts: data.DagFacts | None, now: datetime) -> dict[str, Any]:
+SUITE_DOES_NOT_LOAD = "its expectation suite does not load"
+
+
+def _suite_problem(user: Any, spec) -> str | None:
+    """None when the spec's expectation suite loads (or it has none); else what the browser is
+    told: the suite's file (relative to the expectations folder), the field and the problem to a
+    user who may read the sync's task logs (the quality gate's log says the same), only that it
+    does not load to others. The whole message goes to the log."""
+    error = data.suite_error(spec)
+    if error is None:
+        return None
+    log.error("sync %s: %s: %s", spec.name, SUITE_DOES_NOT_LOAD, error)
+    if not can_read_task_logs(user, spec.name):
+        return f"{SUITE_DOES_NOT_LOAD}; the quality gate's task log and the API server's log say why"
+    return f"{SUITE_DOES_NOT_LOAD}: " + "; ".join(public_problem_lines(error, data.expectations_dir()))
+
+
+def _broken_row(user: Any, name: str, problems: list[data.SpecProblem], runs: list[health.RunRecord],
+                facts: data.DagFacts | None) -> dict[str, Any]:
+    """The overview's line of a sync whose spec does not load: failing, saying why (to whom
+    :func:`_spec_message` would), with the runs it had; nothing the spec would say."""
+    if can_see_import_errors(user):
+        why = ": " + "; ".join(line for p in problems for line in public_problem_lines(p.error, data.syncs_dir()))
+    else:
+        why = " (Airflow's DAG import errors and the API server's log say why)"
+    last = health.latest_finished(runs)
+    return {"name": name, "target_type": None, "schedule": None, "paused": bool(facts and facts.paused),
+            "last_run": health._run_brief(runs[0] if runs else None), "last_finished_run": health._run_brief(last),
+            "next_run": None, "freshness": None, "counts": health._counts(last) if last else None,
+            "recent": [{**health._run_brief(r), "counts": health._counts(r)} for r in runs if r.finished],
+            "quarantine_open": None, "verdict": health.FAILING, "spec_problem": True, "suite_problem": None,
+            "reason": f"its spec does not load{why}; its DAG cannot be parsed until the spec is fixed",
+            "description": ""}
+
+
+def _overview_row(spec, runs, state: data.StateFacts, facts: data.DagFacts | None, now: datetime,
+                  suite_problem: str | None = None) -> dict[str, Any]:
     schedule = spec.schedule
     error = state.error if state.error and _ever_loaded(runs) else None  # no run yet: no state tables yet
     paused = bool(facts and facts.paused)
@@ -197,6 +255,14 @@ def _overview_row(spec, runs, state: data.StateFacts, facts: data.DagFacts | Non
         quarantine_open=None if state.error else len(state.quarantine), next_run=next_run,
         paused=paused, now=now, state_error=error)
     row["description"] = (spec.description.strip().splitlines() or [""])[0]
+    row["spec_problem"] = False
+    row["suite_problem"] = suite_problem
+    if suite_problem:  # the gate loads the suite: every run fails there until it is fixed
+        note = f"every run fails at the quality gate: {suite_problem}"
+        if row["verdict"] in (health.HEALTHY, health.STALE):
+            row["verdict"], row["reason"] = health.FAILING, note
+        else:
+            row["reason"] += f"; {note}"
     return row
 
 
@@ -224,8 +290,9 @@ def sync_detail(user: Any, dag_id: str, request: Request, *, limit: int = RUNS_L
         replay_readable = data.REPLAY_DAG_ID in facts and can_read_runs(user, data.REPLAY_DAG_ID)
         replays = [r for r in data.replay_runs(session) if r["sync"] == dag_id] if replay_readable else []
     state = data.read_state(spec)
-    row = _overview_row(spec, runs, state, facts.get(dag_id), now)
-    expectations = health.expectations_of(data.suite_entries(spec))
+    suite_problem = _suite_problem(user, spec)
+    row = _overview_row(spec, runs, state, facts.get(dag_id), now, suite_problem)
+    expectations = [] if suite_problem else health.expectations_of(data.suite_entries(spec))
     by_run = health.group_by_run(state.quarantine)
     gated = next((r for r in runs if isinstance(r.summaries.get("quality_gate"), dict)
                   and gate_run in (None, r.run_id)), None)
@@ -279,9 +346,18 @@ def _docs_exist(dag_id: str, run: health.RunRecord) -> bool:
 
 
 def _docs_url(urls: dict[str, str], dag_id: str, run_id: str) -> str:
+    return f"{urls['ui']}/data-docs/{dag_id}/{_docs_site(dag_id, run_id)}/index.html"
+
+
+def _docs_site(dag_id: str, run_id: str) -> str:
+    """The run's Data Docs site in a URL: its folder's name (``[A-Za-z0-9_.-]``, what the run id
+    becomes on disk), not the run id. Airflow's ``[scheduler] allowed_run_id_pattern`` may let a
+    run id hold ``#``, ``?``, ``%``, spaces or ``/``, and even its default lets a final newline
+    through, which no mounted app's route matches however quoted (Starlette's ``Mount`` pattern
+    stops at a newline). The route takes a folder's name as it takes a run id (the same folder)."""
     from urllib.parse import quote
 
-    return f"{urls['ui']}/data-docs/{dag_id}/{quote(run_id, safe='')}/index.html"
+    return quote(data.data_docs_dir(dag_id, run_id).name, safe="")
 
 
 def _plain_plan(plan: Any) -> dict[str, Any]:
@@ -326,37 +402,37 @@ def _json(payload: Any) -> JSONResponse:
     return JSONResponse(payload, headers={"Cache-Control": "no-store"})
 
 
-SPECS_DO_NOT_LOAD = "the sync specs do not load"
-
-
-def _spec_problem(user: Any) -> str | None:
-    """None when the specs load; else what the browser is told (see :func:`public_spec_problem`):
-    why, to a user who may see Airflow's import errors, only that they do not load to others. The
-    whole message, with the server's paths, goes to the log."""
-    from conduit.exceptions import SpecError
-
+def _spec_message(user: Any, problems: list[data.SpecProblem]) -> str | None:
+    """None without ``problems``; else what the browser is told: each spec file that does not load
+    (see :func:`public_spec_problem`) to a user who may see Airflow's import errors, only how many
+    to others. The whole messages, with the server's paths, go to the log."""
+    if not problems:
+        return None
+    for problem in problems:
+        log.error("a sync spec does not load: %s", problem.error)
+    head = f"{len(problems)} sync spec{' does' if len(problems) == 1 else 's do'} not load"
+    if not can_see_import_errors(user):
+        return f"{head}; Airflow's DAG import errors and the API server's log say why."
     folder = data.syncs_dir()
-    try:
-        data.load_sync_specs(folder)
-    except SpecError as exc:
-        log.error("%s: %s", SPECS_DO_NOT_LOAD, exc)
-        if not can_see_import_errors(user):
-            return f"{SPECS_DO_NOT_LOAD}; Airflow's DAG import errors and the API server's log say why."
-        return f"{SPECS_DO_NOT_LOAD}: {public_spec_problem(exc, folder)}"
-    return None
+    return f"{head}:\n" + "\n".join(line for p in problems for line in public_problem_lines(p.error, folder))
 
 
 def public_spec_problem(exc: Any, folder: Path) -> str:
     """A ``SpecError``'s message as a browser may see it: each problem names its spec by the file's
     path relative to ``folder`` (the specs folder), the field and what is wrong, and no absolute
     path of the server is left in it."""
-    lines = [str(exc).partition("\n")[0]]  # "invalid sync spec"
+    return "\n".join([str(exc).partition("\n")[0], *public_problem_lines(exc, folder)])  # "invalid sync spec"
+
+
+def public_problem_lines(exc: Any, folder: Path) -> list[str]:
+    """A ``SpecError``'s problems, one a line, as :func:`public_spec_problem` shows them."""
+    lines = []
     for where, problem in exc.problems:
         if Path(where).is_absolute():  # several files' problems: (file, "field: problem")
             lines.append(f"{_spec_file(where, folder)}: {problem}")
         else:
             lines.append(f"{_spec_file(exc.path, folder)}: {where}: {problem}")
-    return "\n".join(without_server_paths(line) for line in lines)
+    return [without_server_paths(line) for line in lines]
 
 
 def _spec_file(path: str, folder: Path) -> str:
@@ -387,11 +463,15 @@ def _is_server_folder(name: str) -> bool:
         return False
 
 
+def _own_spec_problem(user: Any, dag_id: str) -> str | None:
+    """What :func:`_spec_message` tells of the specs that say they are ``dag_id`` and do not load
+    (the other syncs' specs are not this page's business)."""
+    return _spec_message(user, [p for p in data.spec_problems() if p.name == dag_id])
+
+
 @ui_app.get("/api/syncs")
 def api_syncs(user: GetUserDep, limit: int = Query(OVERVIEW_LIMIT, ge=1, le=OVERVIEW_MAX),
               offset: int = Query(0, ge=0)) -> JSONResponse:
-    if problem := _spec_problem(user):
-        raise HTTPException(500, problem)
     return _json(overview(user, limit=limit, offset=offset))
 
 
@@ -399,7 +479,7 @@ def api_syncs(user: GetUserDep, limit: int = Query(OVERVIEW_LIMIT, ge=1, le=OVER
 def api_sync(dag_id: str, request: Request, user: GetUserDep,
              limit: int = Query(RUNS_LIMIT, ge=1, le=data.MAX_RUNS), run_id: str | None = None) -> JSONResponse:
     require_read(user, dag_id)
-    if problem := _spec_problem(user):
+    if problem := _own_spec_problem(user, dag_id):
         raise HTTPException(500, problem)
     detail = sync_detail(user, dag_id, request, limit=limit, gate_run=run_id)
     if detail is None:
@@ -411,8 +491,6 @@ def api_sync(dag_id: str, request: Request, user: GetUserDep,
 @ui_app.get("/syncs", response_class=HTMLResponse, include_in_schema=False)
 def overview_page(request: Request, user: GetUserDep, limit: int = Query(OVERVIEW_LIMIT, ge=1, le=OVERVIEW_MAX),
                   offset: int = Query(0, ge=0)) -> HTMLResponse:
-    if problem := _spec_problem(user):
-        return _page(request, "message.html", {"title": "Conduit syncs", "message": problem}, 500)
     return _page(request, "overview.html", {"view": overview(user, limit=limit, offset=offset)})
 
 
@@ -420,7 +498,7 @@ def overview_page(request: Request, user: GetUserDep, limit: int = Query(OVERVIE
 def sync_page(dag_id: str, request: Request, user: GetUserDep,
               limit: int = Query(RUNS_LIMIT, ge=1, le=data.MAX_RUNS), run_id: str | None = None) -> HTMLResponse:
     require_read(user, dag_id)
-    if problem := _spec_problem(user):
+    if problem := _own_spec_problem(user, dag_id):
         return _page(request, "message.html", {"title": dag_id, "message": problem}, 500)
     detail = sync_detail(user, dag_id, request, limit=limit, gate_run=run_id)
     if detail is None:  # the tab shows on every DAG page
@@ -441,7 +519,7 @@ def data_docs(dag_id: str, run_id: str, path: str, request: Request, user: GetUs
         media_type = mimetypes.guess_type(wanted.name)[0] or "application/octet-stream"
         return FileResponse(wanted, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
     urls = bases(request)
-    site_url = f"{urls['ui']}/data-docs/{dag_id}/{request.path_params['run_id']}/"
+    site_url = f"{urls['ui']}/data-docs/{dag_id}/{_docs_site(dag_id, run_id)}/"
     html = rewrite_cdn_urls(wanted.read_text(errors="replace"), f"{urls['static']}/vendor/",
                             f"{site_url}static/images/")
     csp = DATA_DOCS_CSP if _is_site_index(dag_id, run_id, wanted) else DATA_DOCS_VALUES_CSP
@@ -455,11 +533,14 @@ def _is_site_index(dag_id: str, run_id: str, page: Path) -> bool:
 def _data_docs_file(dag_id: str, run_id: str, path: str) -> Path | None:
     """The file of a sync run's Data Docs site the request names, or None. Only a sync's: the
     site's folder is named by the DAG id as given, so another id (``..``, decoded from ``%2E%2E``)
-    would reach the staged CRM records beside the sites. A NUL byte is no path either (``resolve``
-    raises ``ValueError`` on it)."""
+    would reach the staged CRM records beside the sites, and a run id ``..`` another sync's sites.
+    A NUL byte is no path either (``resolve`` raises ``ValueError`` on it)."""
     if dag_id not in data.load_sync_specs() or "\x00" in run_id + path:
         return None
-    site = data.data_docs_dir(dag_id, run_id).resolve()
+    site = data.data_docs_dir(dag_id, run_id)
+    if site.name == "..":  # a run id "..": the folder of every sync's sites (Airflow refuses it for a run)
+        return None
+    site = site.resolve()
     wanted = (site / (path or "index.html")).resolve()
     return wanted if wanted.is_relative_to(site) and wanted.is_file() else None
 

@@ -47,6 +47,16 @@ _specs_lock = threading.Lock()
 _specs_cache: dict[str, Any] = {}
 
 
+@dataclass(frozen=True)
+class SpecProblem:
+    """A spec file that does not load (or a sync name more than one file claims). ``name``: the
+    sync it is for, as far as that can be read (its ``name`` field, else the file's stem);
+    ``error``: what is wrong, naming file and field (its message holds the server's paths)."""
+
+    name: str | None
+    error: Any  # conduit.exceptions.SpecError
+
+
 def syncs_dir() -> Path:
     from conduit.factory import include_dir
 
@@ -54,30 +64,122 @@ def syncs_dir() -> Path:
 
 
 def load_sync_specs(directory: Path | None = None) -> dict[str, SyncSpec]:
-    """Every spec by name, parsed again only when a file in the folder changed. A broken spec
-    raises ``SpecError`` (naming file and field), as it fails the DAG file."""
-    from conduit.specs.model import load_specs
+    """Every spec that loads, by name (parsed again only when a file in the folder changed). Each
+    spec stands on its own: a broken one is left out (see :func:`spec_problems`), the others are
+    here."""
+    return dict(_load(directory)[0])
 
+
+def spec_problems(directory: Path | None = None) -> list[SpecProblem]:
+    """The specs that do not load, one per file (a name used by more than one spec: one for the
+    name, naming the files)."""
+    return list(_load(directory)[1])
+
+
+def _load(directory: Path | None) -> tuple[dict[str, SyncSpec], list[SpecProblem]]:
     folder = directory or syncs_dir()
     files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
     stamp = (str(folder), tuple((str(p), p.stat().st_mtime_ns) for p in files))
     with _specs_lock:
         if _specs_cache.get("stamp") != stamp:
-            _specs_cache["specs"] = {s.name: s for s in load_specs(folder)}
+            _specs_cache["loaded"] = _load_each(folder, files)
             _specs_cache["stamp"] = stamp
-        return dict(_specs_cache["specs"])
+        return _specs_cache["loaded"]
+
+
+def _load_each(folder: Path, files: list[Path]) -> tuple[dict[str, SyncSpec], list[SpecProblem]]:
+    """Each file on its own (``load_specs`` fails them all for one): the DAG of a broken spec
+    cannot run, but the other syncs' health is still theirs."""
+    from conduit.exceptions import SpecError
+    from conduit.specs.model import load_spec
+
+    by_name: dict[str, list[tuple[Path, SyncSpec]]] = {}
+    problems: list[SpecProblem] = []
+    for path in files:
+        try:
+            spec = load_spec(path)
+        except SpecError as exc:
+            problems.append(SpecProblem(_claimed_name(path), exc))
+        else:
+            by_name.setdefault(spec.name, []).append((path, spec))
+    for name, found in by_name.items():
+        if len(found) > 1:
+            names = ", ".join(str(p.relative_to(folder)) for p, _ in found)
+            problems.append(SpecProblem(name, SpecError(str(folder), [
+                ("name", f"{name!r} is used by more than one spec: {names}")])))
+    broken = {p.name for p in problems}
+    specs = {name: found[0][1] for name, found in by_name.items() if len(found) == 1 and name not in broken}
+    return specs, problems
+
+
+def _claimed_name(path: Path) -> str | None:
+    """The sync a broken spec is for: its ``name`` when the file reads as YAML, else its stem."""
+    from conduit.specs.model import read_yaml
+
+    try:
+        data = read_yaml(path)
+    except Exception:  # noqa: BLE001 - the spec's own error says why it does not read
+        return path.stem
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and name else path.stem
+
+
+def expectations_dir() -> Path:
+    return syncs_dir().parent / "expectations"
 
 
 def suite_entries(spec: SyncSpec) -> list[Any]:
     """What the spec's gate evaluates: its suite plus the field checks its mapping adds (empty
-    without a quality gate)."""
+    without a quality gate). A suite that does not load raises ``SpecError`` (naming its file and
+    field), as it fails the sync's quality gate."""
     if spec.quality is None:
         return []
     from conduit.quality.defects import field_checks
+
+    suite = _suite(expectations_dir() / spec.quality.suite)
+    return list(suite.with_field_checks(field_checks(spec)).expectations)
+
+
+def suite_error(spec: SyncSpec) -> Any:
+    """The ``SpecError`` of the spec's expectation suite when it does not load, else None."""
+    from conduit.exceptions import SpecError
+
+    try:
+        suite_entries(spec)
+    except SpecError as exc:
+        return exc
+    return None
+
+
+_suites_lock = threading.Lock()
+_suites_cache: dict[Path, tuple[Any, Any]] = {}
+
+
+def _suite(path: Path) -> Any:
+    """The suite file, parsed again only when it changed (the overview asks for every sync's);
+    raises its ``SpecError`` when it does not load."""
+    from conduit.exceptions import SpecError
     from conduit.quality.suite import load_suite
 
-    suite = load_suite(syncs_dir().parent / "expectations" / spec.quality.suite)
-    return list(suite.with_field_checks(field_checks(spec)).expectations)
+    try:
+        info = path.stat()
+        stamp: Any = (info.st_mtime_ns, info.st_size, info.st_ino)
+    except OSError:
+        stamp = None  # missing or unreadable: load_suite says which
+    with _suites_lock:
+        cached = _suites_cache.get(path)
+    if cached is None or cached[0] != stamp or stamp is None:
+        try:
+            found: Any = load_suite(path)
+        except SpecError as exc:
+            found = exc
+        with _suites_lock:
+            _suites_cache[path] = (stamp, found)
+    else:
+        found = cached[1]
+    if isinstance(found, SpecError):
+        raise found
+    return found
 
 
 # --- the metadata database ---------------------------------------------------------------------------

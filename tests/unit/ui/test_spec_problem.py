@@ -9,7 +9,7 @@ import pytest
 
 from conduit.exceptions import SpecError
 from conduit.specs.model import load_specs
-from conduit.ui.app import public_spec_problem, without_server_paths
+from conduit.ui.app import public_problem_lines, public_spec_problem, without_server_paths
 
 REPO = Path(__file__).resolve().parents[3]
 FLAGSHIP = REPO / "include" / "syncs" / "crm_to_erp_customer_sync.yaml"
@@ -65,3 +65,33 @@ def test_a_file_outside_the_specs_folder_is_named_by_its_file_name(tmp_path):
 ])
 def test_absolute_paths_of_the_server_are_cut_to_their_file_name(tmp_path, text, shown):
     assert without_server_paths(text.format(tmp=tmp_path)) == shown
+
+
+# --- each spec on its own (the health view's loading: conduit.ui.data) ------------------------------
+
+
+def test_a_broken_spec_leaves_the_others_loaded(tmp_path):
+    from conduit.ui import data
+
+    (tmp_path / "crm_to_erp_customer_sync.yaml").write_text(FLAGSHIP.read_text())
+    broken_spec(tmp_path, "broken_sync")
+    (tmp_path / "not_yaml.yaml").write_text("name: [unclosed\n")
+    assert list(data.load_sync_specs(tmp_path)) == ["crm_to_erp_customer_sync"]
+    problems = data.spec_problems(tmp_path)
+    assert [p.name for p in problems] == ["broken_sync", "not_yaml"]  # its name, else its file's stem
+    assert [line.split(": ")[0] for p in problems for line in public_problem_lines(p.error, tmp_path)] == [
+        "broken_sync.yaml", "not_yaml.yaml"]
+
+
+def test_a_name_used_twice_is_a_problem_of_that_sync_naming_both_files(tmp_path):
+    from conduit.ui import data
+
+    (tmp_path / "a.yaml").write_text(FLAGSHIP.read_text())
+    (tmp_path / "b.yaml").write_text(FLAGSHIP.read_text())
+    broken_spec(tmp_path, "c_sync")
+    ok = FLAGSHIP.read_text().replace("name: crm_to_erp_customer_sync", "name: d_sync")
+    (tmp_path / "d.yaml").write_text(ok)
+    assert list(data.load_sync_specs(tmp_path)) == ["d_sync"]
+    twice = [p for p in data.spec_problems(tmp_path) if p.name == "crm_to_erp_customer_sync"]
+    assert [line for p in twice for line in public_problem_lines(p.error, tmp_path)] == [
+        "(the specs folder): name: 'crm_to_erp_customer_sync' is used by more than one spec: a.yaml, b.yaml"]
