@@ -58,7 +58,8 @@ def saga_row(order_id: str) -> tuple[dict, list[dict]]:
 
 def trigger_order_run(order: dict, **params) -> str:
     """A run of order_fulfilment made as the REST API's trigger makes it and started by the
-    scheduler's own code, none of its tasks run yet (see :func:`run_tasks`). Returns its run_id."""
+    scheduler's own code, none of its tasks run yet (``airflow_runs.run_existing_dagrun`` runs
+    them). Returns its run_id."""
     from airflow.api.common.trigger_dag import trigger_dag
     from airflow.utils.types import DagRunTriggeredByType
     from airflow_runs import register_dags_and_unpause, scheduler_creates_and_starts_runs
@@ -67,6 +68,28 @@ def trigger_order_run(order: dict, **params) -> str:
     run = trigger_dag("order_fulfilment", triggered_by=DagRunTriggeredByType.REST_API,
                       conf={"order": order, "ship_within_s": 30, "ship_poll_s": 0.1, **params})
     scheduler_creates_and_starts_runs()
+    return run.run_id
+
+
+def trigger_run(dag_id: str, conf: dict) -> str:
+    """As :func:`trigger_order_run`, for any DAG: a triggered run the scheduler's own code starts,
+    none of its tasks run yet. Only queued runs are started, and the DAG is paused again after:
+    a scheduled DAG (the nightly) gets no run of its schedule, now or in a later test's scheduler
+    loop (its ``max_active_runs`` would start that one instead)."""
+    from airflow.api.common.trigger_dag import trigger_dag
+    from airflow.executors.local_executor import LocalExecutor
+    from airflow.jobs.job import Job
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+    from airflow.utils.session import create_session
+    from airflow.utils.types import DagRunTriggeredByType
+    from airflow_runs import register_dags_and_unpause, set_paused
+
+    register_dags_and_unpause(dag_id)
+    run = trigger_dag(dag_id, triggered_by=DagRunTriggeredByType.REST_API, conf=conf)
+    time.sleep(1.05 - time.time() % 1)  # a run starts once run_after <= now(), in SQLite's whole seconds
+    with create_session() as session:
+        SchedulerJobRunner(job=Job(), executors=[LocalExecutor()])._start_queued_dagruns(session)
+    set_paused(dag_id, True)
     return run.run_id
 
 

@@ -137,3 +137,45 @@ def test_a_business_refusal_is_not_repeated_nothing_to_undo(one_try_each):
     payment = next(s for s in steps if s["step"] == "payment")
     assert payment["error"].startswith("BusinessRejection"), payment
     assert payment["compensation_result"] == {"payment": None, "reason": "nothing was authorized"}, payment
+
+
+def test_a_payment_answered_507_and_done_later_is_repeated_and_voided(one_try_each):
+    """507 Insufficient Storage (RFC 4918 §11.5: the method could not be performed, a condition
+    considered temporary) may come after part of the work, as any 5xx may: no proof nothing was
+    done. Before, it failed at once as a refused request, the compensation found no authorisation
+    yet, and the held request left money held. Now it is retried with its key like a 503, the
+    action fails with its outcome unknown, and the compensation repeats and voids it."""
+    services = one_try_each
+    services.admin.faults(payment={"fail_next": TRIES, "mode": "5xx_then_late", "status": 507, "delay_s": HELD_S,
+                                   "operation": "authorize"})
+    order = new_order()
+
+    dag_run, states = run_order(order)
+
+    assert dag_run.state == DagRunState.FAILED, states
+    assert (states["payment.action"], states["payment.compensate"]) == ("failed", "success"), states
+    _, steps = saga_row(order["order_id"])
+    payment = next(s for s in steps if s["step"] == "payment")
+    assert payment["error"].startswith("ServiceOutcomeUnknown") and "507" in payment["error"], payment["error"]
+    assert payment["compensation_result"].get("status") == "voided", payment
+    let_held_requests_land(services, "5xx_then_late")
+    assert effects(services, order["order_id"]) == {"reserve": 1, "release": 1, "authorize": 1, "void": 1}
+    assert_repeated_once(services, "payment", "authorize")
+
+
+@pytest.mark.parametrize("status", [501, 505])
+def test_a_payment_refused_with_501_or_505_is_not_retried_nor_repeated(one_try_each, status):
+    """501 Not Implemented and 505 HTTP Version Not Supported refuse the request before any work
+    (RFC 9110 §15.6.2, §15.6.6): nothing was done, nothing is retried or repeated."""
+    services = one_try_each
+    services.admin.faults(payment={"fail_next": 1, "mode": "5xx", "status": status, "operation": "authorize"})
+    order = new_order()
+
+    dag_run, states = run_order(order)
+
+    assert dag_run.state == DagRunState.FAILED, states
+    assert services.admin.requests()["payment"]["authorize"]["received"] == 1  # no retry, no repeat
+    assert effects(services, order["order_id"]) == {"reserve": 1, "release": 1}
+    _, steps = saga_row(order["order_id"])
+    payment = next(s for s in steps if s["step"] == "payment")
+    assert payment["error"].startswith("ServiceRequestError"), payment["error"]

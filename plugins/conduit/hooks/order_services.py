@@ -5,8 +5,10 @@ Each service has its own connection (``inventory_default``, ``payment_default``,
 ``max_retries``, ``backoff_max``). Every mutating call carries an ``Idempotency-Key`` that the
 caller derives from the saga and the step, so a retried request, a retried task or a rerun never
 reserves, charges or ships twice. 429/5xx/timeouts are retried with :mod:`conduit.retries`
-(full jitter, honouring ``Retry-After``); a business refusal (out of stock, declined,
-undeliverable) is a :class:`~conduit.exceptions.BusinessRejection` and any other 4xx a
+(full jitter, honouring ``Retry-After``); of the 5xx only 501 and 505, refusals before any work, are
+not, and a 409 ``idempotency_key_in_use`` (the key's first request still being processed) is
+(:func:`retryable_answer`). A business refusal (out of stock, declined, undeliverable) is a
+:class:`~conduit.exceptions.BusinessRejection` and any other 4xx (or a 501/505) a
 :class:`~conduit.exceptions.ServiceRequestError`, both failing at once. A call that runs out of
 retries is a :class:`~conduit.exceptions.ServiceOutcomeUnknown` when any try may have been done
 (:func:`may_have_been_done`), else a :class:`~conduit.exceptions.ServiceRetryableError`.
@@ -39,6 +41,12 @@ from conduit.retries import (
 
 # HTTP statuses the order services use for "no, for a business reason" (the body names it).
 BUSINESS_REFUSALS = frozenset({402, 409, 422})
+# 5xx statuses that refuse the request before any work (RFC 9110 §15.6.2, §15.6.6): the method or
+# the HTTP version is not supported. Nothing was done, and trying again cannot help.
+REFUSED_BEFORE_WORK = frozenset({501, 505})
+# the 409's error code of a request whose Idempotency-Key is that of one still being processed (the
+# IETF Idempotency-Key draft's answer): no refusal, the first request may still be done
+KEY_IN_USE = "idempotency_key_in_use"
 _SETTINGS = ("timeout", "max_retries", "backoff_max")
 
 
@@ -97,7 +105,7 @@ class OrderServiceHook(HttpHook):
             if response.status_code < 400:
                 return response.json() if response.content else None
             message = _message(response, self._secrets)
-            if response.status_code in RETRYABLE_STATUS:
+            if retryable_answer(response.status_code, _error_code(response)):
                 raise RetryableResponse(response.status_code, message,
                                         retry_after_seconds(response.headers.get("Retry-After")))
             where = f"{self.service} {method} {path}"
@@ -135,6 +143,15 @@ class OrderServiceHook(HttpHook):
         if response.status_code in (401, 403) or response.status_code >= 500:
             return False, f"{self.service} answered {response.status_code}: {_message(response, self._secrets)}"
         return True, f"{self.service} reachable"
+
+
+def _error_code(response: requests.Response) -> str | None:
+    """The ``error`` code of the service's JSON error body, or None."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("error") if isinstance(body, dict) else None
 
 
 def _message(response: requests.Response, secrets: Iterable[str | None] = ()) -> str:
@@ -219,6 +236,19 @@ class ShippingHook(OrderServiceHook):
 
     def cancel_shipment(self, shipment_id: str, key: str) -> dict:
         return self.call("POST", f"/shipping/shipments/{shipment_id}/cancel", idempotency_key=key)
+
+
+def retryable_answer(status: int, error: str | None = None) -> bool:
+    """Whether an answer (its status and the body's ``error`` code) is tried again with its key,
+    and counts as a try that may have been done. A 429 or 5xx of
+    :data:`~conduit.retries.RETRYABLE_STATUS`, and any other 5xx but the refusals of
+    :data:`REFUSED_BEFORE_WORK`: a 5xx says the server failed, not that it did nothing (507
+    Insufficient Storage, temporary by RFC 4918 §11.5, may come after part of the work, as may a
+    gateway's own 5xx after it passed the request on). And a 409 :data:`KEY_IN_USE`: the key's
+    first request is still being processed, so there is no answer for the key yet, only a later one."""
+    if status in RETRYABLE_STATUS or (500 <= status < 600 and status not in REFUSED_BEFORE_WORK):
+        return True
+    return status == 409 and error == KEY_IN_USE
 
 
 def may_have_been_done(exc: BaseException) -> bool:

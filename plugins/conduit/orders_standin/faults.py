@@ -33,7 +33,7 @@ class TransientFaults(BaseModel):
 
     fail_next: int = Field(default=0, ge=0, description="how many calls still fail; each faulted call uses one")
     operation: str | None = Field(default=None, description="only calls of this operation fail")
-    mode: Mode = Field(default="5xx", description="5xx: 503 unavailable; 429: rate_limited; "
+    mode: Mode = Field(default="5xx", description="5xx: 503 unavailable (or ``status``); 429: rate_limited; "
                                                   "timeout: done and remembered, answered after delay_s; "
                                                   "late: held delay_s (or until POST /_admin/late/release) "
                                                   "before it is done (a request queued in the service), "
@@ -43,6 +43,15 @@ class TransientFaults(BaseModel):
                                                   "5xx_then_late: answered 503 at once, and held like a late "
                                                   "request, then done (a gateway gave up on a service "
                                                   "still working)")
+    key_in_use_conflict: bool = Field(
+        default=False,
+        description="a request whose Idempotency-Key is that of a request still held (late, 5xx_then_late) "
+                    "and not done yet is answered 409 idempotency_key_in_use, and not remembered (the "
+                    "IETF Idempotency-Key draft's answer while the first request is still processed); "
+                    "off, it is done now and the held one, done later, is its replay")
+    status: int = Field(default=503, ge=500, le=599,
+                        description="the status a 5xx, 5xx_after_effect or 5xx_then_late fault answers with "
+                                    "(503 unavailable, 507 insufficient storage, ...)")
     retry_after_s: int = Field(default=1, ge=0, description="the 429's Retry-After header")
     delay_s: float = Field(default=3.0, ge=0,
                            description="how long a timeout fault holds the answer (a late or 5xx_then_late "
@@ -109,6 +118,7 @@ class Injected:
     mode: Mode
     retry_after_s: int
     delay_s: float
+    status: int = 503
 
 
 def take_fault(settings: TransientFaults, operation: str) -> Injected | None:
@@ -116,4 +126,4 @@ def take_fault(settings: TransientFaults, operation: str) -> Injected | None:
     if settings.fail_next <= 0 or settings.operation not in (None, operation):
         return None
     settings.fail_next -= 1
-    return Injected(settings.mode, settings.retry_after_s, settings.delay_s)
+    return Injected(settings.mode, settings.retry_after_s, settings.delay_s, settings.status)

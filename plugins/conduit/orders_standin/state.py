@@ -38,6 +38,8 @@ _ADVICE = {
     ("refund", "authorized"): "; void it instead",
     ("cancel", "shipped"): "; it has left the warehouse",
 }
+_SERVER_ERRORS = {500: "internal_error", 501: "not_implemented", 502: "bad_gateway", 503: "unavailable",
+                  504: "gateway_timeout", 505: "http_version_not_supported", 507: "insufficient_storage"}
 _KINDS = {"reservations": "reservation", "authorizations": "authorization", "shipments": "shipment"}
 
 
@@ -108,11 +110,16 @@ def stable_score(order_id: str) -> float:
     return int.from_bytes(digest[:8], "big") % 2500 / 10_000
 
 
+def _key(call: Call) -> str | None:
+    return (call.idempotency_key or "").strip() or None
+
+
 def fault_reply(service: str, fault: Injected) -> Reply:
     if fault.mode == "429":
         return ServiceError(429, "rate_limited", f"{service}: too many requests, retry after {fault.retry_after_s} s",
                             {"Retry-After": str(fault.retry_after_s)}).reply()
-    return ServiceError(503, "unavailable", f"{service} is temporarily unavailable").reply()
+    code = _SERVER_ERRORS.get(fault.status, "server_error")
+    return ServiceError(fault.status, code, f"{service} is temporarily unavailable").reply()
 
 
 def _locked(method):
@@ -140,6 +147,7 @@ class OrderServices:
         self.held: Counter[str] = Counter()  # units per SKU held by live reservations
         self.entries: list[tuple[str, dict]] = []  # (service, ledger entry), in global order
         self.remembered: dict[tuple[str, str], _Remembered] = {}
+        self.in_flight: Counter[tuple[str, str]] = Counter()  # (service, key) of held requests not done yet
         self.counts: defaultdict[str, defaultdict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
 
     # --- the door every request goes through ----------------------------------------------------
@@ -153,14 +161,19 @@ class OrderServices:
         if fault is not None:
             counts["faulted"] += 1
             if fault.mode == "late":  # nothing happened yet: the caller performs it after the delay
+                self._hold(call)
                 return Answer(None, late_s=fault.delay_s)
             if fault.mode == "5xx_then_late":  # a 503 now, and still done after the delay
+                self._hold(call)
                 return Answer(fault_reply(call.service, fault), late_s=fault.delay_s)
             if fault.mode == "5xx_after_effect":  # done (a repeat is replayed), and yet a 503
                 self._execute(call, action, counts)
                 return Answer(fault_reply(call.service, fault))
             if fault.mode != "timeout":  # nothing happened and nothing is remembered: a retry must run
                 return Answer(fault_reply(call.service, fault))
+        in_use = self._key_in_use(call)
+        if in_use is not None:
+            return Answer(in_use)
         reply = self._execute(call, action, counts)
         slow = self.faults.shipping.status_delay_s if (call.service, call.operation) == ("shipping", "status") else 0
         return Answer(reply, (fault.delay_s if fault else 0.0) + slow)
@@ -169,10 +182,29 @@ class OrderServices:
     def perform(self, call: Call, action: Callable[[str | None], dict]) -> Answer:
         """A late request, once its delay is over: done now, under the same contract (a key the
         service saw meanwhile makes it a repeat that does nothing)."""
+        key = _key(call)
+        if key is not None and self.in_flight[(call.service, key)] > 0:
+            self.in_flight[(call.service, key)] -= 1
         return Answer(self._execute(call, action, self.counts[call.service][call.operation]))
 
+    def _hold(self, call: Call) -> None:
+        key = _key(call)
+        if key is not None:
+            self.in_flight[(call.service, key)] += 1
+
+    def _key_in_use(self, call: Call) -> Reply | None:
+        """The 409 for a request whose key is that of a held request not done yet (when the
+        service's ``key_in_use_conflict`` is on): no answer for the key exists yet to replay."""
+        key = _key(call)
+        if (key is None or not getattr(self.faults, call.service).key_in_use_conflict
+                or not self.in_flight[(call.service, key)] or (call.service, key) in self.remembered):
+            return None
+        return ServiceError(409, "idempotency_key_in_use",
+                            f"a request with Idempotency-Key {key!r} is still being processed; "
+                            f"retry it later").reply()
+
     def _execute(self, call: Call, action: Callable[[str | None], dict], counts: Counter[str]) -> Reply:
-        key = (call.idempotency_key or "").strip() or None
+        key = _key(call)
         if key is None and call.key_required:
             return ServiceError(400, "missing_idempotency_key",
                                 f"{call.method} {call.path} needs an Idempotency-Key header").reply()

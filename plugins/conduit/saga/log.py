@@ -88,6 +88,7 @@ events = Table(
     Column("detail", JSON),
     Column("at", Float, nullable=False),
 )
+_ACTION_EVENTS = ("action_started", "action_failed", "action_succeeded")
 
 
 def _serialise_sqlite_writers(engine: Engine) -> None:
@@ -172,6 +173,16 @@ class SagaLog:
         with self.engine.connect() as conn:
             rows = conn.execute(select(events).where(events.c.saga_id == saga_id).order_by(events.c.id))
             return [dict(r._mapping) for r in rows]
+
+    def action_tries(self, saga_id: str, step: str) -> list[tuple[str, str | None]]:
+        """Every try of a step's action as the log saw it, oldest first: ``(event, error)`` for its
+        ``action_started``, ``action_failed`` and ``action_succeeded`` events (the step's row keeps
+        only the last try's error)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(events.c.event, events.c.detail).where(
+                events.c.saga_id == saga_id, events.c.step == step, events.c.event.in_(_ACTION_EVENTS),
+            ).order_by(events.c.id))
+            return [(event, (detail or {}).get("error")) for event, detail in rows]
 
     def set_cause(self, saga_id: str, cause: str, *, step: str | None = None) -> None:
         """Record why the saga will not commit (the first cause wins: later ones are consequences)."""

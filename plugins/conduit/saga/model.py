@@ -10,6 +10,7 @@ owed. These functions are those decisions.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 
@@ -36,14 +37,41 @@ class ActionStatus(StrEnum):
 _OUTCOME_UNKNOWN_ERRORS = ("ServiceOutcomeUnknown", "AirflowTaskTimeout")
 
 
-def outcome_unknown(status: str, error: str | None) -> bool:
+def outcome_unknown(status: str, error: str | None, tries: Iterable[tuple[str, str | None]] = ()) -> bool:
     """Whether a step's action may have had an effect nobody saw, or may still have one: it was
-    running when its task died, or it failed in a way that leaves its requests possibly done or
-    still to be done (the saga log's ``error`` begins with the exception's class name). Its
-    compensation repeats it with its key first (``conduit.saga.operators.result_to_undo``)."""
+    running when its task died, or any of its tries failed in a way that leaves its requests
+    possibly done or still to be done (the saga log's ``error`` begins with the exception's class
+    name). ``status`` and ``error`` are the step's row (its last try); ``tries`` are its action
+    events from the saga log, oldest first (:func:`tries_outcome_unknown`): a last try that never
+    reached the service proves nothing about an earlier one that did. Its compensation repeats it
+    with its key first (``conduit.saga.operators.result_to_undo``)."""
     if status == ActionStatus.RUNNING:
         return True
-    return status == ActionStatus.FAILED and (error or "").split(":", 1)[0] in _OUTCOME_UNKNOWN_ERRORS
+    if status != ActionStatus.FAILED:  # succeeded: its outcome is the logged result; pending: never started
+        return False
+    return error_outcome_unknown(error) or tries_outcome_unknown(tries)
+
+
+def error_outcome_unknown(error: str | None) -> bool:
+    """Whether a logged failure (``"<exception class>: <message>"``) leaves the try's requests
+    possibly done or still to be done."""
+    return (error or "").split(":", 1)[0] in _OUTCOME_UNKNOWN_ERRORS
+
+
+def tries_outcome_unknown(tries: Iterable[tuple[str, str | None]]) -> bool:
+    """Whether any try of an action may have been done: ``tries`` are its ``action_started``,
+    ``action_failed`` (with the error) and ``action_succeeded`` events, oldest first. A try that
+    failed with an unknown outcome counts, and so does a try that started and never ended (its
+    task killed in the middle of its call, a later try started after it)."""
+    open_tries = 0
+    for event, error in tries:
+        if event == "action_started":
+            open_tries += 1
+        elif event in ("action_failed", "action_succeeded"):
+            open_tries = max(0, open_tries - 1)
+            if event == "action_failed" and error_outcome_unknown(error):
+                return True
+    return open_tries > 0
 
 
 class CompensationStatus(StrEnum):

@@ -53,16 +53,20 @@ def is_last_try(ti: Any, retries: int) -> bool:
 def result_to_undo(log: SagaLog, action: Callable[[StepContext], Any] | None, ctx: StepContext,
                    row: dict[str, Any]) -> Any:
     """What a compensation undoes: the action's logged result; or, when ``action`` is given, for an
-    action whose outcome is unknown (:func:`~conduit.saga.model.outcome_unknown`: its task died in
-    the middle of its call, or it failed on a 429/5xx or an unanswered request), the outcome of
-    repeating it with its idempotency key. That call may still land (its request waiting in the
-    service) after the compensation found nothing, and nothing would undo it; the service answers
-    the repeat with the first call's outcome or does it now, so the lost call, arriving later, is a
-    repeat that does nothing. None when the service refuses it (the lost call, the same request,
-    did nothing either). Logged as ``action_repeated``."""
+    action whose outcome is unknown (:func:`~conduit.saga.model.outcome_unknown`: a task died in
+    the middle of its call, or any of its tries failed on a 429/5xx or an unanswered request, also
+    when a later try never reached the service), the outcome of repeating it with its idempotency
+    key. That call may still land (its request waiting in the service) after the compensation found
+    nothing, and nothing would undo it; the service answers the repeat with the first call's
+    outcome or does it now, so the lost call, arriving later, is a repeat that does nothing. None
+    when the service refuses it for a business reason: that refusal is the key's answer, which the
+    lost call, the same request, gets too, so it does nothing either. A repeat that gets no answer
+    for the key (a 429/5xx, a key still in use by a request being processed: ``ServiceOutcomeUnknown``)
+    fails the compensation's try, which is retried. Logged as ``action_repeated``."""
     from conduit.exceptions import BusinessRejection
 
-    if action is None or not outcome_unknown(row["action_status"], row.get("error")):
+    if action is None or not outcome_unknown(row["action_status"], row.get("error"),
+                                             log.action_tries(ctx.saga_id, ctx.step)):
         return row["result"]
     try:
         result = action(replace(ctx, started_at=row["started_at"]))

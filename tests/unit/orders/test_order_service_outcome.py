@@ -136,3 +136,27 @@ def test_a_reply_cut_off_is_retried_with_the_same_key(payment):
     tries = with_tries(payment, requests.exceptions.ChunkedEncodingError("Connection broken"), 201)
     assert payment.authorize("O-1", 10.0, "EUR", "order-O-1:payment")["authorization_id"] == "auth-1"
     assert tries.keys == ["order-O-1:payment"] * 2 and payment.retries == 1
+
+
+@pytest.mark.parametrize(("status", "retried"), [
+    (429, True), (500, True), (502, True), (503, True), (504, True),
+    (507, True),  # Insufficient Storage: temporary, and may come after part of the work
+    (508, True), (524, True),  # any other 5xx: the server failed, which proves nothing was not done
+    (501, False), (505, False),  # refused before any work: method / HTTP version not supported
+    (400, False), (402, False), (404, False), (409, False), (422, False), (200, False), (600, False),
+])
+def test_which_statuses_are_retried_and_may_have_been_done(status, retried):
+    from conduit.hooks.order_services import retryable_answer
+
+    assert retryable_answer(status) is retried
+
+
+@pytest.mark.parametrize(("status", "error", "retried"), [
+    (409, "idempotency_key_in_use", True),  # the key's first request is still being processed
+    (409, "out_of_stock", False), (409, "invalid_state", False), (409, None, False),  # refusals
+    (422, "idempotency_key_in_use", False),
+])
+def test_a_409_key_in_use_is_tried_again_other_409s_are_refusals(status, error, retried):
+    from conduit.hooks.order_services import retryable_answer
+
+    assert retryable_answer(status, error) is retried

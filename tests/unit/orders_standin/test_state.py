@@ -120,6 +120,32 @@ def test_a_5xx_then_late_answers_503_now_and_leaves_the_request_to_be_done_later
     assert ops(svc, "inventory") == ["reserve"]
 
 
+@pytest.mark.parametrize("conflict", [False, True])
+def test_a_repeat_while_the_first_request_is_held_is_done_now_or_a_409_key_in_use(svc, conflict):
+    """Off (the default): the repeat is done now and the held request, done later, is its replay.
+    On: the repeat is answered 409 idempotency_key_in_use, not remembered, until the held one is done."""
+    svc.set_faults({"inventory": {"fail_next": 1, "mode": "5xx_then_late", "key_in_use_conflict": conflict}})
+    call = Call("inventory", "reserve", "POST", "/inventory/reservations", '{"order_id":"o-1"}', "k1", True, 201)
+    assert svc.call(call, lambda k: svc.reserve("o-1", ITEMS, k)).reply.status == 503
+    repeat = svc.call(call, lambda k: svc.reserve("o-1", ITEMS, k)).reply
+    if conflict:
+        assert (repeat.status, repeat.body["error"]) == (409, "idempotency_key_in_use")
+        assert ops(svc, "inventory") == []
+        assert svc.perform(call, lambda k: svc.reserve("o-1", ITEMS, k)).reply.status == 201  # the held one
+        assert svc.call(call, lambda k: svc.reserve("o-1", ITEMS, k)).reply.status == 201  # now a replay
+    else:
+        assert repeat.status == 201
+        assert svc.perform(call, lambda k: svc.reserve("o-1", ITEMS, k)).reply.status == 201  # a replay
+    assert ops(svc, "inventory") == ["reserve"]
+
+
+def test_a_5xx_fault_answers_with_its_status(svc):
+    svc.set_faults({"inventory": {"fail_next": 1, "mode": "5xx", "status": 507}})
+    reply = reserve_call(svc, "k1").reply
+    assert (reply.status, reply.body["error"]) == (507, "insufficient_storage")
+    assert ops(svc, "inventory") == []
+
+
 def test_faults_count_down_and_can_target_one_operation(svc):
     svc.set_faults({"inventory": {"fail_next": 2, "operation": "release"}})
     assert reserve_call(svc, "k1").reply.status == 201  # not a release: untouched

@@ -151,6 +151,23 @@ def test_action_started_counts_attempts(started, clock):
         ("action_started", {"attempt": 2})]
 
 
+def test_action_tries_lists_every_try_of_the_step_the_row_keeps_only_the_last(started):
+    """The step's row forgets an earlier try's error (a retry clears it); the events keep them."""
+    started.begin_step(SAGA, "payment", seq=1, compensable=True)
+    started.begin_step(SAGA, "shipping", seq=2, compensable=True)
+    started.action_started(SAGA, "payment")
+    started.action_failed(SAGA, "payment", "ServiceOutcomeUnknown: 503", final=False)
+    started.action_started(SAGA, "shipping")
+    started.action_started(SAGA, "payment")
+    started.action_failed(SAGA, "payment", "ServiceRetryableError: refused", final=True)
+    started.note(SAGA, "payment", "action_repeated", {"result": None})
+    assert step_row(started, "payment")["error"] == "ServiceRetryableError: refused"
+    assert started.action_tries(SAGA, "payment") == [
+        ("action_started", None), ("action_failed", "ServiceOutcomeUnknown: 503"),
+        ("action_started", None), ("action_failed", "ServiceRetryableError: refused")]
+    assert started.action_tries(SAGA, "shipping") == [("action_started", None)]
+
+
 def test_a_succeeded_step_replays_its_result(started, clock):
     started.begin_step(SAGA, "payment", seq=1, compensable=True)
     started.action_started(SAGA, "payment")

@@ -29,3 +29,31 @@ from conduit.saga.model import ActionStatus, outcome_unknown
 ])
 def test_outcome_unknown(status, error, unknown):
     assert outcome_unknown(status, error) is unknown
+
+
+UNKNOWN = "ServiceOutcomeUnknown: payment POST /payment/authorizations still failing after 1 retries: 503"
+NEVER_SENT = "ServiceRetryableError: payment POST ... still failing after 1 retries: NewConnectionError(...)"
+
+
+@pytest.mark.parametrize(("tries", "unknown"), [
+    # an earlier try may have been done; the last one never reached the service
+    ([("action_started", None), ("action_failed", UNKNOWN), ("action_started", None),
+      ("action_failed", NEVER_SENT)], True),
+    # an earlier try's task was killed in its call (no end logged), the last one never reached the service
+    ([("action_started", None), ("action_started", None), ("action_failed", NEVER_SENT)], True),
+    # two tries overlapping (a retry while a dying one still ran), both ended refused
+    ([("action_started", None), ("action_started", None), ("action_failed", NEVER_SENT),
+      ("action_failed", "BusinessRejection: payment refused (402)")], False),
+    # every try proved nothing was done
+    ([("action_started", None), ("action_failed", NEVER_SENT), ("action_started", None),
+      ("action_failed", "BusinessRejection: payment refused (402)")], False),
+    ([], False),
+])
+def test_any_try_that_may_have_been_done_makes_the_outcome_unknown(tries, unknown):
+    assert outcome_unknown(ActionStatus.FAILED, tries[-1][1] if tries else None, tries) is unknown
+
+
+def test_a_succeeded_action_is_not_unknown_whatever_its_earlier_tries():
+    tries = [("action_started", None), ("action_failed", UNKNOWN), ("action_started", None),
+             ("action_succeeded", None)]
+    assert outcome_unknown(ActionStatus.SUCCEEDED, None, tries) is False
