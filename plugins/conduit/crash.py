@@ -44,6 +44,7 @@ reconcile.end                      ``ReconcileOperator.execute``, files removed 
 replay.before_load                 ``pipeline.replay.replay``, records re-checked   open entries, nothing loaded
 replay.after_load                  ``pipeline.replay.replay``, load committed       loaded rows, entries closed; no summary
 tryton.batch_written               ``TrytonTarget._apply``, a batch in Tryton       parties the ledger does not know yet
+tryton.batch_updated               ``TrytonTarget._apply``, updates in Tryton       new values; ledger: old version, write pending
 tryton.before_watermark            ``TrytonTarget.load``, every change applied      all parties and ledger; old watermark
 tryton.reactivated                 ``TrytonTarget._write_party``, 1st of 2 writes   a party active, old values; ledger: deactivated
 tryton.batch_deleted               ``TrytonTarget._apply``, deletions in Tryton     parties inactive or gone; ledger: active
@@ -85,7 +86,9 @@ reconcile.before_staging_removal   retry; staged files go only after the check (
 reconcile.end                      retry; removing removed files is a no-op (no retry)
 replay.before_load                 retry (no retry)
 replay.after_load                  entries closed in the load's transaction (closed after it, on their own)
-tryton.batch_written               the load reads back Tryton's parties by code before it creates (not read)
+tryton.batch_written               the load reads back Tryton's parties by code before it creates (not read);
+                                   the batch is announced in the ledger first, settled next load (not announced)
+tryton.batch_updated               the batch is announced in the ledger first, settled next load (not announced)
 tryton.before_watermark            the load reads back Tryton's parties by code before it creates (not read)
 tryton.reactivated                 the ledger's "deactivated" overrides Tryton's active flag (Tryton's flag read)
 tryton.batch_deleted               the ledger catches up with Tryton's inactive or missing party (ledger trusted)

@@ -10,6 +10,10 @@ Tryton has no transaction spanning requests, so exactly-once comes from three ru
 * the sync's state lives in a SQL state store (:class:`~conduit.targets.sql.SqlErpTarget` used as
   a store): the sink ledger (:mod:`conduit.targets.ledger`) is written after each batch is in
   Tryton, and the watermark and replay marks only once every change is.
+* each batch of creates or updates is announced in the ledger before Tryton is written (its
+  pending entries: key, version, the hash of the values written): a load that follows a killed
+  one settles them against Tryton first (:func:`settled_entries`), so the ledger knows the version
+  Tryton holds whatever the next load is (a deletion, an older version, a full refresh).
 
 A load killed half way therefore leaves the watermark where it was; the retried load compares with
 Tryton again and finishes the same changes, without duplicating a party. Where Tryton alone cannot
@@ -224,6 +228,11 @@ class Changes:
     ledger_forget: list[str] = field(default_factory=list)
     """Keys to delete whose party Tryton no longer holds and the ledger still does: a hard delete
     whose ledger write a kill cut off."""
+    ledger_settled: list[ledger.LedgerEntry] = field(default_factory=list)
+    """Entries of announced writes Tryton holds: a create or update whose ledger write a kill cut
+    off (crash points ``tryton.batch_written``, ``tryton.batch_updated``)."""
+    pending: list[str] = field(default_factory=list)
+    """Keys of every announced write found (settled or not): their pending entries go."""
     stale: int = 0
     modified_at: dict[str, datetime | None] = field(default_factory=dict)
     """The version the ledger records per key: the incoming row's, or a deleted record's stored one."""
@@ -302,6 +311,24 @@ def as_the_ledger_left_it(party: dict[str, Any] | None, entry: ledger.LedgerEntr
     return party
 
 
+def held_hashes(rows: Iterable[dict[str, Any]], spec: SyncSpec) -> list[str]:
+    """Per row, the hash of the mapped columns a party keeps (:func:`party_row`'s): equal for a row
+    and the party Tryton holds once the row is written (reconcile's comparison)."""
+    columns = list(party_row({}, spec))
+    return rows_frame([{c: row.get(c) for c in columns} for row in rows], spec)[ROW_HASH].tolist()
+
+
+def settled_entries(pending: dict[str, ledger.PendingWrite], parties: dict[str, dict[str, Any]],
+                    held: dict[str, str]) -> list[ledger.LedgerEntry]:
+    """The ledger entries of the announced writes Tryton holds: the party active with the values
+    announced (``held``: the hash of what each party holds, :func:`held_hashes`). A write Tryton
+    does not hold was not made (the kill came first, Tryton refused it, or only the first of a
+    re-activation's two writes went through): its entry goes, and the ledger stays as it was."""
+    return [ledger.LedgerEntry(code, write.source_modified_at, True, None) for code, write in sorted(pending.items())
+            if (party := parties.get(code)) is not None and party.get("active", True)
+            and held.get(code) == write.row_hash]
+
+
 def _stale(entry: ledger.LedgerEntry | None, party: dict[str, Any], modified_at: datetime) -> bool:
     """Whether Tryton holds a newer version of the record than ``modified_at`` or, for a
     deactivated party, one as new: as in the SQL target, a deleted record comes back only with
@@ -328,6 +355,7 @@ class TrytonTarget(ErpTarget):
     def __init__(self, hook: TrytonHook, state: SqlErpTarget):
         self.hook = hook
         self._state = state
+        self._pending_ready: set[str] = set()  # schemas whose pending-writes table is known to exist
 
     @property
     def state(self) -> SqlErpTarget:
@@ -337,6 +365,7 @@ class TrytonTarget(ErpTarget):
 
     def ensure_ready(self, spec: SyncSpec) -> None:
         self._state.ensure_state(spec)
+        ledger.ensure_pending_table(self._state, spec.target.state_schema)
         self.hook.search(PARTY, [["id", "=", 0]], ["code"], limit=1)  # the model is there and readable
 
     def read_watermark(self, spec: SyncSpec) -> Watermark | None:
@@ -392,11 +421,36 @@ class TrytonTarget(ErpTarget):
                 "(trytond_import_countries) before loading")
         return found
 
+    def _settled_ledger(self, spec: SyncSpec, keys: Iterable[str] | None
+                        ) -> tuple[dict[str, ledger.LedgerEntry], dict[str, dict[str, Any]], Changes]:
+        """(ledger, parties, settlement) of the sync (or of ``keys``): the ledger with the writes a
+        killed load announced settled against Tryton (:func:`settled_entries`; in memory, the
+        load writes them: ``settlement.ledger_settled``, ``settlement.pending``); the parties read
+        so far (those of the announced writes)."""
+        schema, wanted = spec.target.state_schema, None if keys is None else {str(k) for k in keys}
+        if schema not in self._pending_ready:
+            # once per target (a task): a run whose ensure_ready ran before an upgrade made the table
+            ledger.ensure_pending_table(self._state, schema)
+            self._pending_ready.add(schema)
+        pending = ledger.read_pending(self._state, schema, spec.name)
+        entries = ledger.read(self._state, schema, spec.name, wanted)
+        parties = self._parties(spec, pending) if pending else {}
+        held = dict(zip(parties, held_hashes([party_row(p, spec) for p in parties.values()], spec), strict=True))
+        settlement = Changes(ledger_settled=settled_entries(pending, parties, held), pending=sorted(pending))
+        for entry in settlement.ledger_settled:
+            if wanted is None or entry.record_key in wanted:
+                old = entries.get(entry.record_key)
+                entries[entry.record_key] = entry if old is None else ledger.LedgerEntry(
+                    entry.record_key, entry.source_modified_at, True, None, old.created_at, old.updated_at,
+                    old.last_run_id)
+        return entries, parties, settlement
+
     def _stored_rows(self, spec: SyncSpec, keys: Iterable[str] | None) -> tuple[list[dict], dict]:
         """(rows with their bookkeeping, ledger) of the sync's parties (or of ``keys``)."""
-        entries = ledger.read(self._state, spec.target.state_schema, spec.name, keys)
+        entries, parties, _ = self._settled_ledger(spec, keys)
         codes = set(entries) if keys is None else {str(k) for k in keys}
-        parties = self._parties(spec, codes)
+        parties = {code: party for code, party in parties.items() if code in codes}
+        parties.update(self._parties(spec, codes - set(parties)))
         rows = []
         for code in sorted(parties):
             party, entry = parties[code], entries.get(code)
@@ -433,21 +487,20 @@ class TrytonTarget(ErpTarget):
                  kept_keys: Iterable[str]) -> tuple[Changes, dict[str, int]]:
         incoming = newest_rows(batches, spec)  # of several rows of one key, the SQL target's choice
         deleted = archived_versions(deleted_keys)
-        # a full refresh deletes what the sync wrote and this load did not bring: the whole ledger
-        entries = ledger.read(self._state, spec.target.state_schema, spec.name,
-                              None if full_refresh else set(incoming) | set(deleted))
+        # a full refresh deletes what the sync wrote and this load did not bring: the whole ledger,
+        # with the writes a killed load made in Tryton (settled first)
+        entries, parties, changes = self._settled_ledger(spec, None if full_refresh else set(incoming) | set(deleted))
         if full_refresh:
             # every record of the sync this load did not bring, deactivated ones too (as the SQL
             # target's full refresh chooses every row not staged): a hard delete removes a party an
             # earlier soft delete deactivated; a soft one passes over a party Tryton holds inactive
             kept = {str(k) for k in kept_keys} | set(incoming)
             deleted.update({code: None for code in entries if code not in kept})
-        parties = self._parties(spec, set(incoming) | set(deleted))
+        parties.update(self._parties(spec, (set(incoming) | set(deleted)) - set(parties)))
         country = spec.target.fields.country
         country_ids = self._countries(spec, {r[country] for r in incoming.values() if country and r[country]},
                                       {r[country]: code for code, r in incoming.items() if country}) \
             if country else {}
-        changes = Changes()
         for code, row in incoming.items():
             entry = entries.get(code)
             party = as_the_ledger_left_it(parties.get(code), entry)
@@ -539,11 +592,18 @@ class TrytonTarget(ErpTarget):
             changes.updates) + len(changes.deletes)
         done, started = 0, time.monotonic()
 
-        def record(rows: list[dict[str, Any]], *, active: bool = True, forget: Iterable[str] = ()) -> None:
+        def record(rows: list[dict[str, Any]], *, active: bool = True, forget: Iterable[str] = (),
+                   settled: Iterable[str] = (), entries: Iterable[ledger.LedgerEntry] = ()) -> None:
             now = datetime.now(UTC)
-            ledger.record(self._state, schema, spec.name, [
+            ledger.record(self._state, schema, spec.name, [*entries, *(
                 ledger.LedgerEntry(str(r[key]), r.get(SOURCE_MODIFIED_AT), active, None if active else now)
-                for r in rows], run_id=run_id, forget=forget)
+                for r in rows)], run_id=run_id, forget=forget, settled=settled)
+
+        def announce(rows: list[dict[str, Any]]) -> None:
+            """The writes about to be made, before Tryton is written (see :mod:`conduit.targets.ledger`)."""
+            ledger.record(self._state, schema, spec.name, [], run_id=run_id, pending=[
+                ledger.PendingWrite(str(r[key]), r.get(SOURCE_MODIFIED_AT), h)
+                for r, h in zip(rows, held_hashes(rows, spec), strict=True)])
 
         def progress(what: str, n: int) -> None:
             nonlocal done
@@ -560,23 +620,28 @@ class TrytonTarget(ErpTarget):
                 return message
             return None
 
-        # first the ledger catches up with deletions a killed load made in Tryton: a party it then
-        # re-activates must be known as deactivated should the re-activation be cut off in turn
-        # (as_the_ledger_left_it)
-        record(changes.ledger_deactivated, active=False, forget=changes.ledger_forget)
+        # first the ledger catches up with what a killed load wrote to Tryton: its announced writes
+        # Tryton holds, and its deletions (a party it then re-activates must be known as
+        # deactivated should the re-activation be cut off in turn: as_the_ledger_left_it)
+        record(changes.ledger_deactivated, active=False, forget=changes.ledger_forget,
+               settled=changes.pending, entries=changes.ledger_settled)
         for chunk in self._chunks(spec, changes.creates):
+            announce(chunk)
             refused = self._create(spec, chunk, country_ids)
             crash_point("tryton.batch_written")
             changes.refused += refused
             changes.refused_creates += len(refused)
             codes = {str(row[key]) for row, _ in refused}
-            record([row for row in chunk if str(row[key]) not in codes])
+            record([row for row in chunk if str(row[key]) not in codes], settled=[str(row[key]) for row in chunk])
             progress("created", len(chunk) - len(refused))
         for chunk in self._chunks(spec, changes.updates):
+            announce([row for _, row, _ in chunk])
             messages = self._parallel(spec, write, chunk)
+            crash_point("tryton.batch_updated")
             refused = [(row, message) for (_, row, _), message in zip(chunk, messages, strict=True) if message]
             changes.refused += refused
-            record([row for (_, row, _), message in zip(chunk, messages, strict=True) if not message])
+            record([row for (_, row, _), message in zip(chunk, messages, strict=True) if not message],
+                   settled=[str(row[key]) for _, row, _ in chunk])
             progress("updated", len(chunk) - len(refused))
         record(changes.ledger_behind)
         for chunk in self._chunks(spec, changes.deletes):
