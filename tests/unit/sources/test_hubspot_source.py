@@ -69,8 +69,11 @@ def source(records=()) -> tuple[HubSpotSource, FakeHook]:
 def test_a_full_read_splits_the_live_id_span_into_ranges():
     src, hook = source([record(i, 1, 1) for i in (101, 150, 400)])
     items = src.plan(None, parallelism=3, object_ids=["7"])
-    assert items == [{"kind": "range", "lo": 101, "hi": 201}, {"kind": "range", "lo": 201, "hi": 301},
-                     {"kind": "range", "lo": 301, "hi": 401}, {"kind": "ids", "ids": ["7"]}, {"kind": "archived"}]
+    # two searches at once per range (no budget: nothing paces them), see UNPACED_RANGE_STREAMS
+    assert items == [{"kind": "range", "lo": 101, "hi": 201, "streams": 2},
+                     {"kind": "range", "lo": 201, "hi": 301, "streams": 2},
+                     {"kind": "range", "lo": 301, "hi": 401, "streams": 2}, {"kind": "ids", "ids": ["7"]},
+                     {"kind": "archived"}]
     assert [c[2]["sorts"][0]["direction"] for c in hook.calls] == ["ASCENDING", "DESCENDING"]
 
 
