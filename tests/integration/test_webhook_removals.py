@@ -216,3 +216,27 @@ def test_an_erased_record_the_window_still_read_is_deleted_and_reconciles(sync_e
     assert erased not in active_rows(target, spec)["crm_id"].astype(str).tolist()
     summary = steps.reconcile(crm_source(spec), target, spec, staging, upper_ms=run.watermark_ms)
     assert summary["staged_mismatched"] == 0 and summary["missing_in_erp"] == 0, summary
+
+
+def test_a_merge_survivor_that_takes_the_merged_records_key_keeps_its_row(sync_env, tmp_path):
+    """A spec keyed by a CRM property (here the e-mail): the merge's survivor, which had none, takes
+    the merged-away record's e-mail and so its ERP key. The merged-away record is gone, but its key
+    now belongs to the survivor, which this run loads under it: the load must not delete it."""
+    from conduit.pipeline import steps
+
+    env = sync_env
+    env.edit_spec(mapping__customer_number__transforms=[{"type": "template", "template": "E-{email}"}],
+                  target__checks__table={})  # its key is no longer HS-C-<crm_id>
+    spec, crm, target = env.spec(), env.crm, env.target()
+    survivor, merged = crm_ids(spec)[50:52]
+    run_ok(env)
+    merged_email = erp_row(target, spec, merged)["email"]
+    crm.admin.modify(survivor, {"email": None}, lastmodifieddate_ms=crm.admin.clock_ms() - 120_000)
+    crm.admin.merge(survivor, merged)  # the survivor takes the merged record's e-mail: its key
+
+    run, staging = run_steps(env, tmp_path, "merge-key", [survivor, merged])
+    result = steps.load(target, spec, staging, run_id="merge-key", watermark_ms=run.watermark_ms)
+    rows = active_rows(target, spec)
+    held = rows[rows["customer_number"] == f"E-{merged_email}"]
+    assert held["crm_id"].astype(str).tolist() == [survivor], (result, held)
+    assert merged not in rows["crm_id"].astype(str).tolist()

@@ -175,11 +175,40 @@ def gone_record_keys(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -> 
     """The ERP keys of the records :func:`stage_gone_records` staged, found by the ERP's CRM id
     column (a gone record has no properties left to map a key from): every row of theirs, active or
     not, for the load to delete per ``delete_mode`` like an archived record's, unconditionally (a
-    record gone for good has no newer version)."""
+    record gone for good has no newer version), unless this run loads another, live record under
+    that key (a merge's survivor that took the merged-away record's key property)."""
     ids = gone_record_ids(staging)
     if not ids:
         return []
-    return target.fetch_rows_of_records(spec, ids)[spec.target.key].tolist()
+    keys = target.fetch_rows_of_records(spec, ids)[spec.target.key].tolist()
+    taken = _staged_keys_of_records(spec, staging, ids, others=True) if keys else set()
+    return [k for k in keys if key_text(k) not in taken]
+
+
+def gone_records_of_run(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -> tuple[list[str], set[str]]:
+    """(CRM ids, record keys) of the records this run learned are gone for good
+    (:func:`gone_record_ids`): the keys their ERP rows have (:func:`gone_record_keys`) and, should
+    the window's lagging search still have read one, its staged key."""
+    ids = gone_record_ids(staging)
+    if not ids:
+        return [], set()
+    keys = {key_text(k) for k in gone_record_keys(target, spec, staging)} | _staged_keys_of_records(spec, staging, ids)
+    return ids, {k for k in keys if k is not None}
+
+
+def erase_gone_records(target: ErpTarget, spec: SyncSpec, crm_ids: Sequence[str], keys: Iterable[str], *,
+                       run_id: str, logger: logging.Logger = log) -> dict[str, int]:
+    """After a real load: the quarantine entries and defects of the records the CRM confirmed gone
+    for good lose their raw CRM data and are closed (:meth:`ErpTarget.erase_records`), so the
+    sync's own tables keep no personal data of an erased person, and no replay or health page
+    shows the record again. Called after the load commits; a retried load erases again (idempotent,
+    by CRM id: a hard-deleted row no longer tells its key)."""
+    counts = target.erase_records(spec, crm_ids, keys, run_id=run_id)
+    if any(counts.values()):
+        logger.info("erased what the quarantine (%d entries) and the defects (%d) held of %d records gone "
+                    "from the CRM for good: raw values removed, entries closed by this run",
+                    counts["quarantine_erased"], counts["defects_erased"], len(crm_ids))
+    return counts
 
 
 def gone_record_ids(staging: RunStaging) -> list[str]:
@@ -190,15 +219,16 @@ def gone_record_ids(staging: RunStaging) -> list[str]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
-def _staged_keys_of_records(spec: SyncSpec, staging: RunStaging, crm_ids: Iterable[str]) -> set[str]:
-    """The keys of the staged mapped rows of these CRM records."""
+def _staged_keys_of_records(spec: SyncSpec, staging: RunStaging, crm_ids: Iterable[str], *,
+                            others: bool = False) -> set[str]:
+    """The keys of the staged mapped rows of these CRM records (``others``: of every other record)."""
     from conduit.targets.base import CRM_ID
 
     if CRM_ID not in spec.mapping:
         return set()
     lookup, key = key_lookup(crm_ids), spec.target.key
     return {key_text(k) for f in staging.read_frames("mapped", [key, CRM_ID])
-            for k in f.loc[in_keys(f[CRM_ID], lookup), key]}
+            for k in f.loc[in_keys(f[CRM_ID], lookup) != others, key]}
 
 
 def extract(source: CrmSource, staging: RunStaging, run: RunPlan, *, parallelism: int = 1,
@@ -283,9 +313,14 @@ def load(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str,
     from conduit.targets.base import Watermark
 
     inputs = load_inputs(target, spec, staging, full_refresh=full_refresh)
-    return target.load(spec, inputs.pop("batches"), run_id=run_id,
-                       watermark=Watermark(watermark_ms, 0) if watermark_ms is not None else None,
-                       dry_run=dry_run, expected=expected, **inputs)
+    # before the load: a hard delete takes the ERP rows that tell a gone record's key
+    gone_ids, gone_keys = ([], set()) if dry_run else gone_records_of_run(target, spec, staging)
+    result = target.load(spec, inputs.pop("batches"), run_id=run_id,
+                         watermark=Watermark(watermark_ms, 0) if watermark_ms is not None else None,
+                         dry_run=dry_run, expected=expected, **inputs)
+    if gone_ids:
+        erase_gone_records(target, spec, gone_ids, gone_keys, run_id=run_id)
+    return result
 
 
 def plan(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str, full_refresh: bool = False,
@@ -547,11 +582,16 @@ def _record_defects(target: ErpTarget, spec: SyncSpec, staging: RunStaging, deci
     from conduit.targets.defects import record_defects
 
     key, kept_out = spec.target.key, {key_text(k) for k in decision.rejected_keys}
+    # gone from the CRM for good (webhooks named them): the load deletes them, their defects are over
+    gone_ids, gone = gone_records_of_run(target, spec, staging)
+    # a gone record the window's lagging search still read: no defect of its row opens (a raw value)
+    read_gone = _staged_keys_of_records(spec, staging, gone_ids) if gone_ids else set()
+    found = [d for d in found_defects(decision.defects) if d.record_key not in read_gone]
 
     def clean_keys(open_keys: set[str]) -> set[str]:
-        """The open defects' records that this run read and loads, or read archived, or (when the
-        load deletes what it did not read) did not read at all: the load deactivates or deletes
-        those, so their defects are over."""
+        """The open defects' records that this run read and loads, or read archived, or learned
+        are gone for good, or (when the load deletes what it did not read) did not read at all:
+        the load deactivates or deletes those, so their defects are over."""
         lookup = key_lookup(open_keys)
         read = {key_text(k) for frame in staging.read_frames("mapped", [key])
                 for k in frame[key][in_keys(frame[key], lookup)]}
@@ -559,9 +599,9 @@ def _record_defects(target: ErpTarget, spec: SyncSpec, staging: RunStaging, deci
                     for k in frame[key][in_keys(frame[key], lookup)]}
         # a read of nothing deletes nothing (the load refuses it): its defects stay open
         unread = open_keys - read - archived if deletes_missing and staging.count("mapped") else set()
-        return (read - kept_out) | archived | unread
+        return (read - kept_out) | archived | unread | (open_keys & gone)
 
-    changes = record_defects(target.state, spec, found_defects(decision.defects), run_id=run_id,
+    changes = record_defects(target.state, spec, found, run_id=run_id,
                              clean_keys=clean_keys, dry_run=dry_run)
     return changes.counts()
 

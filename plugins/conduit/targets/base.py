@@ -145,6 +145,20 @@ class SyncStateStore(ABC):
         """How many entries the replay run ``run_id`` closed (a retried replay asks whether an
         earlier try of its run committed)."""
 
+    def erase_records(self, spec: SyncSpec, crm_ids: Iterable[str], keys: Iterable[str] = (), *,
+                      run_id: str) -> dict[str, int]:
+        """Remove what the sync's own tables hold of records the CRM confirmed gone for good
+        (erased for privacy, merged away): their quarantine entries (by CRM id, or without one by
+        ``keys``, the keys their ERP rows had) lose the raw record and their reason, and open ones
+        are closed by ``run_id`` (``replayed_at``, ``replayed_by_run``: no replay or health page
+        shows them again); their defects lose the raw value and are resolved likewise. Each entry
+        keeps its record, rule and column, and says it was erased in the CRM and by which run. One
+        transaction; idempotent. Returns ``quarantine_erased`` and ``defects_erased`` (entries
+        changed). This default erases in :attr:`state`, the SQL store that holds those tables."""
+        if self.state is self:
+            raise NotImplementedError(f"{type(self).__name__} keeps its own state: it must erase records itself")
+        return self.state.erase_records(spec, crm_ids, keys, run_id=run_id)
+
 
 class RecordSink(ABC):
     """Where the records land: upsert and delete (:meth:`ErpTarget.load`), and read back for

@@ -90,6 +90,28 @@ def insert(d: Dialect, schema: str) -> str:
             f"{d.param('run_id')}, {d.param('run_id')}, {d.param('now')}, {d.param('now')})")
 
 
+ERASED_REASON = "erased in the CRM (gone for good: a GDPR erasure or merged away)"
+"""What an entry of a record the CRM no longer has says once its personal data is removed (the
+run that removed it follows); its raw value or raw record is gone (:func:`erase`)."""
+
+
+def erase(d: Dialect, schema: str, table: str, *, raw: str, closed_at: str, closed_by: str) -> str:
+    """Remove the personal data of the records a run learned are gone for good from ``table`` (the
+    quarantine or the defects table): the ``raw`` column emptied, the reason replaced by
+    :data:`ERASED_REASON` and the run, open entries closed (``closed_at``, ``closed_by``) by the
+    run, closed ones keeping who closed them. A record is its CRM id (parameter ``crm_ids``), or,
+    for an entry without one, the key its ERP row had (``keys``): an entry of another CRM record
+    under the same key (a merge's survivor) stays. Entries already erased are left as they are.
+    Parameters: ``sync_name``, ``crm_ids``, ``keys``, ``reason``, ``erased_like``, ``run_id``, ``now``."""
+    by_id = d.any_of.format(column="crm_id", param=d.param("crm_ids"))
+    by_key = d.any_of.format(column="record_key", param=d.param("keys"))
+    return (f"UPDATE {d.qualify(schema, table)} SET {raw} = NULL, reason = {d.param('reason')}, "
+            f"{closed_at} = COALESCE({closed_at}, {d.param('now')}), "
+            f"{closed_by} = COALESCE({closed_by}, {d.param('run_id')}) "
+            f"WHERE sync_name = {d.param('sync_name')} AND ({by_id} OR (crm_id IS NULL AND {by_key})) "
+            f"AND (reason IS NULL OR reason NOT LIKE {d.param('erased_like')})")
+
+
 # --- running it on a target ---------------------------------------------------------------------
 
 
@@ -157,3 +179,30 @@ def _as_datetime(value: str | datetime | None) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return datetime.strptime(value, _SQLITE_TIMESTAMP).replace(tzinfo=UTC)
+
+
+def erase_records(target: Any, cur: Any, spec: SyncSpec, crm_ids: Iterable[str], keys: Iterable[str], *,
+                  run_id: str) -> int:
+    """In ``cur`` (a transaction of ``target``, the sync's state store, holding :func:`_lock`):
+    the defects of records gone for good from the CRM resolved by ``run_id`` with their raw values
+    removed (:func:`erase`), resolved ones too. Returns how many defects were changed."""
+    d, schema = target.dialect, spec.target.state_schema
+    for statement in create_defects_table(d, schema):
+        cur.execute(statement)
+    cur.execute(erase(d, schema, DEFECTS_TABLE, raw="raw_value", closed_at="resolved_at",
+                      closed_by="resolved_by_run"),
+                erase_params(d, spec, crm_ids, keys, run_id=run_id))
+    return cur.rowcount
+
+
+def erase_params(d: Dialect, spec: SyncSpec, crm_ids: Iterable[str], keys: Iterable[str], *,
+                 run_id: str) -> dict[str, Any]:
+    """The parameters of :func:`erase`."""
+    return {"sync_name": spec.name, "crm_ids": _text_list(d, crm_ids), "keys": _text_list(d, keys),
+            "reason": f"{ERASED_REASON}: personal data removed by run {run_id}",
+            "erased_like": f"{ERASED_REASON}%", "run_id": run_id, "now": _now(d)}
+
+
+def _text_list(d: Dialect, values: Iterable[str]) -> Any:
+    texts = sorted({str(v) for v in values if v is not None})
+    return json.dumps(texts) if d.name == "sqlite" else texts

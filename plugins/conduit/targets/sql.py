@@ -393,6 +393,24 @@ class SqlErpTarget(ErpTarget):
         sql = render.count_replayed_by(self.dialect, spec.target.state_schema)
         return int(self._fetch_one(sql, {"sync_name": spec.name, "run_id": run_id})[0])
 
+    def erase_records(self, spec: SyncSpec, crm_ids: Iterable[str], keys: Iterable[str] = (), *,
+                      run_id: str) -> dict[str, int]:
+        from conduit.targets import defects
+
+        crm_ids, keys = list(crm_ids), list(keys)
+        if not crm_ids and not keys:
+            return {"quarantine_erased": 0, "defects_erased": 0}
+        d, schema = self.dialect, spec.target.state_schema
+        params = defects.erase_params(d, spec, crm_ids, keys, run_id=run_id)
+        # the defects' lock: a gate recording defects of this schema waits, and then sees them resolved
+        with self._errors_as("erasing the records the CRM no longer has"), \
+                self._transaction(defects._lock(schema)) as cur:
+            cur.execute(defects.erase(d, schema, render.QUARANTINE_TABLE, raw="raw_record",
+                                      closed_at="replayed_at", closed_by="replayed_by_run"), params)
+            quarantined = cur.rowcount
+            erased = defects.erase_records(self, cur, spec, crm_ids, keys, run_id=run_id)
+        return {"quarantine_erased": quarantined, "defects_erased": erased}
+
     def test_connection(self) -> tuple[bool, str]:
         try:
             self._fetch_one("SELECT 1")
