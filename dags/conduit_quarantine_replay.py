@@ -45,6 +45,10 @@ re-validates them with its suite and loads those that now pass. Loading and mark
 `replayed_at` / `replayed_by_run` is one transaction: a rerun replays nothing twice. Records that
 still fail stay in the quarantine; the task's summary and log say why. The sync's watermark does
 not move.
+
+While a run of the sync is in flight (waiting for its plan's approval, say), the replay fails at
+once naming that run and is not retried: committing now would make the run's approved plan stale.
+Trigger it again after the run has ended. A dry run is never refused.
 """,
     ) as dag:
         QuarantineReplayOperator(

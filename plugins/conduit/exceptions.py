@@ -167,6 +167,13 @@ class StalePlanError(AirflowFailException):
     changed; run the sync again to plan anew."""
 
 
+class SyncRunInFlight(AirflowFailException):
+    """A quarantine replay found a run of its sync in flight: committing into the sync's table now
+    would move the ERP under that run's plan (an approved plan would then be refused as stale).
+    Nothing was replayed; not retried (the run may wait hours for its approval). The message
+    names the run: replay again after it ends."""
+
+
 class PlanRejected(AirflowFailException):
     """A person rejected the plan (or nobody answered in time): nothing changed, the watermark
     stays, and the next run plans again."""

@@ -14,12 +14,23 @@ the suite nor a field check of the mapping (``on_invalid: reject``), as at the s
 (``mostly`` does not tolerate single rows here), duplicated keys among the replayed
 records keep those records out, and row-count expectations, which judge the volume of a sync run,
 do not apply.
+
+Never under a sync run's feet: a sync run plans its load against the ERP and, when the plan needs
+approval, loads exactly that plan or nothing (``StalePlanError``). A replay committing into the
+table between a run's plan and its load would make that run fail, so a replay that finds a run of
+its sync in flight (``runs_in_flight``, asked before anything is read and again just before the
+first write) replays nothing and fails naming the run (:class:`~conduit.exceptions.SyncRunInFlight`,
+not retried): replay again after it ends. A dry run commits nothing and is not refused. The other
+way round, a run that starts after that last check plans after the replay has committed: on a SQL
+target its plan takes the load lock the replay's load holds, and it reaches its plan only through
+plan_extract, extract, transform and the gate, tasks that take far longer than the replay's step
+from the check to its load.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -159,12 +170,31 @@ def record_replay_defects(target: ErpTarget, spec: SyncSpec, rows: pd.DataFrame,
     return changes.counts()
 
 
+def refuse_while_in_flight(spec: SyncSpec, runs_in_flight: Callable[[], list[str]] | None) -> None:
+    """Raise :class:`~conduit.exceptions.SyncRunInFlight` naming the sync's runs in flight, if any
+    (``runs_in_flight`` lists them: run ids, or a description when their ids are unknown)."""
+    from conduit.exceptions import SyncRunInFlight
+
+    runs = runs_in_flight() if runs_in_flight is not None else []
+    if runs:
+        named = ", ".join(runs)
+        raise SyncRunInFlight(
+            f"{spec.name} has a run in flight ({named}): a replay committing into "
+            f"{'.'.join(spec.target.location)} now would move the ERP under that run's plan, and its "
+            f"load would refuse an approved plan as stale. Nothing was replayed and this replay is not "
+            f"retried: trigger it again after {named} has ended.")
+
+
 def replay(source: CrmSource, target: ErpTarget, spec: SyncSpec, suite_path: Path | None, *, run_id: str,
-           dry_run: bool = False, logger: logging.Logger = log) -> dict[str, Any]:
+           dry_run: bool = False, logger: logging.Logger = log,
+           runs_in_flight: Callable[[], list[str]] | None = None) -> dict[str, Any]:
     """Replay the spec's open quarantine entries (see the module's docstring); returns a small,
-    JSON-able summary."""
+    JSON-able summary. ``runs_in_flight`` lists the sync's runs in flight: with any, a replay that
+    would commit refuses (``SyncRunInFlight``) before reading and again before its first write."""
     from conduit.targets.base import LoadResult
 
+    guard = None if dry_run else runs_in_flight
+    refuse_while_in_flight(spec, guard)
     target.ensure_ready(spec)
     entries = target.open_quarantine(spec)
     by_record, unidentified = group_entries(entries)
@@ -179,6 +209,9 @@ def replay(source: CrmSource, target: ErpTarget, spec: SyncSpec, suite_path: Pat
         suite = gate_suite(spec, suite_path) if spec.quality and suite_path is not None else None
         rows, replayed, still_failing = plan(spec, records, suite)
         entry_ids = sorted(e for crm_id in replayed for e in by_record[crm_id])
+        if entry_ids:
+            # as late as can be: a sync run started while the CRM was read must not see this commit
+            refuse_while_in_flight(spec, guard)
         if entry_ids and suite is not None:
             # as the gate does before the sync's load: a replayed record is not read again by a
             # later incremental sync unless it changes, so its defects would go unrecorded
