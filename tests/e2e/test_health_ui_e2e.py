@@ -26,7 +26,7 @@ import requests
 
 from e2e import topology
 from e2e.harness import AirflowStack, wait_until
-from e2e.ui import SHOTS, log_in, shot
+from e2e.ui import SHOTS, follow_nav_link, log_in, shot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(900)]
 
@@ -138,8 +138,7 @@ def test_the_health_view_shows_two_runs_and_replays_the_quarantine(health_stack:
         log_in(page, stack)
 
         # --- the overview: the "Conduit" nav entry ------------------------------------------
-        page.get_by_role("link", name="Conduit").first.click()
-        page.wait_for_url(re.compile(r".*/plugin/conduit.*"))
+        follow_nav_link(page, "Conduit", re.compile(r".*/plugin/conduit.*"))
         overview = page.frame_locator('iframe[title="Conduit"]')
         sync_row = overview.locator(f'tr[data-sync="{DAG_ID}"]')
         sync_row.wait_for()
