@@ -241,3 +241,19 @@ def staged_ids(staging: RunStaging, kind: str = "raw") -> list[str]:
 
 def staging_dir(tmp_path: Path, name: str) -> RunStaging:
     return RunStaging(tmp_path / "manual-staging" / name)
+
+
+def extract_and_map(env, tmp_path, name: str, object_ids: list[str]):
+    """A run's plan_extract (with the ids webhooks named), extract and transform, as the operators
+    call the steps; returns the run's plan and its staging area."""
+    from conduit.pipeline import steps
+    from conduit.pipeline.run_plan import plan_run
+
+    spec, target = env.spec(), env.target()
+    run = plan_run(spec, stored_watermark_ms=target.read_watermark(spec).ts_ms,
+                   run_start_ms=env.crm.admin.clock_ms())
+    staging = staging_dir(tmp_path, name)
+    for item in steps.plan_extract(crm_source(spec), run, object_ids=object_ids):
+        steps.extract_item(crm_source(spec), staging, item)
+    steps.transform(spec, staging)
+    return run, staging

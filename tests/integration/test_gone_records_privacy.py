@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sync_helpers import crm_ids, crm_source, quarantine_table, run_ok, staging_dir
+from sync_helpers import crm_ids, crm_source, extract_and_map, quarantine_table, run_ok
 
 from conduit.pipeline import steps
 from conduit.quality.defects import Defect
@@ -24,20 +24,6 @@ from conduit.targets.defects import read_defects, record_defects
 
 pytestmark = pytest.mark.postgres
 ERASED_REASON = "erased in the CRM (gone for good: a GDPR erasure or merged away)"
-
-
-def run_steps(env, tmp_path, name: str, object_ids: list[str]):
-    """A webhook-started run up to the gate, as the operators call the steps (no gate yet)."""
-    from conduit.pipeline.run_plan import plan_run
-
-    spec, target = env.spec(), env.target()
-    run = plan_run(spec, stored_watermark_ms=target.read_watermark(spec).ts_ms,
-                   run_start_ms=env.crm.admin.clock_ms())
-    staging = staging_dir(tmp_path, name)
-    for item in steps.plan_extract(crm_source(spec), run, object_ids=object_ids):
-        steps.extract_item(crm_source(spec), staging, item)
-    steps.transform(spec, staging)
-    return run, staging
 
 
 def gate(env, staging, run_id: str, *, dry_run: bool = False) -> dict:
@@ -83,7 +69,7 @@ def test_a_run_that_learns_records_are_gone_erases_their_quarantine_entries_and_
     crm.admin.merge(survivor, merged_q)  # merged away: gone for good, the survivor stays
     crm.admin.delete(erased_d)
     named = [erased_q, survivor, merged_q, erased_d, kept_q, kept_d]
-    run, staging = run_steps(env, tmp_path, "gdpr", named)
+    run, staging = extract_and_map(env, tmp_path, "gdpr", named)
     assert sorted(steps.gone_record_ids(staging)) == sorted([erased_q, merged_q, erased_d])
 
     # a dry run (or plan_only) erases nothing, but says what a real run would resolve
@@ -144,7 +130,7 @@ def test_a_record_erased_while_its_defect_was_being_read_opens_no_defect(sync_en
     with_defect = sorted({d["crm_id"] for d in read_defects(target, spec)})[0]
     crm.admin.modify(with_defect, {"firstname": "Changed", "phone": "still junk"},
                      lastmodifieddate_ms=crm.admin.clock_ms() - 120_000)
-    run, staging = run_steps(env, tmp_path, "lag", [])  # the window reads the changed record
+    run, staging = extract_and_map(env, tmp_path, "lag", [])  # the window reads the changed record
     crm.admin.delete(with_defect)  # then erased, before the run's read by id
     assert steps.stage_gone_records(crm_source(spec), staging, {"kind": "ids", "ids": [with_defect]}, "ids") == 1
 

@@ -24,7 +24,16 @@ from airflow_runs import (
 )
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sync_helpers import DAG_ID, active_rows, crm_ids, crm_source, extract_summary, run_ok, staging_dir, xcom
+from sync_helpers import (
+    DAG_ID,
+    active_rows,
+    crm_ids,
+    crm_source,
+    extract_and_map,
+    extract_summary,
+    run_ok,
+    xcom,
+)
 from test_webhook_triggered_sync import PUBLIC, SECRET, watcher_fires_once, webhook_env  # noqa: F401
 
 from conduit.triggers.redis_events import crm_changes_asset
@@ -123,18 +132,11 @@ def test_a_webhook_run_removes_erased_and_merged_away_customers_and_keeps_live_o
 
 
 def run_steps(env, tmp_path, name: str, object_ids: list[str]):
-    """One webhook-started run's steps (plan_extract with the named ids -> extract -> transform ->
-    gate), as the operators call them; returns the staging area."""
+    """One webhook-started run's steps up to the gate (which must pass), as the operators call them."""
     from conduit.pipeline import steps
-    from conduit.pipeline.run_plan import plan_run
 
+    run, staging = extract_and_map(env, tmp_path, name, object_ids)
     spec, target = env.spec(), env.target()
-    run = plan_run(spec, stored_watermark_ms=target.read_watermark(spec).ts_ms,
-                   run_start_ms=env.crm.admin.clock_ms())
-    staging = staging_dir(tmp_path, name)
-    for item in steps.plan_extract(crm_source(spec), run, object_ids=object_ids):
-        steps.extract_item(crm_source(spec), staging, item)
-    steps.transform(spec, staging)
     suite = env.include / "expectations" / spec.quality.suite
     _, decision, _ = steps.gate(target, spec, staging, suite, run_id=name, full_extract=False)
     assert decision.load

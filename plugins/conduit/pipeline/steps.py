@@ -141,7 +141,7 @@ def extract_item(source: CrmSource, staging: RunStaging, item: dict[str, Any],
 GONE_RECORDS_FILE = "gone_records.json"
 """Beside a run's staged parts: the CRM ids of records webhooks named that the CRM confirmed gone
 for good (:meth:`CrmSource.gone_records`), written by the ``ids`` work item, read by the plan and
-the load (:func:`gone_record_keys`)."""
+the load (:func:`gone_records`)."""
 
 
 def stage_gone_records(source: CrmSource, staging: RunStaging, item: dict[str, Any], partition: str,
@@ -171,29 +171,35 @@ def stage_gone_records(source: CrmSource, staging: RunStaging, item: dict[str, A
     return len(gone)
 
 
-def gone_record_keys(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -> list[Any]:
-    """The ERP keys of the records :func:`stage_gone_records` staged, found by the ERP's CRM id
-    column (a gone record has no properties left to map a key from): every row of theirs, active or
-    not, for the load to delete per ``delete_mode`` like an archived record's, unconditionally (a
-    record gone for good has no newer version), unless this run loads another, live record under
-    that key (a merge's survivor that took the merged-away record's key property)."""
+@dataclass(frozen=True)
+class GoneRecords:
+    """What a run learned is gone from the CRM for good (:func:`stage_gone_records`), read once
+    per step (:func:`gone_records`)."""
+
+    crm_ids: tuple[str, ...] = ()
+    erp_keys: tuple[Any, ...] = ()
+    """The keys of their ERP rows, for the load to delete unconditionally (a record gone for good
+    has no newer version), but a key this run loads for another, live record (a merge's survivor
+    that took the merged-away record's key property)."""
+    read_keys: frozenset[str] = frozenset()
+    """The staged keys of the ones the window's lagging search still read."""
+
+    @property
+    def keys(self) -> set[str]:
+        """Every key of theirs, as text: what their quarantine entries and defects are filed under."""
+        return {k for k in (*(key_text(k) for k in self.erp_keys), *self.read_keys) if k is not None}
+
+
+def gone_records(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -> GoneRecords:
+    """:class:`GoneRecords` of the run: the ERP rows found by the ERP's CRM id column (a gone
+    record has no properties left to map a key from), active or not."""
     ids = gone_record_ids(staging)
     if not ids:
-        return []
+        return GoneRecords()
     keys = target.fetch_rows_of_records(spec, ids)[spec.target.key].tolist()
     taken = _staged_keys_of_records(spec, staging, ids, others=True) if keys else set()
-    return [k for k in keys if key_text(k) not in taken]
-
-
-def gone_records_of_run(target: ErpTarget, spec: SyncSpec, staging: RunStaging) -> tuple[list[str], set[str]]:
-    """(CRM ids, record keys) of the records this run learned are gone for good
-    (:func:`gone_record_ids`): the keys their ERP rows have (:func:`gone_record_keys`) and, should
-    the window's lagging search still have read one, its staged key."""
-    ids = gone_record_ids(staging)
-    if not ids:
-        return [], set()
-    keys = {key_text(k) for k in gone_record_keys(target, spec, staging)} | _staged_keys_of_records(spec, staging, ids)
-    return ids, {k for k in keys if k is not None}
+    return GoneRecords(tuple(ids), tuple(k for k in keys if key_text(k) not in taken),
+                       frozenset(_staged_keys_of_records(spec, staging, ids)))
 
 
 def erase_gone_records(target: ErpTarget, spec: SyncSpec, crm_ids: Sequence[str], keys: Iterable[str], *,
@@ -275,10 +281,12 @@ def transform(spec: SyncSpec, staging: RunStaging) -> dict[str, int]:
     return counts
 
 
-def load_inputs(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, full_refresh: bool) -> dict[str, Any]:
+def load_inputs(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, full_refresh: bool,
+                gone: GoneRecords | None = None) -> dict[str, Any]:
     """What the load (and its plan) take from the staged files: mapped rows minus rejected ones,
-    the archived keys to delete, the keys a full refresh must keep (rejected ones, and the ERP
-    rows of rejected records that arrived without their key: :func:`held_keys`)."""
+    the archived keys and those of records gone for good (``gone``, read here when not given) to
+    delete, the keys a full refresh must keep (rejected ones, and the ERP rows of rejected records
+    that arrived without their key: :func:`held_keys`)."""
     if not staging.root.is_dir():
         from conduit.exceptions import StagedFilesGone
 
@@ -296,7 +304,7 @@ def load_inputs(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, full_
 
     deleted = [(k, ts.to_pydatetime()) for frame in staging.read_frames("mapped_archived", [key, "source_modified_at"])
                for k, ts in zip(frame[key].tolist(), frame["source_modified_at"], strict=True)]
-    deleted += gone_record_keys(target, spec, staging)  # named by webhooks, gone from the CRM for good
+    deleted += list((gone or gone_records(target, spec, staging)).erp_keys)  # named by webhooks, gone for good
     if full_refresh and staging.count("mapped") == 0:
         from conduit.exceptions import EmptySourceError
 
@@ -312,14 +320,14 @@ def load(target: ErpTarget, spec: SyncSpec, staging: RunStaging, *, run_id: str,
     with ``expected`` (the approved :class:`~conduit.targets.base.LoadPlan`), exactly that or nothing."""
     from conduit.targets.base import Watermark
 
-    inputs = load_inputs(target, spec, staging, full_refresh=full_refresh)
     # before the load: a hard delete takes the ERP rows that tell a gone record's key
-    gone_ids, gone_keys = ([], set()) if dry_run else gone_records_of_run(target, spec, staging)
+    gone = gone_records(target, spec, staging)
+    inputs = load_inputs(target, spec, staging, full_refresh=full_refresh, gone=gone)
     result = target.load(spec, inputs.pop("batches"), run_id=run_id,
                          watermark=Watermark(watermark_ms, 0) if watermark_ms is not None else None,
                          dry_run=dry_run, expected=expected, **inputs)
-    if gone_ids:
-        erase_gone_records(target, spec, gone_ids, gone_keys, run_id=run_id)
+    if gone.crm_ids and not dry_run:
+        erase_gone_records(target, spec, gone.crm_ids, gone.keys, run_id=run_id)
     return result
 
 
@@ -583,10 +591,10 @@ def _record_defects(target: ErpTarget, spec: SyncSpec, staging: RunStaging, deci
 
     key, kept_out = spec.target.key, {key_text(k) for k in decision.rejected_keys}
     # gone from the CRM for good (webhooks named them): the load deletes them, their defects are over
-    gone_ids, gone = gone_records_of_run(target, spec, staging)
+    learned = gone_records(target, spec, staging)
+    gone = learned.keys
     # a gone record the window's lagging search still read: no defect of its row opens (a raw value)
-    read_gone = _staged_keys_of_records(spec, staging, gone_ids) if gone_ids else set()
-    found = [d for d in found_defects(decision.defects) if d.record_key not in read_gone]
+    found = [d for d in found_defects(decision.defects) if d.record_key not in learned.read_keys]
 
     def clean_keys(open_keys: set[str]) -> set[str]:
         """The open defects' records that this run read and loads, or read archived, or learned
